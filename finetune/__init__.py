@@ -1,0 +1,1 @@
+"""Stage 2: HiVA vision-language AU detection finetuning."""

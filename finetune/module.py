@@ -1,0 +1,231 @@
+"""Stage 2: HiVA AU detection as a LightningModule (train, validate, test, report)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from aukit.au import au_keys, au_numbers
+from aukit.checkpoint import META_KEY, load_stage1_encoder
+from aukit.losses.alignment import alignment_loss
+from aukit.losses.au_bce import au_bce_loss
+from aukit.metrics import AUMetrics, format_f1_table
+from aukit.models.hiva import HiVA
+from aukit.models.linear import LinearAUClassifier
+from aukit.optim import warmup_cosine
+from aukit.text.bank import load_description_bank
+from aukit.text.encoders import build_text_encoder
+from aukit.text.features import encode_bank
+from aukit.utils.rng import restore_rng_state, rng_state
+from aukit.visualize import activation_grid
+
+ARCHITECTURES = ("hiva", "linear")
+
+
+class HiVAFinetuner(L.LightningModule):
+    """Trains HiVA (or the Swin + linear baseline) with masked class-weighted BCE plus a
+    vision-text alignment loss; selects checkpoints on ``val/f1_mean`` only.
+
+    ``pretrained`` is a stage-1 checkpoint whose backbone and AU region encoder initialise the
+    model; its backbone name and image size must match (``backbone: null`` adopts its backbone).
+    """
+
+    def __init__(self, aus: list[str], image_size: int = 128, architecture: str = "hiva",
+                 backbone: str | None = None, pretrained: str | None = None,
+                 pretrained_backbone: bool = False, feature_stage: int = 3,
+                 embed_dim: int = 128, num_heads: int = 4, region_depth: int = 1,
+                 attention_sigma: float = 0.3, dropout: float = 0.1,
+                 use_graph: bool = True, use_ddca: bool = True, use_cdca: bool = True,
+                 use_text: bool = True, graph_top_k: int | None = 4,
+                 cooccurrence_prior: bool = True, text_encoder: str = "minilm",
+                 descriptions: str | None = None, descriptions_per_step: int = 4,
+                 text_cache_dir: str | None = None, alignment_weight: float = 0.1,
+                 class_weighted: bool = True, lr: float = 5e-4, weight_decay: float = 0.05,
+                 layer_decay: float = 0.75, warmup_epochs: float = 1.0,
+                 report_dir: str | None = None):
+        super().__init__()
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        self.save_hyperparameters()
+        self.au_numbers = au_numbers(aus)
+        self.au_names = au_keys(self.au_numbers)
+        self.stage1 = None
+        if pretrained:
+            self.stage1 = load_stage1_encoder(pretrained, backbone, image_size, feature_stage,
+                                              self.au_numbers)
+            backbone = self.stage1.meta["backbone"]
+        backbone = backbone or "swin_test"
+        self.hparams.backbone = backbone
+        self.uses_text = architecture == "hiva" and use_text
+        if architecture == "linear":
+            self.model = LinearAUClassifier(self.au_numbers, backbone, image_size,
+                                            pretrained_backbone, feature_stage)
+        else:
+            self.model = HiVA(self.au_numbers, backbone, image_size, pretrained_backbone,
+                              feature_stage, embed_dim, num_heads=num_heads,
+                              region_depth=region_depth, attention_sigma=attention_sigma,
+                              use_graph=use_graph, use_ddca=use_ddca, use_cdca=use_cdca,
+                              use_text=use_text, graph_top_k=graph_top_k, dropout=dropout,
+                              text_dim=self._text_dim() if self.uses_text else 384)
+        if self.stage1 is not None:
+            self.model.backbone.load_state_dict(self.stage1.backbone)
+            if architecture == "hiva":
+                self.model.region.load_state_dict(self.stage1.region)
+        self.register_buffer("class_weights", torch.ones(len(self.au_numbers)))
+        self.text = None
+        self.metrics = torch.nn.ModuleDict({s: AUMetrics(self.au_names) for s in ("val", "test")})
+        self._shown_images: Tensor | None = None
+
+    def _text_dim(self) -> int:
+        self._encoder = build_text_encoder(self.hparams.text_encoder)
+        return self._encoder.dim
+
+    # ---------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if list(datamodule.au_names) != self.au_names:
+            raise ValueError(f"the model predicts {self.au_names} but the data has "
+                             f"{list(datamodule.au_names)}; train a model for this AU list")
+        if stage == "fit":
+            rank_zero_info(f"initialised from stage-1 checkpoint {self.stage1.path}"
+                           if self.stage1 is not None else
+                           "initialised from scratch (no stage-1 checkpoint given)")
+            if self.hparams.class_weighted:
+                self.class_weights.copy_(datamodule.class_weights())
+            graph = getattr(self.model, "graph", None)
+            if self.hparams.cooccurrence_prior and graph is not None:
+                graph.set_prior(datamodule.cooccurrence().to(self.device))
+        if self.uses_text and self.text is None:
+            bank = load_description_bank(self.hparams.descriptions, self.au_numbers,
+                                         min_per_au=self.hparams.descriptions_per_step)
+            self.text = encode_bank(self._encoder, bank, self.au_numbers,
+                                    self.hparams.text_cache_dir)
+
+    def text_inputs(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """Text for one step: a random subset of descriptions per AU in training, all of them
+        at evaluation -> tokens [A, T, Dt], mask [A, T], anchor vectors [A, Dt]."""
+        if self.text is None:
+            return None, None, None
+        text = self.text.to(self.device)
+        if self.training:
+            generator = torch.Generator().manual_seed(int(self.global_step))
+            text = text.sample(self.hparams.descriptions_per_step, generator)
+        vec = text.mean_sentence()
+        mask = text.token_mask & text.desc_mask.unsqueeze(-1)  # [A, M, L]
+        return text.tokens.flatten(1, 2), mask.flatten(1), vec
+
+    def forward(self, images: Tensor, landmarks: Tensor) -> dict[str, Tensor]:
+        return self.model(images, landmarks, *self.text_inputs())
+
+    # ---------------------------------------------------------------- steps
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        out = self(batch["image"], batch["landmarks"])
+        labels, mask = batch["labels"], batch["label_mask"]
+        bce = au_bce_loss(out["logits"], labels, mask, self.class_weights)
+        loss = bce
+        if "text_anchors" in out and self.hparams.alignment_weight > 0:
+            align = alignment_loss(out["au_features"], out["text_anchors"], labels, mask)
+            loss = loss + self.hparams.alignment_weight * align
+            self.log("train/align_loss", align, batch_size=len(labels))
+        self.log("train/bce_loss", bce, batch_size=len(labels))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def _eval_step(self, batch: dict, split: str) -> dict[str, Tensor]:
+        out = self(batch["image"], batch["landmarks"])
+        self.metrics[split].update(out["logits"].sigmoid(), batch["labels"], batch["label_mask"])
+        return out
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self._eval_step(batch, "val")
+        if batch_idx == 0 and "act_maps" in out:
+            self._shown_images = (batch["image"][:2], out["act_maps"][:2],
+                                  out["logits"][:2].sigmoid())
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _log_split(self, split: str) -> dict[str, float]:
+        values = {k: float(v) for k, v in self.metrics[split].compute().items()}
+        self.metrics[split].reset()
+        self.log_dict({f"{split}/{k}": v for k, v in values.items()
+                       if k.startswith(("f1_", "auc_mean"))}, sync_dist=False)
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._log_split("val")
+        if self.trainer.sanity_checking:
+            return
+        rank_zero_info(f"epoch {self.current_epoch} validation mean F1 "
+                       f"{100 * values['f1_mean']:.1f}")
+        experiment = getattr(self.logger, "experiment", None)
+        if self._shown_images is not None and hasattr(experiment, "add_image"):
+            images, maps, probs = self._shown_images
+            for i in range(len(images)):
+                grid = activation_grid(images[i], maps[i], self.au_names, probs[i])
+                experiment.add_image(f"val/activation_maps_{i}", grid, self.global_step,
+                                     dataformats="HWC")
+            experiment.add_text("val/f1_table", format_f1_table(values, self.au_names),
+                                self.global_step)
+
+    def on_test_epoch_end(self) -> None:
+        values = self._log_split("test")
+        table = format_f1_table(values, self.au_names)
+        rank_zero_info(f"\ntest per-AU results ({len(self.au_names)} AUs):\n{table}")
+        if self.trainer.is_global_zero:
+            self._write_report(values)
+
+    def _write_report(self, values: dict[str, float]) -> None:
+        folder = Path(self.hparams.report_dir or (self.logger.log_dir if self.logger else "."))
+        folder.mkdir(parents=True, exist_ok=True)
+        report = {"aus": self.au_names, "metrics": values,
+                  "checkpoint": getattr(self.trainer, "ckpt_path", None),
+                  "architecture": self.hparams.architecture, "backbone": self.hparams.backbone}
+        (folder / "test_report.json").write_text(json.dumps(report, indent=2))
+        rows = ["au,f1,precision,recall,accuracy,auc"]
+        for name in self.au_names + ["mean"]:
+            rows.append(",".join([name] + [f"{values.get(f'{m}_{name}', np.nan):.6f}" for m in
+                                           ("f1", "precision", "recall", "accuracy", "auc")]))
+        (folder / "test_report.csv").write_text("\n".join(rows) + "\n")
+        rank_zero_info(f"test report: {folder / 'test_report.json'} and test_report.csv")
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hasattr(self.model, "parameter_groups"):
+            groups = self.model.parameter_groups(hp.lr, hp.weight_decay, hp.layer_decay)
+        else:
+            groups = [{"params": list(self.model.parameters()), "lr": hp.lr,
+                       "weight_decay": hp.weight_decay}]
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        total = self.trainer.estimated_stepping_batches
+        per_epoch = total / max(self.trainer.max_epochs or 1, 1)
+        schedule = warmup_cosine(optimizer, int(hp.warmup_epochs * per_epoch), total)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ---------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        hp = self.hparams
+        checkpoint[META_KEY] = {
+            "stage": "finetune", "architecture": hp.architecture, "backbone": hp.backbone,
+            "image_size": hp.image_size, "feature_stage": hp.feature_stage,
+            "aus": list(self.au_numbers), "config": dict(hp),
+            "pretrained": str(self.stage1.path) if self.stage1 is not None else None}
+        checkpoint["rng_state"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint.get(META_KEY, {})
+        if meta.get("stage") != "finetune":
+            raise ValueError(f"this is a {meta.get('stage')!r} checkpoint, not a finetune one: "
+                             "use it as --model.pretrained to initialise finetuning instead of "
+                             "--ckpt_path")
+        if "rng_state" in checkpoint:
+            restore_rng_state(checkpoint["rng_state"])
+

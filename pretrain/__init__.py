@@ -1,0 +1,1 @@
+"""Stage 1: self-supervised AU region and relation pretraining."""

@@ -1,0 +1,133 @@
+"""Stage 1: self-supervised AU region and relation learning as a LightningModule."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aukit.au import au_numbers
+from aukit.checkpoint import META_KEY
+from aukit.data.attention import au_attention_maps
+from aukit.losses.region_contrastive import global_contrastive_loss, region_contrastive_loss
+from aukit.losses.relation_ot import relation_ot_loss
+from aukit.models.backbone import SwinBackbone
+from aukit.models.region import AURegionEncoder, Mlp
+from aukit.optim import warmup_cosine
+from aukit.utils.rng import restore_rng_state, rng_state
+
+
+class RegionRelationPretrainer(L.LightningModule):
+    """Swin -> AU attention pooling -> region transformer -> per-AU projections.
+
+    Losses on two augmented views: per-AU InfoNCE (region), InfoNCE over images on the entropic
+    OT cost between the views' AU embedding sets (relation), and optionally a global InfoNCE.
+    A loss with weight 0 is switched off, so ablations are config changes.
+    """
+
+    def __init__(self, aus: list[str] | str = "all", backbone: str = "swin_test",
+                 image_size: int = 128, pretrained_backbone: bool = False, feature_stage: int = 3,
+                 embed_dim: int = 128, proj_dim: int = 64, num_heads: int = 4,
+                 region_depth: int = 1, attention_sigma: float = 0.3,
+                 region_weight: float = 1.0, relation_weight: float = 1.0,
+                 global_weight: float = 0.0, temperature: float = 0.1,
+                 ot_temperature: float = 0.1, ot_epsilon: float = 0.05, ot_iters: int = 30,
+                 identity_prior: float = 0.5, ot_solver: str = "torch", lr: float = 1e-3,
+                 weight_decay: float = 0.05, warmup_epochs: float = 1.0):
+        super().__init__()
+        self.save_hyperparameters()
+        if region_weight <= 0 and relation_weight <= 0 and global_weight <= 0:
+            raise ValueError("all pretraining losses are switched off: set region_weight, "
+                             "relation_weight or global_weight > 0")
+        self.au_numbers = au_numbers(aus)
+        self.backbone = SwinBackbone(backbone, image_size, pretrained_backbone, feature_stage)
+        self.region = AURegionEncoder(self.backbone.out_dim, embed_dim, len(self.au_numbers),
+                                      num_heads, region_depth)
+        num_aus = len(self.au_numbers)
+        # per-AU projection heads, stored as one [A, E, P] weight
+        self.projector = Mlp(embed_dim, 2 * embed_dim, embed_dim)
+        self.au_proj = nn.Parameter(torch.randn(num_aus, embed_dim, proj_dim) * embed_dim ** -0.5)
+        self.au_mass = nn.Linear(embed_dim, 1)  # AU saliency logits -> OT marginals
+        self.global_proj = Mlp(self.backbone.out_dim, 2 * embed_dim, proj_dim) \
+            if global_weight > 0 else None
+
+    def attention_maps(self, landmarks: Tensor, image_size: tuple[int, int]) -> Tensor:
+        """landmarks [B, 68, 2] -> AU maps [B, A, N] on the backbone grid."""
+        maps = au_attention_maps(landmarks, image_size, self.backbone.grid, self.au_numbers,
+                                 sigma=self.hparams.attention_sigma)
+        return maps.flatten(2)
+
+    def _features(self, images: Tensor, landmarks: Tensor) -> tuple[Tensor, Tensor]:
+        """-> backbone tokens [B, N, D] and AU region features [B, A, E]."""
+        tokens = self.backbone(images)
+        return tokens, self.region(tokens, self.attention_maps(landmarks, images.shape[-2:]))
+
+    def encode(self, images: Tensor, landmarks: Tensor) -> Tensor:
+        """images [B, 3, H, W], landmarks [B, 68, 2] -> AU region features [B, A, E]."""
+        return self._features(images, landmarks)[1]
+
+    def forward(self, images: Tensor, landmarks: Tensor) -> dict[str, Tensor]:
+        """-> ``z`` [B, A, P] unit AU embeddings, ``mass`` [B, A], ``g`` [B, P] or absent."""
+        tokens, features = self._features(images, landmarks)
+        hidden = features + self.projector(features)
+        out = {"z": F.normalize(torch.einsum("bae,aep->bap", hidden, self.au_proj), dim=-1),
+               "mass": self.au_mass(features).squeeze(-1)}
+        if self.global_proj is not None:
+            out["g"] = F.normalize(self.global_proj(tokens.mean(1)), dim=-1)
+        return out
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        images, landmarks = batch["image"], batch["landmarks"]  # [B, V, 3, H, W], [B, V, 68, 2]
+        if images.ndim != 5 or images.shape[1] < 2:
+            raise ValueError("pretraining needs at least two views per image "
+                             f"(image batch of shape {tuple(images.shape)}); set data.views: 2")
+        b, v = images.shape[:2]
+        out = self(images.flatten(0, 1), landmarks.flatten(0, 1))
+        out = {k: t.unflatten(0, (b, v)) for k, t in out.items()}  # [B, V, ...]
+        hp = self.hparams
+        losses = {}
+        if hp.region_weight > 0:
+            losses["region"] = region_contrastive_loss(out["z"][:, 0], out["z"][:, 1],
+                                                       hp.temperature)
+        if hp.relation_weight > 0:
+            losses["relation"] = relation_ot_loss(
+                out["z"][:, 0], out["z"][:, 1], out["mass"][:, 0], out["mass"][:, 1],
+                temperature=hp.ot_temperature, epsilon=hp.ot_epsilon, iters=hp.ot_iters,
+                identity_prior=hp.identity_prior, solver=hp.ot_solver)
+        if hp.global_weight > 0:
+            losses["global"] = global_contrastive_loss(out["g"][:, 0], out["g"][:, 1],
+                                                       hp.temperature)
+        loss = sum(getattr(hp, f"{name}_weight") * value for name, value in losses.items())
+        self.log_dict({f"train/{k}_loss": val for k, val in losses.items()}, batch_size=b)
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        return loss
+
+    def configure_optimizers(self):
+        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "au_queries" not in n]
+        no_decay = [p for n, p in self.named_parameters() if not (p.ndim >= 2
+                                                                  and "au_queries" not in n)]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
+        total = self.trainer.estimated_stepping_batches
+        per_epoch = total / max(self.trainer.max_epochs or 1, 1)
+        schedule = warmup_cosine(optimizer, int(self.hparams.warmup_epochs * per_epoch), total)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        hp = self.hparams
+        checkpoint[META_KEY] = {
+            "stage": "pretrain", "backbone": hp.backbone, "image_size": hp.image_size,
+            "feature_stage": hp.feature_stage, "embed_dim": hp.embed_dim,
+            "aus": list(self.au_numbers), "config": dict(hp)}
+        checkpoint["rng_state"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint.get(META_KEY, {})
+        if meta.get("stage") != "pretrain":
+            raise ValueError(f"cannot resume pretraining from a {meta.get('stage')!r} "
+                             "checkpoint; pass a checkpoint written by `make pretrain`")
+        if "rng_state" in checkpoint:
+            restore_rng_state(checkpoint["rng_state"])

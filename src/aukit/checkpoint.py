@@ -1,0 +1,84 @@
+"""The hand-over between stages: checkpoint metadata and the stage-1 encoder loader.
+
+Each stage writes ``checkpoint["aukit"] = {"stage": ..., "backbone": ..., "image_size": ...,
+"aus": [...], ...}`` so a checkpoint says what it holds. Stage 2 loads the backbone and AU region
+encoder of a stage-1 checkpoint by path alone, and refuses one that does not fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+META_KEY = "aukit"
+STAGE_HINT = {
+    "pretrain": "a stage-1 checkpoint written by `make pretrain` (runs/pretrain/.../last.ckpt)",
+    "finetune": "a stage-2 checkpoint written by `make finetune` (runs/finetune/.../best.ckpt)",
+}
+
+
+def read_checkpoint(path: str | Path, stage: str) -> dict[str, Any]:
+    """Load a checkpoint on the CPU and check it comes from ``stage``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; expected {STAGE_HINT[stage]}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ValueError(f"checkpoint {path} could not be read ({err}); is it a complete "
+                         f".ckpt file? expected {STAGE_HINT[stage]}") from err
+    meta = checkpoint.get(META_KEY) if isinstance(checkpoint, dict) else None
+    if meta is None:
+        raise ValueError(f"{path} is not an aukit checkpoint (no '{META_KEY}' metadata); "
+                         f"expected {STAGE_HINT[stage]}")
+    if meta["stage"] != stage:
+        raise ValueError(f"{path} is a {meta['stage']} checkpoint, but {stage} is needed here: "
+                         f"pass {STAGE_HINT[stage]}")
+    return checkpoint
+
+
+@dataclass
+class Stage1Encoder:
+    """Backbone and region-encoder weights from a stage-1 checkpoint, restricted to some AUs."""
+
+    meta: dict[str, Any]
+    backbone: dict[str, Tensor]
+    region: dict[str, Tensor]
+    path: Path
+
+
+def load_stage1_encoder(path: str | Path, backbone: str | None, image_size: int, feature_stage: int,
+                        aus: Sequence[int]) -> Stage1Encoder:
+    """Read a stage-1 checkpoint for a stage-2 model built with these settings.
+
+    ``backbone=None`` adopts the checkpoint's backbone. The region encoder's AU queries are
+    selected (and reordered) to match ``aus``.
+    """
+    checkpoint = read_checkpoint(path, "pretrain")
+    meta = checkpoint[META_KEY]
+    wanted = {"backbone": backbone, "image_size": image_size, "feature_stage": feature_stage}
+    for key, value in wanted.items():
+        if value is not None and meta[key] != value:
+            raise ValueError(
+                f"stage-1 checkpoint {path} was trained with {key}={meta[key]!r} but this model "
+                f"uses {key}={value!r}; set --model.{key} {meta[key]} (and --data.image_size for "
+                f"the image size), or pretrain with the same setting")
+    missing = [a for a in aus if a not in meta["aus"]]
+    if missing:
+        raise ValueError(f"stage-1 checkpoint {path} has no region queries for "
+                         f"{['AU%d' % a for a in missing]} (it was pretrained on "
+                         f"{['AU%d' % a for a in meta['aus']]}); pretrain with --model.aus all")
+    state = checkpoint["state_dict"]
+    backbone_state = _strip(state, "backbone.")
+    region_state = _strip(state, "region.")
+    rows = torch.tensor([meta["aus"].index(a) for a in aus])
+    region_state["au_queries"] = region_state["au_queries"][rows]
+    return Stage1Encoder(meta, backbone_state, region_state, Path(path))
+
+
+def _strip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

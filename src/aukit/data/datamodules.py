@@ -1,0 +1,369 @@
+"""LightningDataModules: labelled AU data (finetuning, probing) and unlabeled faces (pretraining).
+
+Constructor arguments are plain (str / int / float / bool / lists) so that LightningCLI and YAML
+configs can set them. Every split is subject-exclusive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from aukit.au import DATASET_AUS, au_numbers
+from aukit.data.datasets import (
+    ImageFolderDataset,
+    ManifestDataset,
+    SynthAUDataset,
+    seed_transform,
+    seed_worker,
+)
+from aukit.data.manifest import Manifest, manifest_aus, read_manifest
+from aukit.data.synthau import SynthAU
+from aukit.data.transforms import eval_transform, pretrain_transform, train_transform
+
+SPLITS = ("train", "val", "test")
+MANIFEST_DATASETS = ("csv", "bp4d", "disfa")  # manifests; bp4d / disfa only set the default AUs
+# a split is a manifest, or the SynthAU subject ids it renders
+Split = Manifest | list[int]
+
+
+def resolve_aus(aus: list[str] | str | None, dataset: str,
+                manifest: str | None) -> tuple[int, ...]:
+    """The AU list: given names, ``"AU1,AU12"``, an AU-set name such as ``"bp4d"``, or (None) the
+    dataset's standard AUs / every AU column of a CSV manifest."""
+    if aus is None:
+        if dataset in DATASET_AUS:
+            return DATASET_AUS[dataset]
+        return manifest_aus(manifest)  # type: ignore[arg-type]  # checked by the caller
+    if isinstance(aus, str):
+        parts = [a for a in aus.split(",") if a.strip()]
+        return au_numbers(aus.strip()) if len(parts) == 1 and "AU" not in aus.upper() \
+            else au_numbers(parts)
+    return au_numbers(aus)
+
+
+def _existing_file(path: str | None, what: str) -> str | None:
+    if path is not None and not Path(path).expanduser().is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist; give the path of a CSV or JSON "
+                                "manifest")
+    return path
+
+
+def _choose(items: Sequence, fraction: float, seed: int, minimum: int) -> list:
+    """A seeded ``round(fraction * n)`` (at least ``minimum``) of ``items``, sorted; a smaller
+    fraction keeps a subset of what a larger one keeps (same permutation, shorter prefix)."""
+    ordered = sorted(items)
+    count = max(minimum, round(fraction * len(ordered)))
+    return sorted(np.random.default_rng(seed).permutation(ordered)[:count].tolist())
+
+
+def subject_ids(split: Split) -> set[str]:
+    return set(split.subjects) if isinstance(split, Manifest) else {str(s) for s in split}
+
+
+def check_subject_exclusive(splits: dict[str, Split]) -> None:
+    """Raise if two splits share a subject (results would leak identity)."""
+    names = list(splits)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = subject_ids(splits[a]) & subject_ids(splits[b])
+            if shared:
+                raise ValueError(f"the {a} and {b} splits share subjects {sorted(shared)[:10]}; "
+                                 "splits must be subject-exclusive: fix the manifests or "
+                                 "val_subjects")
+
+
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool,
+                drop_last: bool = False) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                      num_workers=num_workers, persistent_workers=num_workers > 0,
+                      pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker)
+
+
+def label_statistics(labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class weights ``[A]`` and co-occurrence ``[A, A]`` from labels and mask ``[N, A]``.
+
+    Weights are inverse occurrence rates over known labels, normalised to mean 1; an AU never
+    present counts as half a positive so its weight stays finite. ``cooc[i, j]`` is
+    P(AU j present | AU i present) over frames where both labels are known (0 when undefined).
+    """
+    y = labels.double() * mask
+    m = mask.double()
+    rate = y.sum(0) / m.sum(0).clamp(min=1)
+    rate = torch.maximum(rate, 0.5 / m.sum(0).clamp(min=1))
+    weights = 1 / rate
+    weights = weights / weights.mean()
+    both = y.T @ y  # [A, A]: frames with i and j present
+    given = y.T @ m  # [A, A]: frames with i present and j known
+    cooc = torch.where(given > 0, both / given.clamp(min=1), torch.zeros_like(both))
+    return weights.float(), cooc.float()
+
+
+class AUDataModule(L.LightningDataModule):
+    """Labelled AU data for finetuning and linear probing.
+
+    ``dataset="synthau"`` renders the SynthAU train / val / test subjects. ``"csv"`` (or
+    ``"bp4d"`` / ``"disfa"`` for manifests of those sets: same, with their standard AUs) reads
+    ``manifest`` for training, ``val_manifest`` or a subject-disjoint carve of ``val_subjects``
+    (a fraction or names) for validation and ``test_manifest`` for testing. ``label_fraction``
+    keeps a seeded fraction of the training subjects (after carving validation).
+    """
+
+    def __init__(self, dataset: str = "synthau", aus: list[str] | str | None = None,
+                 manifest: str | None = None, val_manifest: str | None = None,
+                 test_manifest: str | None = None, val_subjects: float | list[str] = 0.15,
+                 label_fraction: float = 1.0, image_size: int = 224, batch_size: int = 32,
+                 num_workers: int = 0, synthau_samples_per_subject: int = 40,
+                 synthau_eval_samples_per_subject: int = 20, seed: int = 0,
+                 skip_bad_rows: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        dataset = dataset.lower()
+        if dataset != "synthau" and dataset not in MANIFEST_DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; use 'synthau' or 'csv' (a manifest; "
+                             "'bp4d' / 'disfa' for manifests of those sets)")
+        given = [n for n, v in (("manifest", manifest), ("val_manifest", val_manifest),
+                                ("test_manifest", test_manifest)) if v is not None]
+        if dataset == "synthau" and given:
+            raise ValueError(f"dataset='synthau' renders its own data but {', '.join(given)} "
+                             "was given; set dataset='csv' to use manifests")
+        if dataset != "synthau" and manifest is None:
+            raise ValueError(f"dataset={dataset!r} needs manifest=<path to the training "
+                             "manifest (CSV or JSON)>")
+        if not 0 < label_fraction <= 1:
+            raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}")
+        if isinstance(val_subjects, float | int) and not 0 <= val_subjects < 1:
+            raise ValueError(f"val_subjects as a fraction must be in [0, 1), got {val_subjects}")
+        if image_size < 32 or batch_size < 1 or num_workers < 0:
+            raise ValueError(f"need image_size >= 32, batch_size >= 1 and num_workers >= 0; got "
+                             f"{image_size}, {batch_size}, {num_workers}")
+        self.dataset = dataset
+        self.manifest = _existing_file(manifest, "manifest")
+        self.val_manifest = _existing_file(val_manifest, "val_manifest")
+        self.test_manifest = _existing_file(test_manifest, "test_manifest")
+        self.aus = resolve_aus(aus, dataset, manifest)
+        self.au_names = [f"AU{n}" for n in self.aus]
+        self.val_subjects = val_subjects
+        self.label_fraction = label_fraction
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.samples_per_subject = {"train": synthau_samples_per_subject,
+                                    "val": synthau_eval_samples_per_subject,
+                                    "test": synthau_eval_samples_per_subject}
+        self.seed = seed
+        self.skip_bad_rows = skip_bad_rows
+        self._splits: dict[str, Split] | None = None
+        self._datasets: dict[tuple[str, bool], Dataset] = {}  # (split, train transform) ->
+        self._labels: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ----------------------------------------------------------------- splits
+    def splits(self) -> dict[str, Split]:
+        """Train / val / test as manifests or SynthAU subject lists (read once, then cached);
+        a split that is not available (no test manifest, ``val_subjects=0``) is left out."""
+        if self._splits is None:
+            splits = self._synthau_splits() if self.dataset == "synthau" else self._csv_splits()
+            check_subject_exclusive(splits)
+            self._splits = splits
+        return self._splits
+
+    def _synthau_splits(self) -> dict[str, Split]:
+        synth = SynthAU(seed=self.seed)
+        train = _choose(synth.split_subjects("train"), self.label_fraction, self.seed, 1)
+        return {"train": train, "val": list(synth.split_subjects("val")),
+                "test": list(synth.split_subjects("test"))}
+
+    def _read(self, path: str) -> Manifest:
+        return read_manifest(path, self.aus, skip_bad_rows=self.skip_bad_rows)
+
+    def _csv_splits(self) -> dict[str, Split]:
+        full = self._read(self.manifest)  # type: ignore[arg-type]  # required in __init__
+        splits: dict[str, Split] = {}
+        subjects = full.subject_names
+        if self.val_manifest is not None:
+            splits["val"] = self._read(self.val_manifest)
+            train_subjects = subjects
+        else:
+            val = self._carve_val(full)
+            if val:
+                splits["val"] = full.subset(val)
+            train_subjects = [s for s in subjects if s not in set(val)]
+        kept = _choose(train_subjects, self.label_fraction, self.seed, 1)
+        splits["train"] = full.subset(kept)
+        if self.test_manifest is not None:
+            splits["test"] = self._read(self.test_manifest)
+        return splits
+
+    def _carve_val(self, full: Manifest) -> list[str]:
+        subjects = full.subject_names
+        if not isinstance(self.val_subjects, float | int):
+            val = [str(s) for s in self.val_subjects]
+            unknown = sorted(set(val) - set(subjects))
+            if unknown:
+                raise ValueError(f"val_subjects {unknown} are not in {full.source}; it has "
+                                 f"{sorted(subjects)}")
+        elif self.val_subjects == 0:
+            return []
+        else:
+            if len(subjects) < 2:
+                raise ValueError(f"{full.source} has {len(subjects)} subject; a validation "
+                                 "split needs 2 or more: give val_manifest or val_subjects=0")
+            val = _choose(subjects, self.val_subjects, self.seed + 1, 1)
+        if len(val) >= len(subjects):
+            raise ValueError(f"val_subjects takes every subject of {full.source}; leave some "
+                             "for training")
+        return val
+
+    # ----------------------------------------------------------------- datasets
+    def dataset_for(self, split: str, train: bool = False) -> Dataset:
+        """The dataset of ``split`` with the train (augmenting) or eval transform."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+        splits = self.splits()
+        if split not in splits:
+            fix = ("give test_manifest=<path>" if split == "test"
+                   else "give val_manifest or val_subjects > 0")
+            raise ValueError(f"no {split} split for dataset={self.dataset!r}: {fix}")
+        key = (split, train)
+        if key not in self._datasets:
+            maker = train_transform if train else eval_transform
+            transform = maker(self.image_size)
+            rank = self.trainer.global_rank if self._trainer is not None else 0
+            seed_transform(transform, self.seed + 1000 * rank)
+            source = splits[split]
+            self._datasets[key] = (
+                ManifestDataset(source, transform) if isinstance(source, Manifest)
+                else SynthAUDataset(source, self.samples_per_subject[split], self.aus, transform,
+                                    seed=self.seed))
+        return self._datasets[key]
+
+    def setup(self, stage: str | None = None) -> None:
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
+                  "predict": ("test",)}.get(stage or "fit", ())
+        for split in needed:
+            if split == "val" and "val" not in self.splits():
+                continue  # val_subjects=0: train without validation
+            self.dataset_for(split, train=split == "train")
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset_for("train", train=True), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self.split_dataloader("val") if "val" in self.splits() else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self.split_dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.split_dataloader("test")
+
+    def split_dataloader(self, split: str, shuffle: bool = False) -> DataLoader:
+        """A loader over ``split`` with the eval transform (used by probes and evaluation)."""
+        return self._loader(self.dataset_for(split), shuffle=shuffle)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return make_loader(dataset, self.batch_size, self.num_workers, shuffle)
+
+    # ----------------------------------------------------------------- statistics
+    def split_labels(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Labels ``[N, A]`` float and mask ``[N, A]`` bool of a split (SynthAU renders once)."""
+        if split not in self._labels:
+            source = self.splits()[split]
+            if isinstance(source, Manifest):
+                labels, mask = torch.from_numpy(source.labels), torch.from_numpy(source.mask)
+            else:
+                dataset = self.dataset_for(split)
+                labels = torch.from_numpy(np.stack([dataset.raw_labels(i)
+                                                    for i in range(len(dataset))]))
+                mask = torch.ones_like(labels, dtype=torch.bool)
+            self._labels[split] = (labels, mask)
+        return self._labels[split]
+
+    def class_weights(self) -> torch.Tensor:
+        """``[A]`` inverse occurrence rate over the training split's known labels, mean 1."""
+        return label_statistics(*self.split_labels("train"))[0]
+
+    def cooccurrence(self) -> torch.Tensor:
+        """``[A, A]``: P(AU j present | AU i present) over the training split's known labels."""
+        return label_statistics(*self.split_labels("train"))[1]
+
+    def summary(self) -> str:
+        """Subjects, frames and per-AU base rates of each available split."""
+        lines = [f"{self.dataset} data, AUs {', '.join(self.au_names)}"]
+        for split, source in self.splits().items():
+            labels, mask = self.split_labels(split)
+            rates = ((labels * mask).sum(0) / mask.sum(0).clamp(min=1)).tolist()
+            rate_text = " ".join(f"{n} {r:.2f}" for n, r in zip(self.au_names, rates, strict=True))
+            lines.append(f"{split}: {len(subject_ids(source))} subjects, {len(labels)} frames; "
+                         f"base rates {rate_text}")
+        return "\n".join(lines)
+
+
+class UnlabeledFaceDataModule(L.LightningDataModule):
+    """Unlabeled faces for pretraining, ``views`` augmented views each, plus probe data.
+
+    ``source="synthau"`` renders SynthAU's unlabeled subjects; anything else is a folder of face
+    images (see ``ImageFolderDataset``). The ``probe_*`` arguments describe the labelled set the
+    linear probe uses (an ``AUDataModule``).
+    """
+
+    def __init__(self, source: str = "synthau", image_size: int = 224, views: int = 2,
+                 batch_size: int = 32, num_workers: int = 0, synthau_samples_per_subject: int = 40,
+                 seed: int = 0, probe_dataset: str = "synthau", probe_manifest: str | None = None,
+                 probe_aus: list[str] | str | None = None,
+                 probe_samples_per_subject: int = 20) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if source != "synthau" and not Path(source).expanduser().is_dir():
+            raise FileNotFoundError(f"source {source} is neither 'synthau' nor an existing "
+                                    "folder of face images")
+        if views < 1 or batch_size < 1 or image_size < 32:
+            raise ValueError(f"need views >= 1, batch_size >= 1 and image_size >= 32; got "
+                             f"{views}, {batch_size}, {image_size}")
+        self.source = source
+        self.image_size = image_size
+        self.views = views
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.samples_per_subject = synthau_samples_per_subject
+        self.seed = seed
+        # built now so that a bad probe configuration fails before pretraining starts
+        self._probe = AUDataModule(
+            dataset=probe_dataset, aus=probe_aus, manifest=probe_manifest, image_size=image_size,
+            batch_size=batch_size, num_workers=num_workers,
+            synthau_samples_per_subject=probe_samples_per_subject,
+            synthau_eval_samples_per_subject=probe_samples_per_subject, seed=seed)
+        self._train: Dataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._train is not None:
+            return
+        transform = pretrain_transform(self.image_size)
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        seed_transform(transform, self.seed + 1000 * rank)
+        if self.source == "synthau":
+            subjects = SynthAU(seed=self.seed).split_subjects("unlabeled")
+            self._train = SynthAUDataset(subjects, self.samples_per_subject, None, transform,
+                                         seed=self.seed, views=self.views)
+        else:
+            self._train = ImageFolderDataset(self.source, transform, views=self.views)
+        if len(self._train) < self.batch_size:
+            raise ValueError(f"{len(self._train)} images is fewer than one batch of "
+                             f"{self.batch_size}; lower batch_size or add images")
+
+    def train_dataloader(self) -> DataLoader:
+        """Batches with image ``[B, V, 3, S, S]`` and landmarks ``[B, V, 68, 2]``."""
+        self.setup()
+        assert self._train is not None
+        # contrastive losses want full batches of negatives; a ragged last batch is dropped
+        return make_loader(self._train, self.batch_size, self.num_workers, shuffle=True,
+                           drop_last=True)
+
+    def probe_datamodule(self) -> AUDataModule:
+        """Labelled data for the linear probe (use its ``split_dataloader``: eval transforms)."""
+        return self._probe

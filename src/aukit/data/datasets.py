@@ -1,0 +1,200 @@
+"""Torch datasets of face images: the SynthAU renderer, a labelled manifest, a folder of images.
+
+Every item is a dict: ``image`` FloatTensor ``[3, S, S]`` (``[V, 3, S, S]`` with ``views > 1``,
+one independent transform draw per view), ``landmarks`` ``[68, 2]`` (``[V, 68, 2]``), and for
+labelled data ``labels`` FloatTensor ``[A]`` (unknown -> 0), ``label_mask`` BoolTensor ``[A]``
+and ``subject`` str. The default collate turns these into a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from torch.utils.data import Dataset, get_worker_info
+
+from aukit.au import ALL_AUS, NUM_LANDMARKS
+from aukit.data.attention import canonical_landmarks
+from aukit.data.manifest import Manifest, ManifestError, load_landmarks
+from aukit.data.synthau import SynthAU
+
+# (image uint8 [H, W, 3] RGB, landmarks float32 [68, 2]) -> {"image": [3, S, S], "landmarks": ...}
+Transform = Callable[[np.ndarray, np.ndarray], dict[str, torch.Tensor]]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+MIN_FACE_SIZE = 32
+LANDMARKS_SIDECAR = "landmarks.json"
+
+
+def read_rgb(path: Path, where: str) -> np.ndarray:
+    """An image as uint8 ``[H, W, 3]`` RGB; ``where`` says where it was listed, for the error."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise OSError(f"cannot read image {path} ({where}): the file is missing, not an image or "
+                      "corrupt; re-export it as JPEG/PNG or remove it")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def apply_views(transform: Transform, image: np.ndarray, landmarks: np.ndarray,
+                views: int) -> dict[str, torch.Tensor]:
+    """``views`` independent transform draws, stacked on a view axis only when ``views > 1``."""
+    if views == 1:
+        return dict(transform(image, landmarks))
+    draws = [transform(image, landmarks) for _ in range(views)]
+    return {key: torch.stack([d[key] for d in draws]) for key in ("image", "landmarks")}
+
+
+def seed_transform(transform: object, seed: int) -> None:
+    """Reseed the albumentations pipelines inside ``transform``.
+
+    Albumentations 2 draws from a generator seeded when the pipeline is built, so forked
+    DataLoader workers would all replay the same augmentations; each worker reseeds here.
+    """
+    targets = [transform, *vars(transform).values()] if hasattr(transform, "__dict__") else []
+    for target in targets:
+        if hasattr(target, "set_random_seed"):
+            target.set_random_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: distinct, reproducible augmentation streams per worker."""
+    info = get_worker_info()
+    # torch.initial_seed() differs per worker; the rank makes DDP processes differ too
+    seed = (torch.initial_seed() + 1_000_003 * getattr(rank_zero_only, "rank", 0)) % 2**32
+    seed_transform(getattr(info.dataset, "transform", None), seed)
+
+
+def _check_views(views: int) -> int:
+    if views < 1:
+        raise ValueError(f"views must be >= 1, got {views}")
+    return views
+
+
+class SynthAUDataset(Dataset):
+    """Rendered SynthAU faces: item ``i`` is sample ``i % samples_per_subject`` of subject
+    ``subjects[i // samples_per_subject]``. ``aus=None`` leaves labels out (pretraining)."""
+
+    def __init__(self, subjects: Sequence[int], samples_per_subject: int,
+                 aus: Sequence[int] | None, transform: Transform, seed: int = 0,
+                 views: int = 1) -> None:
+        if not subjects or samples_per_subject < 1:
+            raise ValueError(f"SynthAUDataset needs subjects and samples_per_subject >= 1, got "
+                             f"{len(subjects)} subjects x {samples_per_subject} samples")
+        self.subjects = list(subjects)
+        self.samples_per_subject = samples_per_subject
+        self.aus = None if aus is None else tuple(aus)
+        self.columns = None if aus is None else [ALL_AUS.index(a) for a in self.aus]
+        self.transform = transform
+        self.views = _check_views(views)
+        self.synth = SynthAU(seed=seed)
+
+    def __len__(self) -> int:
+        return len(self.subjects) * self.samples_per_subject
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """(subject, index within subject) of item ``i``."""
+        return self.subjects[i // self.samples_per_subject], i % self.samples_per_subject
+
+    def raw_labels(self, i: int) -> np.ndarray:
+        """Binary labels ``[A]`` of item ``i`` (renders the face; SynthAU labels come with it)."""
+        return self.synth.sample(*self.locate(i))["labels"][self.columns].astype(np.float32)
+
+    def __getitem__(self, i: int) -> dict:
+        sample = self.synth.sample(*self.locate(i))
+        item = apply_views(self.transform, sample["image"], sample["landmarks"], self.views)
+        if self.columns is not None:
+            item["labels"] = torch.from_numpy(sample["labels"][self.columns].astype(np.float32))
+            item["label_mask"] = torch.ones(len(self.columns), dtype=torch.bool)
+        item["subject"] = str(sample["subject"])
+        return item
+
+
+class ManifestDataset(Dataset):
+    """The rows of a labelled ``Manifest``, read with OpenCV."""
+
+    def __init__(self, manifest: Manifest, transform: Transform, views: int = 1) -> None:
+        self.manifest = manifest
+        self.transform = transform
+        self.views = _check_views(views)
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __getitem__(self, i: int) -> dict:
+        m = self.manifest
+        image = read_rgb(m.images[i], f"listed in {m.row_label(i)}")
+        landmarks = (load_landmarks(m.landmarks[i]) if m.landmarks[i] is not None
+                     else canonical_landmarks(image.shape[:2]))
+        item = apply_views(self.transform, image, landmarks, self.views)
+        item["labels"] = torch.from_numpy(m.labels[i])
+        item["label_mask"] = torch.from_numpy(m.mask[i])
+        item["subject"] = m.subjects[i]
+        return item
+
+
+class ImageFolderDataset(Dataset):
+    """Every image under ``root`` (recursive, sorted), unlabelled, for pretraining.
+
+    Landmarks come from ``root/landmarks.json`` (``{relative image path: [[x, y] * 68]}``), else
+    from ``<image stem>.npy`` / ``.json`` next to the image, else the canonical template.
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: Transform, views: int = 2) -> None:
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder {self.root} does not exist or is not a folder; "
+                                    "give a folder of aligned face images")
+        self.images = sorted(p for p in self.root.rglob("*")
+                             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not self.images:
+            raise FileNotFoundError(f"no images found under {self.root} (looked recursively for "
+                                    f"{', '.join(IMAGE_SUFFIXES)} files)")
+        self.sidecar = self._read_sidecar()
+        self.transform = transform
+        self.views = _check_views(views)
+
+    def _read_sidecar(self) -> dict[str, np.ndarray]:
+        path = self.root / LANDMARKS_SIDECAR
+        if not path.is_file():
+            return {}
+        try:
+            entries = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ManifestError(f"landmarks sidecar {path} is not valid JSON: {err}") from err
+        sidecar = {}
+        for key, points in entries.items():
+            points = np.asarray(points, dtype=np.float32)
+            if points.shape != (NUM_LANDMARKS, 2):
+                raise ManifestError(f"landmarks sidecar {path}: entry {key!r} has shape "
+                                    f"{points.shape}; expected ({NUM_LANDMARKS}, 2) pixel x, y")
+            sidecar[Path(key).as_posix()] = points
+        return sidecar
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def landmarks_for(self, path: Path, height: int, width: int) -> np.ndarray:
+        """``[68, 2]`` landmarks of one image: sidecar, per-image file or template."""
+        key = path.relative_to(self.root).as_posix()
+        if key in self.sidecar:
+            return self.sidecar[key]
+        for suffix in (".npy", ".json"):
+            if path.with_suffix(suffix).is_file():
+                return load_landmarks(path.with_suffix(suffix))
+        return canonical_landmarks((height, width))
+
+    def __getitem__(self, i: int) -> dict:
+        path = self.images[i]
+        image = read_rgb(path, f"found under {self.root}")
+        height, width = image.shape[:2]
+        if min(height, width) < MIN_FACE_SIZE:
+            raise ValueError(f"image {path} is {width}x{height} px, smaller than {MIN_FACE_SIZE} "
+                             "px: not a face-sized crop; remove it or re-crop the face larger")
+        return apply_views(self.transform, image, self.landmarks_for(path, height, width),
+                           self.views)

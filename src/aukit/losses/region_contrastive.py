@@ -1,0 +1,71 @@
+"""Stage-1 region loss: per-AU InfoNCE between two augmented views (and its global-image case)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from aukit.utils.distributed import gather_with_grad, rank
+
+
+def symmetric_info_nce(logits12: Tensor, logits21: Tensor, gathered: bool) -> Tensor:
+    """Mean cross-entropy of both directions; row ``i`` of local queries has key ``rank * B + i``.
+
+    Args:
+        logits12: ``[..., B, K]`` view-1 queries (local rows) against view-2 keys (``K`` columns,
+            the global batch when ``gathered``).
+        logits21: ``[..., B, K]`` view-2 queries against view-1 keys.
+        gathered: whether the keys were all-gathered, which shifts the positive column by
+            ``rank * B``.
+    """
+    if logits12.shape != logits21.shape:
+        raise ValueError(f"logits of the two directions differ in shape: {tuple(logits12.shape)}"
+                         f" vs {tuple(logits21.shape)}")
+    batch, keys = logits12.shape[-2:]
+    offset = rank() * batch if gathered else 0
+    if offset + batch > keys:
+        raise ValueError(f"{keys} keys cannot hold the positives of {batch} queries at offset "
+                         f"{offset}; gather the keys from every rank")
+    targets = torch.arange(offset, offset + batch, device=logits12.device)
+    targets = targets.expand(logits12.shape[:-1]).reshape(-1)  # [... * B]
+    loss12 = F.cross_entropy(logits12.reshape(-1, keys).float(), targets)
+    loss21 = F.cross_entropy(logits21.reshape(-1, keys).float(), targets)
+    return 0.5 * (loss12 + loss21)
+
+
+def region_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1,
+                            gather: bool = True) -> Tensor:
+    """Per-AU InfoNCE between two views, symmetric and averaged over AUs.
+
+    For AU ``k`` the query is image ``i``'s AU-``k`` embedding in one view; its positive is the
+    same image's AU ``k`` in the other view and the negatives are AU ``k`` of every other image
+    (the global batch under DDP when ``gather``). Embeddings are L2-normalised here.
+
+    Args:
+        z1: ``[B, A, D]`` AU embeddings of view 1.
+        z2: ``[B, A, D]`` AU embeddings of view 2 (same images, same AU order).
+        temperature: softmax temperature on the cosine similarities.
+        gather: all-gather the keys across DDP ranks (a no-op without a process group).
+
+    Returns:
+        A scalar loss; ``log(B)`` for unrelated embeddings, near 0 for aligned distinct ones.
+    """
+    if z1.ndim != 3 or z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must both be [B, A, D] with equal shapes, got "
+                         f"{tuple(z1.shape)} and {tuple(z2.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    q1, q2 = F.normalize(z1.float(), dim=-1), F.normalize(z2.float(), dim=-1)
+    k1, k2 = (gather_with_grad(q1), gather_with_grad(q2)) if gather else (q1, q2)
+    logits12 = torch.einsum("bad,cad->abc", q1, k2) / temperature  # [A, B, K]
+    logits21 = torch.einsum("bad,cad->abc", q2, k1) / temperature  # [A, B, K]
+    return symmetric_info_nce(logits12, logits21, gathered=gather)
+
+
+def global_contrastive_loss(g1: Tensor, g2: Tensor, temperature: float = 0.1,
+                            gather: bool = True) -> Tensor:
+    """Image-level InfoNCE between two views: ``g1``, ``g2`` ``[B, D]`` -> scalar."""
+    if g1.ndim != 2:
+        raise ValueError(f"g1 and g2 must be [B, D] global embeddings, got {tuple(g1.shape)}")
+    return region_contrastive_loss(g1[:, None], g2[:, None], temperature, gather)

@@ -1,0 +1,89 @@
+"""timm Swin Transformer wrapper that returns the feature tokens of one stage."""
+
+from __future__ import annotations
+
+import timm
+from torch import Tensor, nn
+
+# Short names for the sizes we use; any other timm Swin name is accepted as it is.
+# "swin_test" is a tiny 3-stage Swin for CPU smoke runs and tests (window 4 so 128 px works).
+BACKBONE_PRESETS: dict[str, tuple[str, dict]] = {
+    "swin_test": ("swin_tiny_patch4_window7_224",
+                  dict(embed_dim=32, depths=(1, 1, 2), num_heads=(1, 2, 4), window_size=4)),
+    "swin_tiny": ("swin_tiny_patch4_window7_224", {}),
+    "swin_small": ("swin_small_patch4_window7_224", {}),
+    "swin_base": ("swin_base_patch4_window7_224", {}),
+}
+
+
+def resolve_backbone(name: str) -> tuple[str, dict]:
+    """Preset or timm Swin name -> (timm model name, constructor overrides)."""
+    if name in BACKBONE_PRESETS:
+        return BACKBONE_PRESETS[name]
+    if name.startswith("swin") and timm.is_model(name):
+        return name, {}
+    known = sorted(BACKBONE_PRESETS) + timm.list_models("swin*")[:8]
+    raise ValueError(f"unknown backbone {name!r}: expected a preset or a timm Swin model name, "
+                     f"e.g. {', '.join(known)} ... (see timm.list_models('swin*'))")
+
+
+def check_window_fit(image_size: int, patch_size: int, window_size: int, num_stages: int,
+                     backbone: str) -> None:
+    """Swin needs every stage's grid to be a multiple of the window (or no larger than it)."""
+    for stage in range(num_stages):
+        stride = patch_size * 2 ** stage
+        grid = image_size // stride
+        if image_size % stride or (grid > window_size and grid % window_size):
+            good = [s for s in range(stride, 4 * image_size, stride)
+                    if all((s // (patch_size * 2 ** t)) % window_size == 0
+                           or s // (patch_size * 2 ** t) <= window_size
+                           for t in range(num_stages))
+                    and all(s % (patch_size * 2 ** t) == 0 for t in range(num_stages))]
+            near = sorted(good, key=lambda s: abs(s - image_size))[:3]
+            raise ValueError(
+                f"image size {image_size} does not fit backbone {backbone!r}: stage {stage + 1} "
+                f"grid {image_size / stride:g} is not a multiple of window {window_size}. "
+                f"Use an image size such as {', '.join(map(str, sorted(near)))}.")
+
+
+class SwinBackbone(nn.Module):
+    """A timm Swin truncated after ``feature_stage`` (1-based), giving tokens of that stage."""
+
+    def __init__(self, name: str = "swin_test", image_size: int = 128, pretrained: bool = False,
+                 feature_stage: int = 3):
+        super().__init__()
+        timm_name, overrides = resolve_backbone(name)
+        self.name = name
+        model = self._create(timm_name, pretrained, img_size=image_size, **overrides)
+        num_stages = len(model.layers)
+        if not 1 <= feature_stage <= num_stages:
+            raise ValueError(f"feature_stage must be in 1..{num_stages} for {name!r}, "
+                             f"got {feature_stage}")
+        window = model.layers[0].blocks[0].window_size[0]
+        patch = model.patch_embed.patch_size[0]
+        check_window_fit(image_size, patch, window, feature_stage, name)
+        model.prune_intermediate_layers(indices=[feature_stage - 1], prune_norm=True)
+        self.model = model
+        self.feature_stage = feature_stage
+        self.out_dim: int = model.feature_info[feature_stage - 1]["num_chs"]
+        side = image_size // (patch * 2 ** (feature_stage - 1))
+        self.grid: tuple[int, int] = (side, side)
+
+    @staticmethod
+    def _create(timm_name: str, pretrained: bool, **kwargs) -> nn.Module:
+        try:
+            return timm.create_model(timm_name, pretrained=pretrained, num_classes=0, **kwargs)
+        except Exception as err:  # timm raises many kinds when the hub cannot be reached
+            if not pretrained:
+                raise
+            raise RuntimeError(
+                f"could not load ImageNet weights for {timm_name!r} ({type(err).__name__}: {err}). "
+                "Pretrained weights are downloaded from the Hugging Face hub: run once online "
+                "(without HF_HUB_OFFLINE=1) to fill the cache, or set pretrained_backbone: false."
+            ) from err
+
+    def forward(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] -> tokens [B, N, D] with N = h * w in row-major order."""
+        (features,) = self.model.forward_intermediates(
+            images, indices=[self.feature_stage - 1], intermediates_only=True)
+        return features.flatten(2).transpose(1, 2)  # [B, D, h, w] -> [B, N, D]

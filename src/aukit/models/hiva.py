@@ -1,0 +1,175 @@
+"""HiVA: hierarchical vision-language interaction for AU detection (stage 2).
+
+Swin tokens -> landmark AU attention maps -> AU region features -> AU dynamic graph -> DDCA
+(per-AU vision<->text) -> CDCA (all AUs vision<->text, then across AUs) -> fused AU features
+-> MLP head and text-anchored cosine head, averaged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.optim import param_groups_layer_decay
+from torch import Tensor, nn
+
+from aukit.au import au_numbers as parse_aus
+from aukit.data.attention import au_attention_maps, canonical_landmarks
+from aukit.models.backbone import SwinBackbone
+from aukit.models.cross_attention import CDCA, DDCA
+from aukit.models.graph import AUDynamicGraph
+from aukit.models.region import AURegionEncoder
+
+# CLIP-style cap so the learned cosine scale cannot blow the logits up
+MAX_COSINE_SCALE = 100.0
+
+
+class HiVA(nn.Module):
+    """AU detector with hierarchical vision-language interaction.
+
+    ``backbone`` and ``region`` keep these names: a stage-1 checkpoint loads into them.
+    Each of ``use_graph``, ``use_ddca``, ``use_cdca`` and ``use_text`` switches one component
+    for ablations; a switched-off component has no parameters. ``use_text=False`` replaces the
+    language prior with one learnable embedding per AU (used as its single text token and as
+    its anchor), so DDCA and CDCA still run without any text.
+    """
+
+    def __init__(self, au_numbers: Sequence[int | str] | str, backbone: str = "swin_test",
+                 image_size: int = 128, pretrained_backbone: bool = False,
+                 feature_stage: int = 3, embed_dim: int = 128, text_dim: int = 384,
+                 num_heads: int = 4, region_depth: int = 1, attention_sigma: float = 0.3,
+                 use_graph: bool = True, use_ddca: bool = True, use_cdca: bool = True,
+                 use_text: bool = True, graph_top_k: int | None = 4,
+                 cooccurrence_prior: Tensor | None = None, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.aus = parse_aus(au_numbers)
+        num_aus = len(self.aus)
+        self.attention_sigma = attention_sigma
+        self.use_text = use_text
+        self.backbone = SwinBackbone(backbone, image_size, pretrained_backbone, feature_stage)
+        self.region = AURegionEncoder(self.backbone.out_dim, embed_dim, num_aus, num_heads,
+                                      region_depth)
+        self.graph = None
+        if use_graph:
+            self.graph = AUDynamicGraph(embed_dim, num_aus, top_k=graph_top_k,
+                                        prior=cooccurrence_prior, dropout=dropout)
+        if use_text:
+            self.text_proj = nn.Linear(text_dim, embed_dim)
+        else:
+            self.au_embedding = nn.Parameter(torch.randn(num_aus, embed_dim) * 0.02)
+        self.patch_proj = self.ddca = self.cdca = self.fuse = None
+        if use_ddca:
+            d = self.backbone.out_dim
+            self.patch_proj = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, embed_dim))
+            self.ddca = DDCA(embed_dim, num_heads, dropout)
+        if use_cdca:
+            self.cdca = CDCA(embed_dim, num_heads, dropout)
+        if use_ddca or use_cdca:
+            # the text side only carries image information after DDCA or CDCA; fusing it
+            # earlier would only add a per-AU constant
+            self.fuse = nn.Sequential(nn.LayerNorm(2 * embed_dim),
+                                      nn.Linear(2 * embed_dim, embed_dim))
+        self.mlp_head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, embed_dim),
+                                      nn.GELU(), nn.Dropout(dropout))
+        self.au_classifier = nn.Parameter(torch.randn(num_aus, embed_dim) * embed_dim ** -0.5)
+        self.au_classifier_bias = nn.Parameter(torch.zeros(num_aus))
+        self.cosine_log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.cosine_bias = nn.Parameter(torch.zeros(num_aus))
+
+    @property
+    def num_aus(self) -> int:
+        return len(self.aus)
+
+    def text_inputs(self, text_tokens: Tensor | None, text_mask: Tensor | None,
+                    text_vec: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Raw text features -> (tokens [A, T, E], mask [A, T] bool, anchors [A, E]).
+
+        text_tokens [A, T, Dt] (the sampled descriptions of each AU flattened, T = M * L),
+        text_mask [A, T] bool (True = real token; None = all real), text_vec [A, Dt]. Ignored
+        when the model was built with ``use_text=False``.
+        """
+        if not self.use_text:
+            tokens = self.au_embedding.unsqueeze(1)  # [A, 1, E]
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+            return tokens, mask, self.au_embedding
+        if text_tokens is None or text_vec is None:
+            raise ValueError("HiVA was built with use_text=True, so forward needs text_tokens "
+                             "[A, T, Dt] and text_vec [A, Dt] (see aukit.text.features); "
+                             "build it with use_text=False for the no-text ablation")
+        a = self.num_aus
+        if text_tokens.dim() != 3 or text_tokens.shape[0] != a or text_vec.shape[0] != a:
+            raise ValueError(f"text features must cover the model's {a} AUs in order: got "
+                             f"text_tokens {tuple(text_tokens.shape)} and text_vec "
+                             f"{tuple(text_vec.shape)}, expected [{a}, T, Dt] and [{a}, Dt]")
+        if text_mask is None:
+            text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool,
+                                   device=text_tokens.device)
+        return self.text_proj(text_tokens), text_mask, self.text_proj(text_vec)
+
+    def forward(self, images: Tensor, landmarks: Tensor | None, text_tokens: Tensor | None = None,
+                text_mask: Tensor | None = None,
+                text_vec: Tensor | None = None) -> dict[str, Tensor]:
+        """images [B, 3, H, W], landmarks [B, 68, 2] (pixels; None = the canonical aligned face),
+        text as in ``text_inputs`` ->
+        dict with "logits", "mlp_logits", "cos_logits" [B, A]; "au_features" [B, A, E];
+        "text_anchors" [A, E]; "act_maps" [B, A, h, w] (rows sum to 1 over h * w); and
+        "adjacency" [B, A, A] when the graph is on."""
+        h, w = self.backbone.grid
+        tokens = self.backbone(images)  # [B, N, D]
+        if landmarks is None:
+            template = torch.from_numpy(canonical_landmarks(tuple(images.shape[-2:])))
+            landmarks = template.to(images.device).expand(len(images), -1, -1)  # [B, 68, 2]
+        maps = au_attention_maps(landmarks, tuple(images.shape[-2:]), (h, w), self.aus,
+                                 sigma=self.attention_sigma)  # [B, A, h, w]
+        maps = maps.flatten(2).to(tokens.dtype)  # [B, A, N]
+        v = self.region(tokens, maps)
+        out: dict[str, Tensor] = {}
+        if self.graph is not None:
+            v, out["adjacency"] = self.graph(v)
+        text_tokens, text_mask, anchors = self.text_inputs(text_tokens, text_mask, text_vec)
+        t = anchors.unsqueeze(0).expand_as(v)  # [B, A, E]
+        # without DDCA the landmark maps, normalised like attention, are the activation maps
+        act_maps = maps / maps.sum(-1, keepdim=True).clamp_min(1e-6)
+        if self.ddca is not None:
+            v, t, act_maps = self.ddca(v, self.patch_proj(tokens), text_tokens, text_mask, anchors)
+        if self.cdca is not None:
+            v, t = self.cdca(v, t)
+        if self.fuse is not None:
+            v = v + self.fuse(torch.cat([v, t], dim=-1))
+        mlp_logits = (self.mlp_head(v) * self.au_classifier).sum(-1) + self.au_classifier_bias
+        cosine = (F.normalize(v, dim=-1) * F.normalize(anchors, dim=-1)).sum(-1)  # [B, A]
+        scale = self.cosine_log_scale.exp().clamp(max=MAX_COSINE_SCALE)
+        cos_logits = scale * cosine + self.cosine_bias
+        out.update(logits=(mlp_logits + cos_logits) / 2, mlp_logits=mlp_logits,
+                   cos_logits=cos_logits, au_features=v, text_anchors=anchors,
+                   act_maps=act_maps.unflatten(-1, (h, w)))
+        return out
+
+    def parameter_groups(self, lr: float, weight_decay: float,
+                         layer_decay: float = 0.75) -> list[dict]:
+        """Optimizer parameter groups (each with "params", "lr", "weight_decay").
+
+        The backbone gets layer-wise LR decay (timm's ``param_groups_layer_decay`` over its
+        Swin stages: the deepest stage gets ``lr * layer_decay``, each earlier one another
+        factor of ``layer_decay``); everything after it trains at the full ``lr``. Norms,
+        biases, scales and Swin's position tables get no weight decay.
+        """
+        if not 0.0 < layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must lie in (0, 1], got {layer_decay}")
+        swin = self.backbone.model
+        groups = param_groups_layer_decay(swin, weight_decay=weight_decay,
+                                          no_weight_decay_list=swin.no_weight_decay(),
+                                          layer_decay=layer_decay)
+        for group in groups:
+            # the modules on top of the backbone act as its head: one more decay step
+            group["lr"] = lr * group.pop("lr_scale") * layer_decay
+        head = [(n, p) for n, p in self.named_parameters()
+                if p.requires_grad and not n.startswith("backbone.")]
+        decay = [p for n, p in head if p.ndim > 1]
+        no_decay = [p for n, p in head if p.ndim <= 1]
+        groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay})
+        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
+        return [g for g in groups if g["params"]]
+

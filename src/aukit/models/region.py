@@ -1,0 +1,75 @@
+"""AU region features: attention-map pooling followed by a per-AU region transformer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# floor for log-attention biases: a token at the far side of the face keeps a little weight
+MIN_ATTENTION = 1e-4
+
+
+class Mlp(nn.Sequential):
+    """Two-layer GELU MLP ``dim -> hidden -> out``."""
+
+    def __init__(self, dim: int, hidden: int, out: int | None = None, dropout: float = 0.0):
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, out or dim))
+
+
+class RegionBlock(nn.Module):
+    """Pre-norm cross-attention of AU queries over tokens, with an additive per-AU bias, + MLP."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} must be divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.norm_q, self.norm_kv, self.norm_mlp = (nn.LayerNorm(dim) for _ in range(3))
+        self.q, self.kv, self.out = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+        self.mlp = Mlp(dim, 4 * dim, dropout=dropout)
+
+    def forward(self, queries: Tensor, tokens: Tensor, bias: Tensor | None) -> Tensor:
+        """queries [B, A, E], tokens [B, N, E], bias [B, A, N] (added to the logits) -> [B, A, E]."""
+        b, a, e = queries.shape
+        h = self.num_heads
+        q = self.q(self.norm_q(queries)).view(b, a, h, e // h).transpose(1, 2)  # [B, h, A, E/h]
+        k, v = self.kv(self.norm_kv(tokens)).view(b, -1, 2, h, e // h).permute(2, 0, 3, 1, 4)
+        mask = None if bias is None else bias.unsqueeze(1).to(q.dtype)  # [B, 1, A, N]
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        queries = queries + self.out(attended.transpose(1, 2).reshape(b, a, e))
+        return queries + self.mlp(self.norm_mlp(queries))
+
+
+class AURegionEncoder(nn.Module):
+    """Per-AU region features from backbone tokens and AU attention maps.
+
+    Each AU's map pools the tokens into a region summary; a learnable AU query added to it then
+    cross-attends to all tokens with the logits biased by ``log(map)``, so the feature looks
+    mostly inside its region while still seeing long-range context.
+    """
+
+    def __init__(self, in_dim: int, embed_dim: int, num_aus: int, num_heads: int = 4,
+                 depth: int = 1, attention_bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        self.token_proj = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, embed_dim))
+        self.au_queries = nn.Parameter(torch.randn(num_aus, embed_dim) * 0.02)
+        self.blocks = nn.ModuleList(RegionBlock(embed_dim, num_heads, dropout)
+                                    for _ in range(depth))
+        self.norm = nn.LayerNorm(embed_dim)
+        self.attention_bias = attention_bias
+
+    def project_tokens(self, tokens: Tensor) -> Tensor:
+        """Backbone tokens [B, N, D] -> [B, N, E] in the region feature space."""
+        return self.token_proj(tokens)
+
+    def forward(self, tokens: Tensor, maps: Tensor) -> Tensor:
+        """tokens [B, N, D], maps [B, A, N] in [0, 1] -> AU features [B, A, E]."""
+        x = self.project_tokens(tokens)
+        weights = maps / maps.sum(-1, keepdim=True).clamp_min(1e-6)
+        queries = weights @ x + self.au_queries  # [B, A, E]
+        bias = maps.clamp_min(MIN_ATTENTION).log() if self.attention_bias else None
+        for block in self.blocks:
+            queries = block(queries, x, bias)
+        return self.norm(queries)
