@@ -72,6 +72,8 @@ class HiVAFinetuner(L.LightningModule):
                               region_depth=region_depth, attention_sigma=attention_sigma,
                               use_graph=use_graph, use_ddca=use_ddca, use_cdca=use_cdca,
                               use_text=use_text, graph_top_k=graph_top_k, dropout=dropout,
+                              cooccurrence_prior=torch.eye(len(self.au_numbers))
+                              if cooccurrence_prior else None,
                               text_dim=self._text_dim() if self.uses_text else 384)
         if self.stage1 is not None:
             self.model.backbone.load_state_dict(self.stage1.backbone)
@@ -83,8 +85,10 @@ class HiVAFinetuner(L.LightningModule):
         self._shown_images: Tensor | None = None
 
     def _text_dim(self) -> int:
-        self._encoder = build_text_encoder(self.hparams.text_encoder)
-        return self._encoder.dim
+        # a tuple keeps the frozen encoder out of the module tree, so it is neither trained
+        # nor written into checkpoints
+        self._encoder = (build_text_encoder(self.hparams.text_encoder),)
+        return self._encoder[0].dim
 
     # ---------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
@@ -100,11 +104,11 @@ class HiVAFinetuner(L.LightningModule):
                 self.class_weights.copy_(datamodule.class_weights())
             graph = getattr(self.model, "graph", None)
             if self.hparams.cooccurrence_prior and graph is not None:
-                graph.set_prior(datamodule.cooccurrence().to(self.device))
+                graph.set_prior(datamodule.cooccurrence())
         if self.uses_text and self.text is None:
             bank = load_description_bank(self.hparams.descriptions, self.au_numbers,
                                          min_per_au=self.hparams.descriptions_per_step)
-            self.text = encode_bank(self._encoder, bank, self.au_numbers,
+            self.text = encode_bank(self._encoder[0], bank, self.au_numbers,
                                     self.hparams.text_cache_dir)
 
     def text_inputs(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:

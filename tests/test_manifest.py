@@ -112,14 +112,14 @@ def test_requested_au_absent(folder):
 def test_bad_label_names_file_and_row(folder, value):
     bad = rows()
     bad[1]["AU12"] = value
-    with pytest.raises(ManifestError, match=r"m.csv, row 2: AU12 = .* is not a label"):
+    with pytest.raises(ManifestError, match=r"m.csv, row 2 \(line 3\): AU12 = .* not a label"):
         read_manifest(write_csv(folder / "m.csv", bad))
 
 
 def test_missing_image_names_file_and_row(folder):
     bad = rows()
     bad[2]["image"] = "gone.png"
-    with pytest.raises(ManifestError, match=r"m.csv, row 3: image .*gone.png does not exist"):
+    with pytest.raises(ManifestError, match=r"m.csv, row 3 \(line 4\): image .*gone.png does not"):
         read_manifest(write_csv(folder / "m.csv", bad))
 
 
@@ -127,7 +127,7 @@ def test_undecodable_image_only_with_verify(folder):
     (folder / "b.png").write_bytes(b"not a png")
     path = write_csv(folder / "m.csv", rows())
     assert len(read_manifest(path)) == 3
-    with pytest.raises(ManifestError, match=r"m.csv, row 2: image .*b.png cannot be decoded"):
+    with pytest.raises(ManifestError, match=r"m.csv, row 2 \(line 3\): image .*b.png cannot be"):
         read_manifest(path, verify_images=True)
 
 
@@ -143,8 +143,8 @@ def test_landmarks_wrong_shape(folder, suffix):
         target.write_text(json.dumps(points.tolist()))
     bad = rows()
     bad[1]["landmarks"] = target.name
-    with pytest.raises(ManifestError, match=rf"m.csv, row 2: landmarks file .*bad\{suffix}.*"
-                                            r"shape \(5, 2\)"):
+    with pytest.raises(ManifestError, match=rf"m.csv, row 2 \(line 3\): landmarks file "
+                                            rf".*bad\{suffix}.*shape \(5, 2\)"):
         read_manifest(write_csv(folder / "m.csv", bad))
 
 

@@ -152,9 +152,10 @@ def au_attention_maps(landmarks: Tensor, image_size: tuple[int, int], grid: tupl
     ys = (torch.arange(grid_h, device=device) + 0.5) * (img_h / grid_h)
     # a degenerate face (all landmarks equal, e.g. "missing" zeros) gives peaked maps, not NaNs
     std = (sigma * inter_ocular_distance(landmarks)).clamp_min(1e-3)  # [B]
-    dx2 = (xs - centres[..., :1]) ** 2  # [B, A, 2, w]
-    dy2 = (ys - centres[..., 1:]) ** 2  # [B, A, 2, h]
-    inv_var = 1.0 / (2 * std**2)[:, None, None, None, None]
-    maps = torch.exp(-(dy2[..., :, None] + dx2[..., None, :]) * inv_var)  # [B, A, 2, h, w]
-    maps = maps * valid[None, :, :, None, None]
+    inv_var = 1.0 / (2 * std**2)[:, None, None, None]
+    # the isotropic Gaussian is separable: h + w exponentials per centre instead of h * w
+    gx = torch.exp(-((xs - centres[..., :1]) ** 2) * inv_var)  # [B, A, 2, w]
+    gy = torch.exp(-((ys - centres[..., 1:]) ** 2) * inv_var)  # [B, A, 2, h]
+    gy = gy * valid[None, :, :, None]
+    maps = gy[..., :, None] * gx[..., None, :]  # [B, A, 2, h, w]
     return maps if per_side else maps.amax(dim=2)

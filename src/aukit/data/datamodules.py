@@ -19,11 +19,9 @@ from aukit.data.datasets import (
     ImageFolderDataset,
     ManifestDataset,
     SynthAUDataset,
-    seed_transform,
-    seed_worker,
 )
 from aukit.data.manifest import Manifest, manifest_aus, read_manifest
-from aukit.data.synthau import SynthAU
+from aukit.data.synthau import split_subjects
 from aukit.data.transforms import eval_transform, pretrain_transform, train_transform
 
 SPLITS = ("train", "val", "test")
@@ -40,11 +38,9 @@ def resolve_aus(aus: list[str] | str | None, dataset: str,
         if dataset in DATASET_AUS:
             return DATASET_AUS[dataset]
         return manifest_aus(manifest)  # type: ignore[arg-type]  # checked by the caller
-    if isinstance(aus, str):
-        parts = [a for a in aus.split(",") if a.strip()]
-        return au_numbers(aus.strip()) if len(parts) == 1 and "AU" not in aus.upper() \
-            else au_numbers(parts)
-    return au_numbers(aus)
+    if isinstance(aus, str) and aus.strip().lower() not in DATASET_AUS:
+        return au_numbers([a for a in aus.split(",") if a.strip()])
+    return au_numbers(aus.strip() if isinstance(aus, str) else aus)
 
 
 def _existing_file(path: str | None, what: str) -> str | None:
@@ -54,11 +50,11 @@ def _existing_file(path: str | None, what: str) -> str | None:
     return path
 
 
-def _choose(items: Sequence, fraction: float, seed: int, minimum: int) -> list:
-    """A seeded ``round(fraction * n)`` (at least ``minimum``) of ``items``, sorted; a smaller
-    fraction keeps a subset of what a larger one keeps (same permutation, shorter prefix)."""
+def _choose(items: Sequence, fraction: float, seed: int) -> list:
+    """A seeded ``round(fraction * n)`` (at least 1) of ``items``, sorted; a smaller fraction
+    keeps a subset of what a larger one keeps (same permutation, shorter prefix)."""
     ordered = sorted(items)
-    count = max(minimum, round(fraction * len(ordered)))
+    count = max(1, round(fraction * len(ordered)))
     return sorted(np.random.default_rng(seed).permutation(ordered)[:count].tolist())
 
 
@@ -78,11 +74,17 @@ def check_subject_exclusive(splits: dict[str, Split]) -> None:
                                  "val_subjects")
 
 
+def _transform_seed(datamodule: L.LightningDataModule) -> int:
+    """Augmentation seed: reproducible, and distinct per DDP rank so ranks augment differently."""
+    rank = datamodule.trainer.global_rank if datamodule.trainer is not None else 0
+    return datamodule.hparams.seed * 1000 + rank
+
+
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool,
                 drop_last: bool = False) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                       num_workers=num_workers, persistent_workers=num_workers > 0,
-                      pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker)
+                      pin_memory=torch.cuda.is_available())
 
 
 def label_statistics(labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +124,8 @@ class AUDataModule(L.LightningDataModule):
                  synthau_eval_samples_per_subject: int = 20, seed: int = 0,
                  skip_bad_rows: bool = False) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # the model logs the resolved AU list; the raw request would clash with it
+        self.save_hyperparameters(ignore=["aus"])
         dataset = dataset.lower()
         if dataset != "synthau" and dataset not in MANIFEST_DATASETS:
             raise ValueError(f"unknown dataset {dataset!r}; use 'synthau' or 'csv' (a manifest; "
@@ -159,7 +162,7 @@ class AUDataModule(L.LightningDataModule):
         self.seed = seed
         self.skip_bad_rows = skip_bad_rows
         self._splits: dict[str, Split] | None = None
-        self._datasets: dict[tuple[str, bool], Dataset] = {}  # (split, train transform) ->
+        self._datasets: dict[tuple[str, bool], Dataset] = {}  # key: (split, augmenting?)
         self._labels: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ----------------------------------------------------------------- splits
@@ -173,10 +176,8 @@ class AUDataModule(L.LightningDataModule):
         return self._splits
 
     def _synthau_splits(self) -> dict[str, Split]:
-        synth = SynthAU(seed=self.seed)
-        train = _choose(synth.split_subjects("train"), self.label_fraction, self.seed, 1)
-        return {"train": train, "val": list(synth.split_subjects("val")),
-                "test": list(synth.split_subjects("test"))}
+        train = _choose(split_subjects("train"), self.label_fraction, self.seed)
+        return {"train": train, "val": split_subjects("val"), "test": split_subjects("test")}
 
     def _read(self, path: str) -> Manifest:
         return read_manifest(path, self.aus, skip_bad_rows=self.skip_bad_rows)
@@ -193,7 +194,7 @@ class AUDataModule(L.LightningDataModule):
             if val:
                 splits["val"] = full.subset(val)
             train_subjects = [s for s in subjects if s not in set(val)]
-        kept = _choose(train_subjects, self.label_fraction, self.seed, 1)
+        kept = _choose(train_subjects, self.label_fraction, self.seed)
         splits["train"] = full.subset(kept)
         if self.test_manifest is not None:
             splits["test"] = self._read(self.test_manifest)
@@ -213,7 +214,7 @@ class AUDataModule(L.LightningDataModule):
             if len(subjects) < 2:
                 raise ValueError(f"{full.source} has {len(subjects)} subject; a validation "
                                  "split needs 2 or more: give val_manifest or val_subjects=0")
-            val = _choose(subjects, self.val_subjects, self.seed + 1, 1)
+            val = _choose(subjects, self.val_subjects, self.seed + 1)
         if len(val) >= len(subjects):
             raise ValueError(f"val_subjects takes every subject of {full.source}; leave some "
                              "for training")
@@ -231,10 +232,8 @@ class AUDataModule(L.LightningDataModule):
             raise ValueError(f"no {split} split for dataset={self.dataset!r}: {fix}")
         key = (split, train)
         if key not in self._datasets:
-            maker = train_transform if train else eval_transform
-            transform = maker(self.image_size)
-            rank = self.trainer.global_rank if self._trainer is not None else 0
-            seed_transform(transform, self.seed + 1000 * rank)
+            transform = (train_transform(self.image_size, seed=_transform_seed(self)) if train
+                         else eval_transform(self.image_size))
             source = splits[split]
             self._datasets[key] = (
                 ManifestDataset(source, transform) if isinstance(source, Manifest)
@@ -260,6 +259,7 @@ class AUDataModule(L.LightningDataModule):
         return self.split_dataloader("test")
 
     def predict_dataloader(self) -> DataLoader:
+        """The test split (eval transform): what a trained model is usually run on."""
         return self.split_dataloader("test")
 
     def split_dataloader(self, split: str, shuffle: bool = False) -> DataLoader:
@@ -343,13 +343,10 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._train is not None:
             return
-        transform = pretrain_transform(self.image_size)
-        rank = self.trainer.global_rank if self._trainer is not None else 0
-        seed_transform(transform, self.seed + 1000 * rank)
+        transform = pretrain_transform(self.image_size, seed=_transform_seed(self))
         if self.source == "synthau":
-            subjects = SynthAU(seed=self.seed).split_subjects("unlabeled")
-            self._train = SynthAUDataset(subjects, self.samples_per_subject, None, transform,
-                                         seed=self.seed, views=self.views)
+            self._train = SynthAUDataset(split_subjects("unlabeled"), self.samples_per_subject,
+                                         None, transform, seed=self.seed, views=self.views)
         else:
             self._train = ImageFolderDataset(self.source, transform, views=self.views)
         if len(self._train) < self.batch_size:

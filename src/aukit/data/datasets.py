@@ -16,10 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_only
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
-from aukit.au import ALL_AUS, NUM_LANDMARKS
+from aukit.au import ALL_AUS, NUM_LANDMARKS, au_numbers
 from aukit.data.attention import canonical_landmarks
 from aukit.data.manifest import Manifest, ManifestError, load_landmarks
 from aukit.data.synthau import SynthAU
@@ -50,26 +49,6 @@ def apply_views(transform: Transform, image: np.ndarray, landmarks: np.ndarray,
     return {key: torch.stack([d[key] for d in draws]) for key in ("image", "landmarks")}
 
 
-def seed_transform(transform: object, seed: int) -> None:
-    """Reseed the albumentations pipelines inside ``transform``.
-
-    Albumentations 2 draws from a generator seeded when the pipeline is built, so forked
-    DataLoader workers would all replay the same augmentations; each worker reseeds here.
-    """
-    targets = [transform, *vars(transform).values()] if hasattr(transform, "__dict__") else []
-    for target in targets:
-        if hasattr(target, "set_random_seed"):
-            target.set_random_seed(seed)
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: distinct, reproducible augmentation streams per worker."""
-    info = get_worker_info()
-    # torch.initial_seed() differs per worker; the rank makes DDP processes differ too
-    seed = (torch.initial_seed() + 1_000_003 * getattr(rank_zero_only, "rank", 0)) % 2**32
-    seed_transform(getattr(info.dataset, "transform", None), seed)
-
-
 def _check_views(views: int) -> int:
     if views < 1:
         raise ValueError(f"views must be >= 1, got {views}")
@@ -88,8 +67,8 @@ class SynthAUDataset(Dataset):
                              f"{len(subjects)} subjects x {samples_per_subject} samples")
         self.subjects = list(subjects)
         self.samples_per_subject = samples_per_subject
-        self.aus = None if aus is None else tuple(aus)
-        self.columns = None if aus is None else [ALL_AUS.index(a) for a in self.aus]
+        self.aus = None if aus is None else au_numbers(aus)
+        self.columns = None if self.aus is None else [ALL_AUS.index(a) for a in self.aus]
         self.transform = transform
         self.views = _check_views(views)
         self.synth = SynthAU(seed=seed)
@@ -101,15 +80,18 @@ class SynthAUDataset(Dataset):
         """(subject, index within subject) of item ``i``."""
         return self.subjects[i // self.samples_per_subject], i % self.samples_per_subject
 
+    def _labels(self, sample: dict) -> np.ndarray:
+        return sample["labels"][self.columns].astype(np.float32)  # [17] -> [A]
+
     def raw_labels(self, i: int) -> np.ndarray:
         """Binary labels ``[A]`` of item ``i`` (renders the face; SynthAU labels come with it)."""
-        return self.synth.sample(*self.locate(i))["labels"][self.columns].astype(np.float32)
+        return self._labels(self.synth.sample(*self.locate(i)))
 
     def __getitem__(self, i: int) -> dict:
         sample = self.synth.sample(*self.locate(i))
         item = apply_views(self.transform, sample["image"], sample["landmarks"], self.views)
         if self.columns is not None:
-            item["labels"] = torch.from_numpy(sample["labels"][self.columns].astype(np.float32))
+            item["labels"] = torch.from_numpy(self._labels(sample))
             item["label_mask"] = torch.ones(len(self.columns), dtype=torch.bool)
         item["subject"] = str(sample["subject"])
         return item

@@ -264,9 +264,9 @@ def read_manifest(path: str | os.PathLike, aus: Sequence[int | str] | str | None
     path = Path(path).expanduser()
     _check_path(path)
     columns, records = _read_records(path)
+    found = _au_columns(path, columns)
     if not records:
         raise ManifestError(f"manifest {path} has no data rows; add one row per image")
-    found = _au_columns(path, columns)
     wanted = tuple(found) if aus is None else au_numbers(aus)
     missing = [f"AU{n}" for n in wanted if n not in found]
     if missing:
@@ -357,7 +357,10 @@ def _report(path: Path, problems: list[tuple[int, str, str]], total: int,
     by_row: dict[int, list[str]] = {}
     for row, _, message in problems:
         by_row.setdefault(row, []).append(message)
-    messages = [f"{path}, row {row}: {'; '.join(m)}" for row, m in by_row.items()]
+    # a CSV's header is line 1, so data row r is line r + 1 in an editor or spreadsheet
+    line = " (line {})" if path.suffix.lower() == ".csv" else ""
+    messages = [f"{path}, row {row}{line.format(row + 1)}: {'; '.join(m)}"
+                for row, m in by_row.items()]
     listed = "\n  ".join(messages[:_MAX_LISTED])
     more = f"\n  ... and {len(messages) - _MAX_LISTED} more" if len(messages) > _MAX_LISTED else ""
     if not skip_bad_rows:

@@ -60,6 +60,9 @@ def _mean_face() -> np.ndarray:
     mirrored = _TEMPLATE[_FLIP] * [-1.0, 1.0]
     mirrored[:, 0] += 2 * _TEMPLATE[:, 0].mean()
     face = (_TEMPLATE + mirrored) / 2
+    # the template's mouth is slightly open; a neutral face has the inner lips touching
+    inner_upper, inner_lower = [61, 62, 63], [67, 66, 65]
+    face[inner_upper, 1] = face[inner_lower, 1] = (face[inner_upper, 1] + face[inner_lower, 1]) / 2
     right_eye, left_eye = face[36:42].mean(0), face[42:48].mean(0)
     return ((face - (right_eye + left_eye) / 2) / np.linalg.norm(left_eye - right_eye)).astype(
         np.float32)
@@ -116,7 +119,7 @@ def _make_identity(rng: np.random.Generator) -> Identity:
     shape[jaw, 0] *= u(0.9, 1.08)
     shape[jaw, 1] = shape[0, 1] + (shape[jaw, 1] - shape[0, 1]) * u(0.9, 1.08)
     shape[brows, 1] += u(-0.05, 0.04) - u(-0.03, 0.05) * np.abs(np.tile(np.linspace(-1, 1, 5), 2))
-    for side, eye in ((-1, slice(36, 42)), (1, slice(42, 48))):
+    for eye in (slice(36, 42), slice(42, 48)):
         centre = shape[eye].mean(0)
         shape[eye] = centre + (shape[eye] - centre) * [u(.88, 1.12), u(.85, 1.2)]
     spread = u(-0.04, 0.04)
@@ -164,7 +167,7 @@ class Nuisance:
     shift: tuple[float, float] = (0.0, 0.0)  # fractions of the image size
     yaw: float = 0.0  # radians; approximated by a depth-dependent horizontal squeeze
     gaze: tuple[float, float] = (0.0, 0.0)  # iris offset, fractions of the eye width
-    light: tuple[float, float] = (0.0, 0.0)  # multiplicative brightness gradient across the image
+    light: tuple[float, float] = (0.0, 0.0)  # multiplicative brightness gradient (x, y)
     brightness: float = 1.0
     white_balance: tuple[float, float, float] = (1.0, 1.0, 1.0)
     gamma: float = 1.0
@@ -184,7 +187,7 @@ class Nuisance:
             gaze=(u(-0.15, 0.15), u(-0.08, 0.08)),
             light=(u(-0.35, 0.35), u(-0.25, 0.25)),
             brightness=u(0.75, 1.15),
-            white_balance=tuple(rng.normal(1, 0.04, 3).tolist()),
+            white_balance=tuple(rng.normal(1, 0.03, 3).tolist()),
             gamma=u(0.75, 1.3),
             blur=u(0.6, 1.8) if rng.random() < 0.3 else 0.0,
             noise=u(1, 7),
@@ -216,12 +219,11 @@ def draw_expression(rng: np.random.Generator, expressiveness: float = 1.0,
     sub-threshold traces of every AU and random extra AUs keep labels noisy and near the
     threshold. The side gains make AUs slightly asymmetric (AU14 of contempt often one-sided).
     """
-    _, _, core, optional = _PROTOTYPES[rng.choice(len(_PROTOTYPES), p=_PROTOTYPE_P)]
+    name, _, core, optional = _PROTOTYPES[rng.choice(len(_PROTOTYPES), p=_PROTOTYPE_P)]
     intensity = rng.exponential(0.35, _A)  # traces: every face has some sub-threshold activity
     active = list(core) + [au for au in optional if rng.random() < 0.5]
-    if not core and not optional and rng.random() < _PROTOTYPE_P[-1] / (
-            _PROTOTYPE_P[0] + _PROTOTYPE_P[-1]):
-        active = list(rng.choice(ALL_AUS, rng.integers(2, 5), replace=False))
+    if name == "mixed":
+        active = [int(au) for au in rng.choice(ALL_AUS, rng.integers(2, 5), replace=False)]
     strength = rng.uniform(0.8, 4.8) * expressiveness
     for au in active:
         if rng.random() > 0.12:  # dropout: a prototype AU is sometimes absent
@@ -232,3 +234,513 @@ def draw_expression(rng: np.random.Generator, expressiveness: float = 1.0,
     if 14 in active and rng.random() < 0.7:
         gain[_AU_INDEX[14], rng.integers(2)] = 0.2
     return np.clip(intensity, 0, 5).astype(np.float32), gain.astype(np.float32)
+
+
+# ------------------------------------------------------------------------------ AU geometry
+# Landmark displacement (IOD units, face frame) at intensity 5. Bilateral AUs list the subject's
+# right side (image left; lateral is -x) and are mirrored for the left; midline points listed in
+# a bilateral AU get half their motion from each side.
+_MOTION: dict[int, dict[int, tuple[float, float]]] = {
+    1: {21: (0, -.13), 20: (0, -.09), 19: (0, -.045), 18: (0, -.015)},
+    2: {17: (0, -.11), 18: (0, -.12), 19: (0, -.08), 20: (0, -.03)},
+    4: {21: (.07, .08), 20: (.04, .08), 19: (.02, .06), 18: (0, .04), 17: (0, .02),
+        37: (0, .015), 38: (0, .02)},
+    5: {37: (0, -.055), 38: (0, -.055), 36: (-.005, -.01), 39: (0, -.005)},
+    6: {40: (0, -.03), 41: (0, -.035), 36: (.01, -.008), 17: (0, .015), 18: (0, .01)},
+    7: {40: (0, -.05), 41: (0, -.05), 37: (0, .015), 38: (0, .015)},
+    9: {31: (.01, -.05), 32: (0, -.045), 33: (0, -.02), 30: (0, -.01), 21: (.02, .04),
+        20: (0, .02), 49: (0, -.025), 50: (0, -.03), 51: (0, -.015), 61: (0, -.02)},
+    10: {50: (0, -.07), 49: (-.01, -.05), 51: (0, -.035), 61: (0, -.05), 62: (0, -.025),
+         48: (0, -.015), 31: (0, -.015)},
+    12: {48: (-.08, -.09), 49: (-.03, -.04), 59: (-.04, -.05), 60: (-.07, -.08),
+         67: (-.02, -.03), 58: (-.01, -.02), 40: (0, -.01), 41: (0, -.012)},
+    14: {48: (.025, -.012), 60: (.02, -.01), 49: (.01, -.005), 59: (.01, -.005)},
+    15: {48: (0, .085), 60: (0, .06), 59: (0, .035), 49: (0, .02), 58: (0, .01)},
+    17: {57: (0, -.05), 56: (0, -.045), 58: (0, -.045), 55: (0, -.03), 59: (0, -.03),
+         65: (0, -.035), 66: (0, -.04), 67: (0, -.035), 7: (0, -.04), 8: (0, -.045),
+         9: (0, -.04), 6: (0, -.02), 10: (0, -.02), 50: (0, -.01), 51: (0, -.015), 52: (0, -.01)},
+    20: {48: (-.09, .015), 60: (-.08, .01), 49: (-.04, .01), 59: (-.04, 0), 67: (-.02, 0),
+         61: (-.02, 0), 50: (0, .008), 58: (0, -.008)},
+    23: {48: (.07, 0), 54: (-.07, 0), 60: (.06, 0), 64: (-.06, 0), 49: (.04, .01),
+         53: (-.04, .01), 59: (.04, -.01), 55: (-.04, -.01), 50: (.02, .01), 52: (-.02, .01),
+         58: (.02, -.01), 56: (-.02, -.01)},
+    24: {49: (0, .035), 50: (0, .045), 51: (0, .05), 52: (0, .045), 53: (0, .035),
+         55: (0, -.035), 56: (0, -.045), 57: (0, -.05), 58: (0, -.045), 59: (0, -.035),
+         61: (0, .008), 62: (0, .01), 63: (0, .008), 65: (0, -.008), 66: (0, -.01), 67: (0, -.008)},
+    25: {61: (0, -.03), 62: (0, -.035), 63: (0, -.03), 65: (0, .07), 66: (0, .08), 67: (0, .07),
+         55: (0, .03), 56: (0, .045), 57: (0, .05), 58: (0, .045), 59: (0, .03),
+         50: (0, -.012), 51: (0, -.015), 52: (0, -.012)},
+    26: {8: (0, .18), 7: (0, .16), 9: (0, .16), 6: (0, .12), 10: (0, .12), 5: (0, .08),
+         11: (0, .08), 4: (0, .045), 12: (0, .045), 3: (0, .02), 13: (0, .02),
+         55: (0, .12), 56: (0, .14), 57: (0, .14), 58: (0, .14), 59: (0, .12), 65: (0, .06),
+         66: (0, .065), 67: (0, .06), 48: (0, .03), 54: (0, .03), 60: (0, .03), 64: (0, .03)},
+}
+
+
+def _motion_fields() -> np.ndarray:
+    """Per-AU, per-side landmark displacement at intensity 5. Returns ``[A, 2, 68, 2]``."""
+    fields = np.zeros((_A, 2, NUM_LANDMARKS, 2), np.float32)
+    for au, motion in _MOTION.items():
+        a = _AU_INDEX[au]
+        for i, d in motion.items():
+            fields[a, 0, i] = d
+        if ACTION_UNITS[au].bilateral:
+            midline = np.array([_FLIP[i] == i for i in range(NUM_LANDMARKS)])
+            fields[a, 0, midline] /= 2
+            fields[a, 1] = fields[a, 0][_FLIP] * [-1.0, 1.0]
+        else:  # a central AU moves the face once, through its "right side" entry
+            fields[a, 1] = 0
+    return fields
+
+
+_MOTION_FIELDS = _motion_fields()
+
+
+def deform(shape: np.ndarray, intensity: np.ndarray, side_gain: np.ndarray) -> np.ndarray:
+    """Move neutral landmarks ``[68, 2]`` by AU intensities ``[A]`` and side gains ``[A, 2]``."""
+    weights = intensity[:, None] / 5.0 * side_gain  # [A, 2]
+    return shape + np.einsum("as,asld->ld", weights, _MOTION_FIELDS)
+
+
+# ---------------------------------------------------------------------------------- drawing
+_SPLINE_STEPS = 6
+_t = np.linspace(0, 1, _SPLINE_STEPS, endpoint=False)[:, None]
+_CATMULL_ROM = np.hstack([-_t**3 + 2 * _t**2 - _t, 3 * _t**3 - 5 * _t**2 + 2,
+                          -3 * _t**3 + 4 * _t**2 + _t, _t**3 - _t**2]) / 2  # [steps, 4]
+
+
+def _spline(points: np.ndarray, closed: bool = False) -> np.ndarray:
+    """A smooth Catmull-Rom curve through every one of ``points`` ``[K, 2]`` -> ``[K', 2]``."""
+    if closed:
+        padded = np.concatenate([points[-1:], points, points[:2]])
+    else:
+        padded = np.concatenate([2 * points[:1] - points[1:2], points,
+                                 2 * points[-1:] - points[-2:-1]])
+    segments = len(points) if closed else len(points) - 1
+    control = padded[np.arange(segments)[:, None] + np.arange(4)]  # [S, 4, 2]
+    curve = np.einsum("tk,skd->std", _CATMULL_ROM, control).reshape(-1, 2)
+    return curve if closed else np.concatenate([curve, points[-1:]])
+
+
+def _fixed(points: np.ndarray) -> np.ndarray:
+    return np.round(np.asarray(points) * (1 << _SHIFT)).astype(np.int32)
+
+
+def _rgb(colour: np.ndarray) -> tuple[float, float, float]:
+    return tuple(255 * min(max(float(c), 0.0), 1.0) for c in colour)
+
+
+class _Painter:
+    """Draws one face on a ``RENDER_SIZE`` canvas from deformed face-frame landmarks.
+
+    ``dark`` and ``light`` are texture layers (0..255) that later darken / brighten the colour
+    canvas multiplicatively, so wrinkles and bulges take on the local skin colour.
+    """
+
+    def __init__(self, identity: Identity, shape: np.ndarray, nuisance: Nuisance):
+        size = RENDER_SIZE
+        self.identity, self.shape, self.nuisance = identity, shape, nuisance
+        self.u = _IOD_FRACTION * size
+        self.cos, self.sin = np.cos(nuisance.yaw), np.sin(nuisance.yaw)
+        self.pts = self.project(shape, _LANDMARK_DEPTH)  # [68, 2] canvas pixels
+        self.rgb = np.empty((size, size, 3), np.uint8)
+        self.dark = np.zeros((size, size), np.uint8)
+        self.light = np.zeros((size, size), np.uint8)
+        self.face_mask = np.zeros((size, size), np.uint8)
+
+    def project(self, points: np.ndarray, depth: np.ndarray | None = None) -> np.ndarray:
+        """Face frame ``[K, 2]`` -> canvas pixels ``[K, 2]``, turning the head by the yaw."""
+        depth = _depth(points[:, 0]) if depth is None else depth
+        x = points[:, 0] * self.cos + depth * self.sin
+        return np.stack([RENDER_SIZE / 2 + self.u * x,
+                         RENDER_SIZE * _EYE_LEVEL + self.u * points[:, 1]], 1)
+
+    def at(self, landmark: int, side: int = 0, lateral: float = 0.0, down: float = 0.0,
+           ) -> np.ndarray:
+        """Canvas point offset (IOD units) from a landmark; side 1 mirrors to the subject's left."""
+        index = int(_FLIP[landmark]) if side else landmark
+        direction = 1.0 if side else -1.0
+        return self.pts[index] + self.u * np.array([direction * lateral * self.cos, down])
+
+    def fill(self, target: np.ndarray, points: np.ndarray, value) -> None:
+        cv2.fillPoly(target, [_fixed(points)], value, cv2.LINE_AA, _SHIFT)
+
+    def stroke(self, target: np.ndarray, points: np.ndarray, value, width: float) -> None:
+        """A smooth line through ``points`` ``[K, 2]``, ``width`` in IOD units."""
+        curve = _spline(np.asarray(points, np.float64)) if len(points) > 2 else points
+        cv2.polylines(target, [_fixed(curve)], False, value, max(1, round(width * self.u)),
+                      cv2.LINE_AA, _SHIFT)
+
+    def blob(self, target: np.ndarray, centre: np.ndarray, axes: tuple[float, float], value,
+             ) -> None:
+        """A filled ellipse, ``axes`` in IOD units."""
+        cv2.ellipse(target, tuple(_fixed(centre).tolist()),
+                    tuple(_fixed(np.array(axes) * self.u).tolist()), 0, 0, 360, value, -1,
+                    cv2.LINE_AA, _SHIFT)
+
+    def head(self) -> None:
+        """Background, hair, neck, shoulders, ears and the skin of the face."""
+        ident, shape = self.identity, self.shape
+        ramp = np.linspace(1.1, 0.8, RENDER_SIZE, dtype=np.float32)[:, None, None]
+        self.rgb[:] = np.clip(ramp * ident.background * 255, 0, 255).astype(np.uint8)
+        half_width = (shape[16, 0] - shape[0, 0]) / 2
+        ear_level = (shape[0, 1] + shape[16, 1]) / 2
+        chin = shape[8, 1]
+        theta = np.linspace(np.pi, 2 * np.pi, 25)
+        top = ident.hairline - 0.45
+        hair = np.stack([1.16 * half_width * np.cos(theta),
+                         ear_level + (ear_level - top) * np.sin(theta)], 1)
+        hair_bottom = chin + 0.7 if ident.long_hair else ear_level + 0.45
+        hair_sides = np.array([[1.2 * half_width, hair_bottom], [-1.2 * half_width, hair_bottom]])
+        self.fill(self.rgb, self.project(np.concatenate([hair, hair_sides])), _rgb(ident.hair))
+        neck = np.array([[-.5, .6], [-.55, chin + .9], [.55, chin + .9], [.5, .6]]) * [half_width,
+                                                                                        1]
+        self.fill(self.rgb, self.project(neck), _rgb(ident.skin * 0.8))
+        shoulders = np.array([[-.62, chin + .55], [-2.6, chin + 1.2], [-3.2, 6], [3.2, 6],
+                              [2.6, chin + 1.2], [.62, chin + .55]]) * [half_width, 1]
+        self.fill(self.rgb, self.project(shoulders), _rgb(ident.clothes))
+        for side in (0, 1):
+            self.blob(self.rgb, self.at(1, side, 0.07, -0.1), (0.12 * self.cos, 0.26),
+                      _rgb(ident.skin * 0.9))
+        # forehead: an ellipse over the jaw, cut by a hairline that dips towards the temples
+        theta = np.linspace(0, np.pi, 31)
+        x = half_width * np.cos(theta)
+        arc = ear_level - (ear_level - top + 0.1) * np.sin(theta)
+        forehead = np.stack([x, np.maximum(arc, ident.hairline + 0.6 * (x / half_width) ** 4)], 1)
+        outline = np.concatenate([_spline(self.pts[:17]), self.project(forehead)])
+        self.fill(self.face_mask, outline, 255)
+        self.fill(self.rgb, outline, _rgb(ident.skin))
+        self.stroke(self.dark, self.pts[3:14], 40, 0.05)  # jaw line shadow
+
+    def brows(self) -> None:
+        colour = _rgb(self.identity.hair * 0.55 + self.identity.skin * 0.15)
+        for brow in (self.pts[17:22], self.pts[26:21:-1]):  # outer -> inner
+            line = _spline(brow)
+            tangent = np.gradient(line, axis=0)
+            normal = np.stack([tangent[:, 1], -tangent[:, 0]], 1)
+            normal *= np.sign(normal[:, 1:2].mean()) * -1  # point up the face
+            normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-6
+            half = self.identity.brow_thickness * self.u * np.linspace(0.35, 0.65, len(line))
+            upper = line + normal * half[:, None] * 1.1
+            lower = line - normal * half[:, None] * 0.9
+            self.fill(self.rgb, np.concatenate([upper, lower[::-1]]), colour)
+
+    def eyes(self) -> None:
+        gaze = np.array(self.nuisance.gaze)
+        for first in (36, 42):
+            ring = self.pts[first:first + 6]
+            outline = _spline(ring, closed=True)
+            x0, y0 = np.floor(outline.min(0)).astype(int) - 2
+            x1, y1 = np.ceil(outline.max(0)).astype(int) + 3
+            x0, y0 = max(x0, 0), max(y0, 0)
+            roi = self.rgb[y0:y1, x0:x1]
+            mask = np.zeros(roi.shape[:2], np.uint8)
+            cv2.fillPoly(mask, [_fixed(outline - [x0, y0])], 255, cv2.LINE_AA, _SHIFT)
+            eye = np.empty_like(roi)
+            eye[:] = _rgb(np.array([0.93, 0.9, 0.87]) * (0.7 + 0.3 * self.identity.skin))
+            width = np.linalg.norm(ring[3] - ring[0])
+            centre = (ring[0] + ring[3]) / 2 + gaze * width - [x0, y0 + 0.02 * self.u]
+            iris = 0.24 * width / self.u
+            self.blob(eye, centre, (iris, iris), _rgb(self.identity.iris))
+            self.blob(eye, centre, (iris * 0.45, iris * 0.45), (15, 10, 10))
+            self.blob(eye, centre + [0.3 * iris * self.u, -0.3 * iris * self.u],
+                      (iris * 0.18, iris * 0.18), (245, 245, 245))
+            alpha = mask[..., None].astype(np.float32) / 255
+            roi[:] = (eye * alpha + roi * (1 - alpha)).astype(np.uint8)
+            upper, lower = ring[:4], np.concatenate([ring[3:], ring[:1]])
+            self.stroke(self.rgb, upper, _rgb(self.identity.hair * 0.3), 0.03)
+            self.stroke(self.dark, lower, 70, 0.015)
+            self.stroke(self.dark, upper + [0, -0.09 * self.u], 45, 0.02)  # lid crease
+
+    def nose(self) -> None:
+        p, u = self.pts, self.u
+        self.stroke(self.dark, [p[27] + [0.09 * u, 0], p[29] + [0.1 * u, 0], p[30] + [.08 * u, 0]],
+                    35, 0.07)
+        self.stroke(self.dark, p[31:36] + [0, 0.02 * u], 45, 0.04)
+        self.blob(self.light, p[30] + [0, -0.03 * u], (0.06, 0.05), 30)
+        for side in (0, 1):
+            self.blob(self.rgb, (self.at(31, side) + self.at(32, side)) / 2 - [0, 0.02 * u],
+                      (0.045 * self.cos, 0.022), _rgb(self.identity.skin * 0.35))
+            self.stroke(self.dark, [self.at(31, side, 0.0, 0.0), self.at(31, side, 0.05, -0.05),
+                                    self.at(31, side, 0.02, -0.13)], 90, 0.02)
+
+    def mouth(self) -> None:
+        p, lips = self.pts, self.identity.lips
+        inner = _spline(p[60:68], closed=True)
+        x0, y0 = np.floor(inner.min(0)).astype(int) - 2
+        x1, y1 = np.ceil(inner.max(0)).astype(int) + 3
+        roi = self.rgb[y0:y1, x0:x1]
+        mask = np.zeros(roi.shape[:2], np.uint8)
+        cv2.fillPoly(mask, [_fixed(inner - [x0, y0])], 255, cv2.LINE_AA, _SHIFT)
+        if mask.any():  # lips apart: dark mouth interior with a row of upper teeth
+            inside = np.empty_like(roi)
+            inside[:] = (70, 20, 25)
+            teeth = _spline(p[60:65]) - [x0, y0]
+            self.fill(inside, np.concatenate([teeth, teeth[::-1] + [0, 0.07 * self.u]]),
+                      (235, 230, 215))
+            alpha = mask[..., None].astype(np.float32) / 255
+            roi[:] = (inside * alpha + roi * (1 - alpha)).astype(np.uint8)
+        upper = np.concatenate([_spline(p[48:55]), _spline(p[60:65])[::-1]])
+        lower = np.concatenate([_spline(p[[54, 55, 56, 57, 58, 59, 48]]),
+                                _spline(p[[60, 67, 66, 65, 64]])])
+        self.fill(self.rgb, upper, _rgb(lips))
+        self.fill(self.rgb, lower, _rgb(lips * 1.1))
+        self.stroke(self.rgb, p[[48, 60, 61, 62, 63, 64, 54]], _rgb(lips * 0.5), 0.015)
+        self.stroke(self.dark, p[[59, 58, 57, 56, 55]] + [0, 0.05 * self.u], 50, 0.05)
+
+    def cues(self, intensity: np.ndarray, side_gain: np.ndarray) -> None:
+        """AU texture: wrinkles, furrows, folds, bulges; opacity grows with intensity."""
+        dark, light, at = self.dark, self.light, self.at
+        for au in ALL_AUS:
+            a = _AU_INDEX[au]
+            sides = (0, 1) if ACTION_UNITS[au].bilateral else (0,)
+            for side in sides:
+                s = float(intensity[a] / 5 * side_gain[a, side]) * 255
+                if s < 8:  # below ~3 grey levels of ink: invisible, skip the work
+                    continue
+                if au == 1:  # horizontal forehead wrinkles above the inner brow
+                    for k in range(3):
+                        y = -0.22 - 0.13 * k
+                        self.stroke(dark, [at(21, side, -.22, y + .02), at(21, side, 0, y),
+                                           at(21, side, .3, y + .03)], .35 * s, .018)
+                elif au == 2:  # wrinkles above the outer brow
+                    for k in range(2):
+                        y = -0.2 - 0.13 * k
+                        self.stroke(dark, [at(19, side, -.1, y), at(18, side, 0, y),
+                                           at(17, side, .05, y + .05)], .3 * s, .018)
+                elif au == 4:  # vertical furrow between the brows, shadow under the brow
+                    self.stroke(dark, [at(21, side, -.07, -.12), at(21, side, -.09, .1)],
+                                .45 * s, .022)
+                    self.stroke(dark, [at(19, side, 0, .07), at(21, side, 0, .07)], .2 * s, .06)
+                elif au == 5:  # bright upper lid skin as the lid retracts
+                    self.stroke(light, [at(37, side, 0, -.06), at(38, side, 0, -.06)], .3 * s,
+                                .04)
+                elif au == 6:  # cheek bulge, infraorbital furrow, crow's feet
+                    centre = (at(40, side) + at(41, side)) / 2
+                    self.blob(light, centre + self.u * np.array([0, .3]), (.22 * self.cos, .1),
+                              .18 * s)
+                    self.stroke(dark, [at(36, side, 0, .1), at(41, side, 0, .13),
+                                       at(40, side, 0, .12)], .3 * s, .02)
+                    for dy in (-.08, 0, .08):
+                        self.stroke(dark, [at(36, side, .06, dy / 4), at(36, side, .2, dy)],
+                                    .4 * s, .015)
+                elif au == 7:  # tensed lower lid
+                    lid = [at(36, side, 0, .03), at(41, side, 0, .03), at(40, side, 0, .03),
+                           at(39, side, 0, .03)]
+                    self.stroke(dark, lid, .35 * s, .018)
+                elif au == 9:  # wrinkles across the nose root and along the nose side
+                    for k in range(3):
+                        self.stroke(dark, [at(28, side, .02, -.06 + .06 * k),
+                                           at(28, side, .14, -.1 + .07 * k)], .45 * s, .016)
+                    self.stroke(dark, [at(27, side, -.02, -.03), at(27, side, .12, -.05)],
+                                .35 * s, .016)
+                elif au == 10:  # upper nasolabial furrow deepens
+                    self.stroke(dark, [at(31, side, .05, -.02), at(31, side, .1, .08),
+                                       at(49, side, .08, 0)], .35 * s, .025)
+                elif au == 12:  # nasolabial fold lateral to the raised lip corner
+                    fold = [at(31, side, .06, -.05), at(31, side, .16, .06),
+                            at(48, side, .12, 0), at(48, side, .1, .14)]
+                    self.stroke(dark, fold, .45 * s, .03)
+                    self.stroke(light, [q + [(1 if side else -1) * .05 * self.u, 0]
+                                        for q in fold[:3]], .25 * s, .05)
+                elif au == 14:  # dimple beside the lip corner
+                    self.stroke(dark, [at(48, side, .1, -.05), at(48, side, .13, 0),
+                                       at(48, side, .1, .05)], .5 * s, .025)
+                elif au == 15:  # fold running down from the lip corner
+                    self.stroke(dark, [at(48, side, .02, .03), at(48, side, .06, .15)], .4 * s,
+                                .025)
+                elif au == 17:  # chin boss bulge with "orange peel" pits, mentolabial crease
+                    centre = (at(57) + at(8)) / 2
+                    self.blob(light, centre, (.22, .1), .25 * s)
+                    for pit in self.identity.chin_pits:
+                        self.blob(dark, centre + pit * self.u, (.012, .012), .4 * s)
+                    self.stroke(dark, [at(57, 0, .15, .1), at(57, 0, 0, .13),
+                                       at(57, 1, .15, .1)], .45 * s, .02)
+                elif au == 20:  # horizontal stretch lines beyond the lip corner
+                    self.stroke(dark, [at(48, side, .05, .01), at(48, side, .22, .04)], .35 * s,
+                                .018)
+                elif au == 23:  # tightened red margin: darker lip border, vertical lip lines
+                    self.stroke(dark, self.pts[48:55], .25 * s, .015)
+                    for i in (50, 51, 52, 56, 57, 58):
+                        self.stroke(dark, [at(i, 0, 0, -.01), at(i, 0, 0, .03 if i < 55 else
+                                                                   -.03)], .3 * s, .012)
+                elif au == 24:  # bulges above and below the pressed lips
+                    self.stroke(dark, [at(49, 0, 0, -.07), at(51, 0, 0, -.09),
+                                       at(53, 0, 0, -.07)], .3 * s, .02)
+                    self.stroke(dark, [at(59, 0, 0, .08), at(57, 0, 0, .1), at(55, 0, 0, .08)],
+                                .3 * s, .02)
+
+    def compose(self) -> np.ndarray:
+        """Canvas with texture, face-edge shading and lighting. Returns ``[S, S, 3]`` uint8."""
+        sigma = 0.015 * self.u  # keep 1-px strokes soft like skin creases
+        layers = cv2.GaussianBlur(cv2.merge([self.dark, self.light]), (0, 0), sigma)
+        dark, light = (layers[..., k].astype(np.float32) / 255 for k in (0, 1))
+        # the wide rim blur runs at quarter resolution: it is smooth anyway and 16x cheaper
+        quarter = cv2.resize(self.face_mask, (RENDER_SIZE // 4, RENDER_SIZE // 4),
+                             interpolation=cv2.INTER_AREA)
+        rim = cv2.resize(cv2.GaussianBlur(quarter, (0, 0), 0.05 * self.u),
+                         (RENDER_SIZE, RENDER_SIZE)).astype(np.float32) / 255
+        edge = 1 - 0.25 * (1 - rim) * (self.face_mask > 0)
+        # the light gradient is applied in the face frame: after the random pose warp it is
+        # still a random linear gradient, and here it costs no extra full-image pass
+        ramp = np.linspace(-0.5, 0.5, RENDER_SIZE, dtype=np.float32)
+        nuisance = self.nuisance
+        shade = (1 - dark) * (1 + 0.6 * light) * edge * nuisance.brightness * (
+            1 + nuisance.light[0] * ramp[None, :] + nuisance.light[1] * ramp[:, None])
+        gain = cv2.merge([shade * w for w in nuisance.white_balance])
+        return cv2.multiply(self.rgb.astype(np.float32), gain, dtype=cv2.CV_8U)  # saturates
+
+
+def _apply_nuisance(canvas: np.ndarray, landmarks: np.ndarray, nuisance: Nuisance,
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Pose, gamma, blur and noise on the uint8 canvas ``[S, S, 3]`` and its landmarks."""
+    size = RENDER_SIZE
+    centre = (size - 1) / 2
+    matrix = cv2.getRotationMatrix2D((centre, centre), nuisance.rotation, nuisance.scale)
+    matrix[:, 2] += np.array(nuisance.shift) * size
+    image = cv2.warpAffine(canvas, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+    landmarks = landmarks @ matrix[:, :2].T + matrix[:, 2]
+    if nuisance.gamma != 1.0:
+        lut = (np.linspace(0, 1, 256) ** nuisance.gamma * 255).round().astype(np.uint8)
+        image = cv2.LUT(image, lut)
+    if nuisance.blur > 0:
+        image = cv2.GaussianBlur(image, (0, 0), nuisance.blur)
+    if nuisance.noise > 0:  # one luminance noise field, like a sensor, and 3x cheaper than RGB
+        noise = np.random.default_rng(nuisance.noise_seed).standard_normal(
+            (size, size, 1), np.float32) * nuisance.noise
+        image = np.clip(image + noise, 0, 255).astype(np.uint8)
+    return image, landmarks.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------- data set
+def _check_index(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+class SynthAU:
+    """Deterministic procedural face renderer: a sample is a pure function of
+    (seed, subject, index).
+
+    ``sample(subject, index)`` draws an expression and nuisances from the sample's own random
+    stream; ``render`` draws given intensities and nuisances, e.g. to isolate one AU.
+    """
+
+    def __init__(self, seed: int = 0, image_size: int = RENDER_SIZE):
+        self.seed = _check_index("seed", seed)
+        if _check_index("image_size", image_size) < 16:
+            raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
+        self.image_size = int(image_size)
+        self._identities: dict[int, Identity] = {}
+
+    def subject_id(self, subject: int) -> str:
+        """The subject's name, e.g. ``"S007"``."""
+        return f"S{_check_index('subject', subject):03d}"
+
+    def identity(self, subject: int) -> Identity:
+        """The subject's fixed appearance (cached)."""
+        subject = _check_index("subject", subject)
+        if subject not in self._identities:
+            rng = np.random.default_rng([_TAG_IDENTITY, self.seed, subject, 0])
+            self._identities[subject] = _make_identity(rng)
+        return self._identities[subject]
+
+    def sample(self, subject: int, index: int) -> dict:
+        """One labelled face: image ``[H, W, 3]`` uint8 RGB, landmarks ``[68, 2]`` (x, y) pixels,
+        intensity ``[len(ALL_AUS)]`` float32 0..5, labels ``[len(ALL_AUS)]`` uint8, subject id."""
+        rng = np.random.default_rng([_TAG_SAMPLE, self.seed, _check_index("subject", subject),
+                                     _check_index("index", index)])
+        intensity, side_gain = draw_expression(rng, self.identity(subject).expressiveness)
+        image, landmarks = self.render(subject, intensity, Nuisance.random(rng), side_gain)
+        return {"image": image, "landmarks": landmarks, "intensity": intensity,
+                "labels": (intensity >= INTENSITY_THRESHOLD).astype(np.uint8),
+                "subject": self.subject_id(subject)}
+
+    def render(self, subject: int, intensity: np.ndarray, nuisance: Nuisance | None = None,
+               side_gain: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``subject`` with AU ``intensity`` ``[A]`` (ALL_AUS order, 0..5).
+
+        ``nuisance`` defaults to none (frontal, clean); ``side_gain`` ``[A, 2]`` scales each AU on
+        the subject's right / left side (default: symmetric). Returns the image
+        ``[H, W, 3]`` uint8 RGB and the landmarks ``[68, 2]`` float32 (x, y) in its pixels.
+        """
+        intensity = np.asarray(intensity, np.float32)
+        if intensity.shape != (_A,) or not np.all((intensity >= 0) & (intensity <= 5)):
+            raise ValueError(f"intensity must be {_A} values in 0..5 in ALL_AUS order {ALL_AUS}, "
+                             f"got shape {intensity.shape}")
+        gain = np.ones((_A, 2), np.float32) if side_gain is None else np.asarray(side_gain)
+        if gain.shape != (_A, 2):
+            raise ValueError(f"side_gain must have shape ({_A}, 2), got {gain.shape}")
+        nuisance = nuisance or Nuisance()
+        identity = self.identity(subject)
+        painter = _Painter(identity, deform(identity.shape, intensity, gain), nuisance)
+        painter.head()
+        painter.brows()
+        painter.eyes()
+        painter.nose()
+        painter.mouth()
+        painter.cues(intensity, gain)
+        image, landmarks = _apply_nuisance(painter.compose(), painter.pts, nuisance)
+        if self.image_size != RENDER_SIZE:
+            ratio = self.image_size / RENDER_SIZE
+            image = cv2.resize(image, (self.image_size, self.image_size),
+                               interpolation=cv2.INTER_AREA)
+            landmarks = (landmarks + 0.5) * ratio - 0.5  # pixel centres, not corners, scale
+        return image, landmarks
+
+
+def split_subjects(split: str) -> list[int]:
+    """Subject indices of a default split (``SYNTHAU_SPLITS``)."""
+    if split not in SYNTHAU_SPLITS:
+        raise ValueError(f"unknown SynthAU split {split!r}; choose one of {list(SYNTHAU_SPLITS)}")
+    return list(SYNTHAU_SPLITS[split])
+
+
+# ------------------------------------------------------------------------------ sample grid
+def sample_grid(dataset: SynthAU, subjects: list[int], rows: int, cols: int,
+                landmarks: bool = False) -> np.ndarray:
+    """A ``rows x cols`` RGB grid of samples, each captioned with subject id and active AUs."""
+    size, caption = dataset.image_size, 40
+    grid = np.full((rows * (size + caption), cols * size, 3), 255, np.uint8)
+    for tile in range(rows * cols):
+        subject, index = subjects[tile % len(subjects)], tile // len(subjects)
+        sample = dataset.sample(subject, index)
+        y, x = tile // cols * (size + caption), tile % cols * size
+        image = sample["image"].copy()
+        if landmarks:
+            for point in sample["landmarks"]:
+                cv2.circle(image, tuple(_fixed(point).tolist()), 1 << _SHIFT, (0, 255, 0), -1,
+                           cv2.LINE_AA, _SHIFT)
+        grid[y:y + size, x:x + size] = image
+        keys = [f"AU{n}" for n, on in zip(ALL_AUS, sample["labels"], strict=True) if on]
+        lines = [f"{sample['subject']} #{index}", " ".join(keys) or "(no AU)"]
+        for k, text in enumerate(lines):
+            cv2.putText(grid, text, (x + 4, y + size + 15 + 17 * k), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.42, (0, 0, 0), 1, cv2.LINE_AA)
+    return grid
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write a PNG grid of SynthAU samples.")
+    parser.add_argument("--grid", type=Path, required=True, help="output PNG path")
+    parser.add_argument("--rows", type=int, default=4)
+    parser.add_argument("--cols", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", default="train", choices=list(SYNTHAU_SPLITS))
+    parser.add_argument("--size", type=int, default=RENDER_SIZE, help="tile size in pixels")
+    parser.add_argument("--landmarks", action="store_true", help="overlay the 68 landmarks")
+    args = parser.parse_args(argv)
+    if args.rows < 1 or args.cols < 1:
+        parser.error("--rows and --cols must be at least 1")
+    grid = sample_grid(SynthAU(args.seed, args.size), split_subjects(args.split), args.rows,
+                       args.cols, args.landmarks)
+    args.grid.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(args.grid), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {args.grid}; check the directory and the .png suffix")
+    print(f"wrote {args.grid} ({args.rows}x{args.cols} samples, split {args.split!r})")
+
+
+if __name__ == "__main__":
+    main()

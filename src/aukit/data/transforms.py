@@ -23,7 +23,6 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 Strength = Literal["weak", "strong"]
-_KEYPOINTS = A.KeypointParams(format="xy", remove_invisible=False)
 
 
 def hflip_face(image: Tensor, landmarks: Tensor) -> tuple[Tensor, Tensor]:
@@ -43,6 +42,12 @@ def denormalize(image: Tensor) -> Tensor:
     mean = image.new_tensor(IMAGENET_MEAN)[:, None, None]
     std = image.new_tensor(IMAGENET_STD)[:, None, None]
     return ((image * std + mean) * 255).clamp(0, 255)
+
+
+def _with_landmarks(transform: A.BasicTransform) -> A.Compose:
+    # remove_invisible=False: all 68 points survive, even when a crop leaves some outside
+    return A.Compose([transform], keypoint_params=A.KeypointParams(format="xy",
+                                                                   remove_invisible=False))
 
 
 def _crop(size: int, train: bool, strength: Strength) -> A.BasicTransform:
@@ -110,10 +115,11 @@ class FaceTransform:
             raise ValueError(f"hflip is a probability in [0, 1], got {hflip}")
         self.image_size, self.train, self.strength = image_size, train, strength
         self.hflip, self.seed = hflip, seed
-        self._geometric = [A.Compose([_crop(image_size, train, strength)],
-                                     keypoint_params=_KEYPOINTS)]
+        # (pipeline, half-pixel shift): albumentations' Affine maps keypoints with the image's
+        # warp matrix, whose pixel centres sit at integers, while resize and crop use ours
+        self._geometric = [(_with_landmarks(_crop(image_size, train, strength)), 0.0)]
         if train:
-            self._geometric.append(A.Compose([_warp(strength)], keypoint_params=_KEYPOINTS))
+            self._geometric.append((_with_landmarks(_warp(strength)), 0.5))
         colour = _colour(strength) if train else []
         self._photometric = A.Compose(
             [*colour, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])
@@ -128,7 +134,7 @@ class FaceTransform:
         # one generator pair drives every stage and the flip, so one seed fixes everything
         self._rng = np.random.default_rng(seed)
         py_random = random.Random(seed)
-        for pipeline in (*self._geometric, self._photometric):
+        for pipeline in (*(p for p, _ in self._geometric), self._photometric):
             pipeline.set_random_state(self._rng, py_random)
 
     def _follow_worker_seed(self) -> None:
@@ -148,10 +154,7 @@ class FaceTransform:
             landmarks = canonical_landmarks(image.shape[:2])
         points = _check_landmarks(landmarks)
         self._follow_worker_seed()
-        for stage, pipeline in enumerate(self._geometric):
-            # the Affine stage (stage 1) maps keypoints with the image's warp matrix, whose pixel
-            # centres sit at integers; shifting by half a pixel keeps our convention exact
-            shift = 0.5 if stage else 0.0
+        for pipeline, shift in self._geometric:
             out = pipeline(image=image, keypoints=points - shift)
             image, points = out["image"], np.asarray(out["keypoints"], np.float32) + shift
         tensor = self._photometric(image=image)["image"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -25,7 +26,7 @@ def alignment_loss(au_features: Tensor, text_anchors: Tensor, labels: Tensor,
         raise ValueError(f"temperature must be > 0, got {temperature}")
     active = labels == 1
     if mask is not None:
-        if mask.shape != labels.shape or mask.dtype != bool:
+        if mask.shape != labels.shape or mask.dtype != torch.bool:
             raise ValueError(f"mask must be a bool tensor of shape {tuple(labels.shape)}, got "
                              f"{mask.dtype} {tuple(mask.shape)}")
         active = active & mask

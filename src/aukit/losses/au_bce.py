@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -19,8 +20,8 @@ def au_bce_loss(logits: Tensor, labels: Tensor, mask: Tensor | None = None,
         raise ValueError(f"logits and labels must both be [B, A], got {tuple(logits.shape)} "
                          f"and {tuple(labels.shape)}")
     if mask is None:
-        mask = labels.new_ones(labels.shape, dtype=bool)
-    if mask.shape != logits.shape or mask.dtype != bool:
+        mask = labels.new_ones(labels.shape, dtype=torch.bool)
+    if mask.shape != logits.shape or mask.dtype != torch.bool:
         raise ValueError(f"mask must be a bool tensor of shape {tuple(logits.shape)}, got "
                          f"{mask.dtype} {tuple(mask.shape)}")
     # unknown labels (e.g. 9) would be invalid BCE targets even with zero weight

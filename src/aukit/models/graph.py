@@ -72,6 +72,16 @@ class AUDynamicGraph(nn.Module):
         self.similarity = nn.Linear(dim, dim, bias=False)
         self.layers = nn.ModuleList(_GraphLayer(dim, dropout) for _ in range(layers))
 
+    def set_prior(self, prior: Tensor) -> None:
+        """Replace the co-occurrence prior [A, A] (the graph must have been built with one)."""
+        if self.prior is None:
+            raise ValueError("this graph was built without a co-occurrence prior; pass one "
+                             "(e.g. torch.eye(num_aus)) to the constructor to reserve it")
+        if prior.shape != self.prior.shape:
+            raise ValueError(f"the co-occurrence prior is {tuple(prior.shape)} but the graph "
+                             f"has {self.num_aus} AUs")
+        self.prior.copy_(row_normalise(prior.cpu()).to(self.prior))
+
     def adjacency(self, x: Tensor) -> Tensor:
         """x [B, A, E] -> row-stochastic adjacency [B, A, A]."""
         z = F.normalize(self.similarity(x), dim=-1)

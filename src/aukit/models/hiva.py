@@ -50,7 +50,7 @@ class HiVA(nn.Module):
         self.use_text = use_text
         self.backbone = SwinBackbone(backbone, image_size, pretrained_backbone, feature_stage)
         self.region = AURegionEncoder(self.backbone.out_dim, embed_dim, num_aus, num_heads,
-                                      region_depth)
+                                      region_depth, dropout=dropout)
         self.graph = None
         if use_graph:
             self.graph = AUDynamicGraph(embed_dim, num_aus, top_k=graph_top_k,
@@ -152,9 +152,10 @@ class HiVA(nn.Module):
         """Optimizer parameter groups (each with "params", "lr", "weight_decay").
 
         The backbone gets layer-wise LR decay (timm's ``param_groups_layer_decay`` over its
-        Swin stages: the deepest stage gets ``lr * layer_decay``, each earlier one another
-        factor of ``layer_decay``); everything after it trains at the full ``lr``. Norms,
-        biases, scales and Swin's position tables get no weight decay.
+        Swin blocks, patch embedding first: the deepest block gets ``lr * layer_decay``, each
+        earlier one another factor of ``layer_decay``); everything after it trains at the full
+        ``lr``. Norms, biases, scales and Swin's position tables get no weight decay; frozen
+        parameters are left out.
         """
         if not 0.0 < layer_decay <= 1.0:
             raise ValueError(f"layer_decay must lie in (0, 1], got {layer_decay}")

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from aukit.au import ALL_AUS, parse_au
+from aukit.au import ALL_AUS, au_numbers, parse_au
 
 ENV_DESCRIPTIONS = "AUKIT_DESCRIPTIONS"
 _BANK_RELPATH = Path("conf") / "au_descriptions.yaml"
@@ -103,7 +103,8 @@ def _parse_descriptions(path: Path, raw: Any, min_per_au: int) -> dict[int, tupl
         if au in parsed:
             raise ValueError(f"{path}: AU{au} is listed twice (as {key!r}); merge the two lists")
         if not isinstance(texts, list):
-            raise ValueError(f"{path}: AU{au} must map to a list of strings, got {type(texts).__name__}")
+            raise ValueError(f"{path}: AU{au} must map to a list of strings, "
+                             f"got {type(texts).__name__}")
         seen: dict[str, int] = {}
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
@@ -115,7 +116,8 @@ def _parse_descriptions(path: Path, raw: Any, min_per_au: int) -> dict[int, tupl
                                  "delete one of them")
         if len(texts) < min_per_au:
             raise ValueError(f"{path}: AU{au} has {len(texts)} descriptions but at least "
-                             f"{min_per_au} are required; add more (scripts/extend_descriptions.py)")
+                             f"{min_per_au} are required; add more "
+                             "(scripts/extend_descriptions.py)")
         parsed[au] = tuple(" ".join(text.split()) for text in texts)
     return parsed
 
@@ -125,7 +127,8 @@ def load_description_bank(path: str | Path | None = None, aus: Sequence[int | st
     """Load and validate a description bank, optionally keeping only ``aus`` (in that order).
 
     ``path=None`` reads :func:`default_bank_path`; AU keys may be ``"AU12"``, ``"12"`` or ``12``.
-    With ``aus=None`` every AU in the file is kept, sorted by number.
+    ``aus`` may also be a dataset name (``"disfa"``); with ``aus=None`` every AU in the file is
+    kept, sorted by number. Runs of whitespace inside a description are collapsed to one space.
     """
     path = Path(path).expanduser() if path is not None else default_bank_path()
     data = _read_mapping(path)
@@ -138,10 +141,11 @@ def load_description_bank(path: str | Path | None = None, aus: Sequence[int | st
     if aus is None:
         wanted = [a for a in ALL_AUS if a in descriptions]
     else:
-        wanted = [parse_au(a) for a in aus]
+        wanted = list(au_numbers(aus))
         missing = [f"AU{a}" for a in wanted if a not in descriptions]
         if missing:
-            raise ValueError(f"{path}: no descriptions for requested {', '.join(missing)}; add them "
-                             "to the bank (scripts/extend_descriptions.py --aus ...) or drop them")
+            raise ValueError(f"{path}: no descriptions for requested {', '.join(missing)}; add "
+                             "them to the bank (scripts/extend_descriptions.py --aus ...) or drop "
+                             "them from the AU list")
     return DescriptionBank(version=version, descriptions={a: descriptions[a] for a in wanted},
                            source=path)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import Tensor
+from torch.autograd.function import FunctionCtx
 
 
 def _initialised() -> bool:
@@ -22,6 +22,30 @@ def world_size() -> int:
     return dist.get_world_size() if _initialised() else 1
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather forward; backward sums every rank's gradient and keeps this rank's rows.
+
+    Written out rather than ``torch.distributed.nn.functional.all_gather`` (deprecated), whose
+    gloo backward (all-to-all) returned wrong gradients in our two-process test; all-reduce
+    works on every backend.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor) -> Tensor:
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(parts, x)
+        ctx.rows = x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
 def gather_with_grad(x: Tensor) -> Tensor:
     """All-gather along dim 0 keeping the autograd graph: ``[B, ...] -> [world * B, ...]``.
 
@@ -32,4 +56,4 @@ def gather_with_grad(x: Tensor) -> Tensor:
     """
     if world_size() == 1:
         return x
-    return torch.cat(dist_fn.all_gather(x), dim=0)
+    return _GatherWithGrad.apply(x)

@@ -1,0 +1,166 @@
+"""Text features of a whole description bank, computed once per (model, bank, AUs) and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from aukit.au import au_numbers
+from aukit.text.bank import DescriptionBank
+from aukit.text.encoders import TextEncoder
+
+ENV_CACHE = "AUKIT_CACHE"
+# bump when the cached layout changes so stale files are never read
+_CACHE_FORMAT = 1
+_log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class TextFeatures:
+    """Per-AU description features, padded to the largest description count ``M``.
+
+    ``tokens`` ``[A, M, L, D]``, ``token_mask`` ``[A, M, L]`` (True = real token),
+    ``sentence`` ``[A, M, D]``, ``desc_mask`` ``[A, M]`` (True = a real description). Padded
+    descriptions have an all-False ``token_mask`` row: select with ``desc_mask`` (or
+    :meth:`sample`) before attending over their tokens.
+    """
+
+    tokens: Tensor
+    token_mask: Tensor
+    sentence: Tensor
+    desc_mask: Tensor
+
+    def __post_init__(self) -> None:
+        a, m, l, d = self.tokens.shape
+        expected = {"token_mask": (a, m, l), "sentence": (a, m, d), "desc_mask": (a, m)}
+        for name, shape in expected.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise ValueError(f"TextFeatures.{name} has shape {tuple(getattr(self, name).shape)}"
+                                 f" but tokens [A, M, L, D]={[a, m, l, d]} require {list(shape)}")
+        if not bool(self.desc_mask.any(1).all()):
+            raise ValueError("TextFeatures: every AU needs at least one real description")
+
+    @property
+    def num_descriptions(self) -> Tensor:
+        """``[A]`` number of real descriptions per AU."""
+        return self.desc_mask.sum(1)
+
+    def to(self, device: torch.device | str) -> TextFeatures:
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def sample(self, m: int, generator: torch.Generator | None = None) -> TextFeatures:
+        """``m`` distinct real descriptions per AU, drawn at random -> tensors ``[A, m, ...]``."""
+        fewest = int(self.num_descriptions.min())
+        if not 1 <= m <= fewest:
+            raise ValueError(f"cannot sample m={m} descriptions per AU: must be in 1..{fewest} "
+                             "(the smallest number of descriptions any AU has)")
+        device = generator.device if generator is not None else self.desc_mask.device
+        scores = torch.rand(self.desc_mask.shape, generator=generator, device=device)  # [A, M]
+        # padding scores above every real one, so the first m of the sort are real descriptions
+        scores = scores.to(self.desc_mask.device).masked_fill(~self.desc_mask, 2.0)
+        index = scores.argsort(dim=1)[:, :m]  # [A, m]
+        rows = torch.arange(index.shape[0], device=index.device)[:, None]  # [A, 1]
+        return replace(self, **{f.name: getattr(self, f.name)[rows, index] for f in fields(self)})
+
+    def mean_sentence(self) -> Tensor:
+        """``[A, D]`` mean sentence feature over the real descriptions (the evaluation anchor)."""
+        weights = self.desc_mask.unsqueeze(-1).to(self.sentence.dtype)  # [A, M, 1]
+        return (self.sentence * weights).sum(1) / weights.sum(1)
+
+
+def default_cache_dir() -> Path:
+    """``$AUKIT_CACHE/text`` when ``AUKIT_CACHE`` is set, else ``~/.cache/aukit/text``."""
+    root = os.environ.get(ENV_CACHE)
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "aukit") / "text"
+
+
+def cache_key(encoder: TextEncoder, bank: DescriptionBank, aus: Sequence[int]) -> str:
+    """SHA-256 naming the features of ``aus`` from ``bank`` under ``encoder``."""
+    parts = (f"format={_CACHE_FORMAT}", f"model={encoder.model_id}", f"bank={bank.digest()}",
+             f"aus={','.join(map(str, aus))}", f"max_length={encoder.max_length}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+@torch.no_grad()
+def _encode(encoder: TextEncoder, texts: list[list[str]], batch_size: int) -> TextFeatures:
+    flat = [text for per_au in texts for text in per_au]
+    chunks = [encoder(flat[i:i + batch_size]) for i in range(0, len(flat), batch_size)]
+    length = max(tokens.shape[1] for tokens, _, _ in chunks)
+    a, m, d = len(texts), max(map(len, texts)), chunks[0][0].shape[-1]
+    tokens = torch.zeros(a, m, length, d)
+    token_mask = torch.zeros(a, m, length, dtype=torch.bool)
+    sentence = torch.zeros(a, m, d)
+    desc_mask = torch.zeros(a, m, dtype=torch.bool)
+    for au, per_au in enumerate(texts):
+        desc_mask[au, :len(per_au)] = True
+    slots = desc_mask.nonzero().tolist()  # (au, description) of each flat text, in order
+    start = 0
+    for chunk_tokens, chunk_mask, chunk_sentence in chunks:
+        au_index, desc_index = torch.tensor(slots[start:start + len(chunk_sentence)]).T
+        n, l = chunk_mask.shape
+        tokens[au_index, desc_index, :l] = chunk_tokens.float().cpu()
+        token_mask[au_index, desc_index, :l] = chunk_mask.cpu()
+        sentence[au_index, desc_index] = chunk_sentence.float().cpu()
+        start += n
+    return TextFeatures(tokens, token_mask, sentence, desc_mask)
+
+
+def _load_cached(path: Path) -> TextFeatures | None:
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        return TextFeatures(**{f.name: stored[f.name] for f in fields(TextFeatures)})
+    except (OSError, EOFError, pickle.UnpicklingError, RuntimeError, KeyError, ValueError,
+            TypeError) as err:
+        warnings.warn(f"ignoring unreadable text-feature cache {path} ({err}); recomputing",
+                      stacklevel=3)
+        return None
+
+
+def _save_atomic(features: TextFeatures, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # write then rename, so a crash or a concurrent DDP rank never leaves a half-written file
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save({f.name: getattr(features, f.name) for f in fields(features)}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def encode_bank(encoder: TextEncoder, bank: DescriptionBank, aus: Sequence[int | str] | str,
+                cache_dir: str | Path | None = None, *, batch_size: int = 64) -> TextFeatures:
+    """Features of every description of ``aus`` (order kept), on the CPU, ``A = len(aus)``.
+
+    Cached at ``<cache_dir>/<cache_key>.pt`` (default :func:`default_cache_dir`): a second call
+    with the same encoder weights, bank content, AUs and max_length loads the file and runs no
+    encoder forward. A trainable (unfrozen) encoder is never cached.
+    """
+    aus = au_numbers(aus)
+    texts = bank.for_aus(aus)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not encoder.frozen:
+        warnings.warn("encode_bank: the text encoder is trainable, so its features change during "
+                      "training; computing them without the cache", stacklevel=2)
+        return _encode(encoder, texts, batch_size)
+    folder = Path(cache_dir or default_cache_dir()).expanduser()
+    path = folder / f"{cache_key(encoder, bank, aus)}.pt"
+    if path.is_file() and (cached := _load_cached(path)) is not None:
+        _log.info("text features loaded from %s", path)
+        return cached
+    features = _encode(encoder, texts, batch_size)
+    _save_atomic(features, path)
+    _log.info("text features of %d AUs from %s cached at %s", len(aus), encoder.model_id, path)
+    return features

@@ -1,0 +1,268 @@
+"""Datasets and DataModules: batch keys / shapes / dtypes, subject-exclusive splits, label
+statistics, and clear errors for bad folders and images."""
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from aukit.au import DATASET_AUS
+from aukit.data.datamodules import AUDataModule, UnlabeledFaceDataModule, label_statistics
+from aukit.data.datasets import ImageFolderDataset, ManifestDataset
+from aukit.data.manifest import read_manifest
+from aukit.data.transforms import eval_transform
+
+S = 64  # image_size everywhere: tiny keeps the tests fast
+
+
+def write_image(path: Path, size: int = 40, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    cv2.imwrite(str(path), image)
+    return path
+
+
+# toy labels, 8 subjects x 2 frames, columns AU1 AU2 AU12 (9 = unknown)
+TOY = [
+    (1, 1, 0), (1, 0, 9),
+    (0, 0, 1), (1, 1, 1),
+    (0, 9, 0), (0, 0, 1),
+    (1, 1, 0), (0, 0, 0),
+    (9, 0, 1), (1, 1, 1),
+    (0, 0, 0), (0, 1, 0),
+    (1, 0, 1), (0, 0, 0),
+    (0, 0, 1), (1, 1, 9),
+]
+
+
+def write_manifest(folder: Path, name: str = "train.csv", subjects: str = "S",
+                   labels: list = TOY) -> Path:
+    path = folder / name
+    folder.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "subject", "frame", "AU1", "AU2", "AU12"])
+        for i, row in enumerate(labels):
+            image = write_image(folder / "img" / f"{subjects}{i}.png", seed=i)
+            writer.writerow([image.relative_to(folder), f"{subjects}{i // 2}", i, *row])
+    return path
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> Path:
+    return write_manifest(tmp_path)
+
+
+def csv_module(manifest: Path, **kwargs) -> AUDataModule:
+    return AUDataModule(dataset="csv", manifest=str(manifest), image_size=S, batch_size=4,
+                        **kwargs)
+
+
+def check_labelled_batch(batch: dict, batch_size: int, num_aus: int) -> None:
+    assert batch["image"].shape == (batch_size, 3, S, S) and batch["image"].dtype == torch.float32
+    assert batch["landmarks"].shape == (batch_size, 68, 2)
+    assert batch["landmarks"].dtype == torch.float32
+    assert batch["labels"].shape == (batch_size, num_aus)
+    assert batch["labels"].dtype == torch.float32
+    assert batch["label_mask"].shape == (batch_size, num_aus)
+    assert batch["label_mask"].dtype == torch.bool
+    assert len(batch["subject"]) == batch_size and isinstance(batch["subject"][0], str)
+
+
+def test_csv_batches_and_masked_unknowns(toy):
+    dm = csv_module(toy, val_subjects=0.25)
+    assert dm.au_names == ["AU1", "AU2", "AU12"]
+    dm.setup("fit")
+    check_labelled_batch(next(iter(dm.train_dataloader())), 4, 3)
+    check_labelled_batch(next(iter(dm.val_dataloader())), 4, 3)
+    train = dm.dataset_for("train")
+    items = [train[i] for i in range(len(train))]
+    mask = torch.stack([item["label_mask"] for item in items])
+    labels = torch.stack([item["labels"] for item in items])
+    assert not mask.all() and not labels[~mask].any()  # unknowns present, masked, set to 0
+
+
+def test_val_split_is_subject_disjoint_and_seeded(toy):
+    dm = csv_module(toy, val_subjects=0.25, seed=3)
+    splits = dm.splits()
+    train, val = set(splits["train"].subjects), set(splits["val"].subjects)
+    assert len(val) == 2 and len(train) == 6 and not train & val
+    assert val == set(csv_module(toy, val_subjects=0.25, seed=3).splits()["val"].subjects)
+    named = csv_module(toy, val_subjects=["S1", "S5"]).splits()
+    assert set(named["val"].subjects) == {"S1", "S5"}
+    assert not {"S1", "S5"} & set(named["train"].subjects)
+    with pytest.raises(ValueError, match="S42"):
+        csv_module(toy, val_subjects=["S42"]).splits()
+
+
+def test_label_fraction_keeps_training_subjects(toy):
+    full = csv_module(toy, val_subjects=0.25).splits()
+    kept = {}
+    for fraction in (0.34, 0.5, 1.0):
+        splits = csv_module(toy, val_subjects=0.25, label_fraction=fraction).splits()
+        kept[fraction] = set(splits["train"].subjects)
+        assert splits["val"].subjects == full["val"].subjects  # validation does not move
+        assert len(kept[fraction]) == round(fraction * 6)
+        # whole subjects: every frame of a kept subject stays
+        assert len(splits["train"]) == 2 * len(kept[fraction])
+    assert kept[0.34] < kept[0.5] < kept[1.0] == set(full["train"].subjects)
+
+
+def test_class_weights_and_cooccurrence_by_hand(toy):
+    dm = csv_module(toy, val_manifest=str(write_manifest(toy.parent, "val.csv", "V")))
+    labels = np.array(TOY, dtype=float)
+    known = labels != 9
+    present = (labels == 1) & known
+    rate = present.sum(0) / known.sum(0)
+    expected = (1 / rate) / (1 / rate).mean()
+    torch.testing.assert_close(dm.class_weights(), torch.tensor(expected, dtype=torch.float32))
+    cooc = np.zeros((3, 3))
+    for i in range(3):
+        for j in range(3):
+            both = present[:, i] & known[:, j]
+            cooc[i, j] = (present[:, i] & present[:, j]).sum() / both.sum()
+    torch.testing.assert_close(dm.cooccurrence(), torch.tensor(cooc, dtype=torch.float32))
+    assert "train: 8 subjects, 16 frames" in dm.summary()
+
+
+def test_class_weights_stay_finite_for_an_absent_au():
+    labels = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    weights, cooc = label_statistics(labels, torch.ones_like(labels, dtype=torch.bool))
+    assert torch.isfinite(weights).all() and weights[1] > weights[0]
+    assert weights.mean().item() == pytest.approx(1.0)
+    assert cooc.tolist() == [[1.0, 0.0], [0.0, 0.0]]
+
+
+def test_csv_errors(toy, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        csv_module(tmp_path / "missing.csv")
+    with pytest.raises(FileNotFoundError, match="test_manifest .*nope.csv"):
+        csv_module(toy, test_manifest=str(tmp_path / "nope.csv"))
+    with pytest.raises(ValueError, match="needs manifest"):
+        AUDataModule(dataset="csv")
+    with pytest.raises(ValueError, match="no test split.*test_manifest"):
+        csv_module(toy).setup("test")
+    overlapping = write_manifest(tmp_path / "other", "test.csv", "S")
+    with pytest.raises(ValueError, match="subject-exclusive"):
+        csv_module(toy, test_manifest=str(overlapping)).setup("test")
+
+
+def test_csv_au_selection(toy, tmp_path):
+    assert csv_module(toy, aus="AU12,AU1").au_names == ["AU12", "AU1"]
+    dm = csv_module(toy, aus=["AU2"])
+    assert dm.splits()["train"].labels.shape[1] == 1
+    assert AUDataModule(dataset="bp4d", manifest=str(toy)).aus == DATASET_AUS["bp4d"]
+    with pytest.raises(ValueError, match="no column for AU4"):
+        AUDataModule(dataset="bp4d", manifest=str(toy)).splits()
+
+
+def test_test_manifest_and_no_validation(toy, tmp_path):
+    test = write_manifest(tmp_path / "t", "test.csv", "T")
+    dm = csv_module(toy, val_subjects=0.0, test_manifest=str(test))
+    dm.setup("fit")
+    assert dm.val_dataloader() == []
+    dm.setup("test")
+    check_labelled_batch(next(iter(dm.test_dataloader())), 4, 3)
+
+
+def test_manifest_dataset_unreadable_image_names_file_and_row(toy):
+    manifest = read_manifest(toy)
+    manifest.images[3].write_bytes(b"corrupt")
+    dataset = ManifestDataset(manifest, eval_transform(S))
+    with pytest.raises(OSError, match=r"S3.png .*train.csv, row 4"):
+        dataset[3]
+
+
+def test_manifest_dataset_views(toy):
+    item = ManifestDataset(read_manifest(toy), eval_transform(S), views=3)[0]
+    assert item["image"].shape == (3, 3, S, S) and item["landmarks"].shape == (3, 68, 2)
+    assert item["labels"].shape == (3,)
+
+
+def test_synthau_datamodule_batches():
+    dm = AUDataModule(image_size=S, batch_size=2, synthau_samples_per_subject=1,
+                      synthau_eval_samples_per_subject=1)
+    assert dm.au_names == [f"AU{n}" for n in DATASET_AUS["synthau"]]
+    splits = dm.splits()
+    assert all(splits[s] for s in ("train", "val", "test"))
+    assert not set(splits["train"]) & set(splits["val"]) and not set(splits["val"]) & set(
+        splits["test"])
+    dm.setup("fit")
+    check_labelled_batch(next(iter(dm.train_dataloader())), 2, 12)
+    check_labelled_batch(next(iter(dm.split_dataloader("test"))), 2, 12)
+    fewer = AUDataModule(image_size=S, label_fraction=0.5, synthau_samples_per_subject=1)
+    assert len(fewer.splits()["train"]) == round(0.5 * len(splits["train"]))
+
+
+def test_synthau_class_weights():
+    dm = AUDataModule(image_size=S, synthau_samples_per_subject=1)
+    weights = dm.class_weights()
+    assert weights.shape == (12,) and torch.isfinite(weights).all()
+    assert weights.mean().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def check_views_batch(batch: dict, batch_size: int, views: int) -> None:
+    assert batch["image"].shape == (batch_size, views, 3, S, S)
+    assert batch["landmarks"].shape == (batch_size, views, 68, 2)
+    assert not torch.equal(batch["image"][:, 0], batch["image"][:, 1])  # independent draws
+
+
+def test_unlabeled_synthau_views():
+    dm = UnlabeledFaceDataModule(image_size=S, batch_size=3, synthau_samples_per_subject=1)
+    batch = next(iter(dm.train_dataloader()))
+    check_views_batch(batch, 3, 2)
+    assert "labels" not in batch
+    assert isinstance(dm.probe_datamodule(), AUDataModule)
+
+
+def test_unlabeled_folder_and_probe_manifest(toy):
+    dm = UnlabeledFaceDataModule(source=str(toy.parent / "img"), image_size=S, batch_size=4,
+                                 views=2, probe_dataset="csv", probe_manifest=str(toy))
+    check_views_batch(next(iter(dm.train_dataloader())), 4, 2)
+    assert dm.probe_datamodule().au_names == ["AU1", "AU2", "AU12"]
+    with pytest.raises(FileNotFoundError, match="neither 'synthau' nor an existing folder"):
+        UnlabeledFaceDataModule(source=str(toy.parent / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="probe.csv"):
+        UnlabeledFaceDataModule(probe_dataset="csv", probe_manifest=str(toy.parent / "probe.csv"))
+
+
+def landmarks_of(folder: Path, name: str, views: int = 1) -> torch.Tensor:
+    dataset = ImageFolderDataset(folder, eval_transform(S), views=views)
+    return dataset[[p.name for p in dataset.images].index(name)]["landmarks"]
+
+
+def test_image_folder_landmarks(tmp_path):
+    for name in ("a.png", "b.jpg", "nested/c.bmp", "d.jpeg"):
+        write_image(tmp_path / name, size=40)
+    (tmp_path / "notes.txt").write_text("ignored")
+    points = np.random.default_rng(0).uniform(0, 40, (68, 2)).astype(np.float32)
+    (tmp_path / "landmarks.json").write_text(json.dumps({"nested/c.bmp": points.tolist()}))
+    np.save(tmp_path / "d.npy", points[::-1].copy())
+    dataset = ImageFolderDataset(tmp_path, eval_transform(S))
+    assert [p.name for p in dataset.images] == ["a.png", "b.jpg", "d.jpeg", "c.bmp"]
+    scale = S / 40  # eval resizes 40 -> S
+    torch.testing.assert_close(landmarks_of(tmp_path, "c.bmp"), torch.from_numpy(points * scale))
+    torch.testing.assert_close(landmarks_of(tmp_path, "d.jpeg"),
+                               torch.from_numpy(points[::-1] * scale))
+    a = landmarks_of(tmp_path, "a.png")
+    assert a.shape == (68, 2) and (a > 0).all() and (a < S).all()  # canonical template
+    assert landmarks_of(tmp_path, "a.png", views=2).shape == (2, 68, 2)
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ImageFolderDataset(tmp_path / "missing", eval_transform(S))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no images found .*\.jpg, \.jpeg, \.png, \.bmp"):
+        ImageFolderDataset(tmp_path / "empty", eval_transform(S))
+    write_image(tmp_path / "faces" / "tiny.png", size=20)
+    (tmp_path / "faces" / "zz_corrupt.jpg").write_bytes(b"\xff\xd8 nope")
+    dataset = ImageFolderDataset(tmp_path / "faces", eval_transform(S))
+    with pytest.raises(ValueError, match=r"tiny.png is 20x20 px, smaller than 32"):
+        dataset[0]
+    with pytest.raises(OSError, match="cannot read image .*zz_corrupt.jpg"):
+        dataset[1]

@@ -1,0 +1,104 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aukit.losses.alignment import alignment_loss
+from aukit.losses.au_bce import au_bce_loss
+
+B, A, E = 4, 5, 8
+
+
+def test_bce_matches_torch_with_mask_and_weights():
+    logits = torch.randn(B, A)
+    labels = torch.randint(0, 2, (B, A)).float()
+    labels[0, 1] = 9  # BP4D "unknown"
+    mask = labels != 9
+    mask[2, 3] = False
+    weights = torch.rand(A) + 0.5
+    known = mask.nonzero(as_tuple=True)
+    per_element = F.binary_cross_entropy_with_logits(
+        logits[known], labels[known], weight=weights.expand(B, A)[known], reduction="none")
+    torch.testing.assert_close(au_bce_loss(logits, labels, mask, weights), per_element.mean())
+    plain = F.binary_cross_entropy_with_logits(logits[known], labels[known])
+    torch.testing.assert_close(au_bce_loss(logits, labels, mask), plain)
+
+
+def test_bce_without_mask_is_the_mean_and_unknowns_carry_no_gradient():
+    logits = torch.randn(B, A, requires_grad=True)
+    labels = torch.randint(0, 2, (B, A))
+    torch.testing.assert_close(au_bce_loss(logits, labels),
+                               F.binary_cross_entropy_with_logits(logits, labels.float()))
+    mask = torch.ones(B, A, dtype=torch.bool)
+    mask[1] = False
+    au_bce_loss(logits, labels, mask).backward()
+    assert (logits.grad[1] == 0).all() and (logits.grad[0] != 0).all()
+
+
+def test_bce_with_nothing_known_is_zero_and_differentiable():
+    logits = torch.randn(B, A, requires_grad=True)
+    loss = au_bce_loss(logits, torch.full((B, A), 9), torch.zeros(B, A, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0 and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(labels=torch.zeros(B, A + 1)), "\\[B, A\\]"),
+    (dict(mask=torch.ones(B, A)), "bool"),
+    (dict(class_weights=torch.ones(A + 1)), "class_weights"),
+])
+def test_bce_bad_inputs_are_explained(kwargs, message):
+    args = dict(logits=torch.randn(B, A), labels=torch.zeros(B, A)) | kwargs
+    with pytest.raises(ValueError, match=message):
+        au_bce_loss(**args)
+
+
+def test_alignment_matches_a_hand_computed_infonce():
+    features, anchors = torch.randn(B, A, E), torch.randn(A, E)
+    labels = torch.zeros(B, A)
+    labels[0, 2] = labels[3, 0] = labels[3, 4] = labels[1, 1] = 1
+    mask = torch.ones(B, A, dtype=torch.bool)
+    mask[1, 1] = False  # an active label that is unknown does not count
+    cos = F.normalize(features, dim=-1) @ F.normalize(anchors, dim=-1).T / 0.1  # [B, A, A]
+    expected = torch.stack([F.cross_entropy(cos[b, k], torch.tensor(k))
+                            for b, k in ((0, 2), (3, 0), (3, 4))]).mean()
+    torch.testing.assert_close(alignment_loss(features, anchors, labels, mask), expected)
+
+
+def test_alignment_is_lower_when_features_match_their_anchors():
+    anchors = torch.randn(A, E)
+    labels = torch.ones(B, A)
+    matched = anchors.expand(B, A, E) + 0.1 * torch.randn(B, A, E)
+    shuffled = anchors.roll(1, dims=0).expand(B, A, E) + 0.1 * torch.randn(B, A, E)
+    assert alignment_loss(matched, anchors, labels) < alignment_loss(shuffled, anchors, labels)
+
+
+def test_alignment_decreases_over_a_few_steps():
+    features = torch.randn(B, A, E, requires_grad=True)
+    anchors = torch.randn(A, E, requires_grad=True)
+    labels = torch.randint(0, 2, (B, A))
+    optimiser = torch.optim.SGD([features, anchors], lr=0.5)
+    losses = []
+    for _ in range(10):
+        loss = alignment_loss(features, anchors, labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_alignment_without_positives_is_zero_and_differentiable():
+    features = torch.randn(B, A, E, requires_grad=True)
+    loss = alignment_loss(features, torch.randn(A, E), torch.zeros(B, A))
+    loss.backward()
+    assert loss.item() == 0 and torch.isfinite(features.grad).all()
+    masked_out = alignment_loss(features, torch.randn(A, E), torch.ones(B, A),
+                                torch.zeros(B, A, dtype=torch.bool))
+    assert masked_out.item() == 0
+
+
+def test_alignment_bad_inputs_are_explained():
+    with pytest.raises(ValueError, match="text_anchors"):
+        alignment_loss(torch.randn(B, A, E), torch.randn(A + 1, E), torch.zeros(B, A))
+    with pytest.raises(ValueError, match="temperature"):
+        alignment_loss(torch.randn(B, A, E), torch.randn(A, E), torch.zeros(B, A), None, 0.0)
