@@ -27,3 +27,23 @@ samples:
 
 baselines:
 	$(PY) scripts/synthau_baselines.py --out docs/benchmarks.md
+
+# ---- the two stages -------------------------------------------------------------------
+# make pretrain [DATA=/folder/of/faces] [TRAINER=cpu|gpu|ddp] [ARGS="--trainer.max_epochs 50"]
+# make finetune [DATASET=synthau|bp4d|disfa|csv] [PRETRAINED=path.ckpt|none] [ARGS=...]
+TRAINER ?= cpu
+DATASET ?= synthau
+DATA ?=
+ARGS ?=
+LATEST_PRETRAIN := $(shell ls -t runs/pretrain/*/checkpoints/last.ckpt 2>/dev/null | head -1)
+PRETRAINED ?= $(LATEST_PRETRAIN)
+init_flag = $(if $(filter-out none,$(PRETRAINED)),--model.pretrained $(PRETRAINED))
+
+.PHONY: pretrain finetune
+pretrain:
+	$(PY) -m pretrain fit -c conf/trainer/$(TRAINER).yaml -c conf/pretrain/synthau.yaml \
+		$(if $(DATA),--data.source $(DATA)) $(ARGS)
+
+finetune:
+	$(PY) -m finetune fit -c conf/trainer/$(TRAINER).yaml -c conf/finetune/$(DATASET).yaml \
+		$(init_flag) $(ARGS)

@@ -5,36 +5,37 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from aukit.au import au_keys, au_numbers
-from aukit.checkpoint import META_KEY, load_stage1_encoder
+from aukit.checkpoint import load_stage1_encoder
 from aukit.losses.alignment import alignment_loss
 from aukit.losses.au_bce import au_bce_loss
 from aukit.metrics import AUMetrics, format_f1_table
 from aukit.models.hiva import HiVA
 from aukit.models.linear import LinearAUClassifier
 from aukit.optim import warmup_cosine
+from aukit.stage import StageModule
 from aukit.text.bank import load_description_bank
 from aukit.text.encoders import build_text_encoder
 from aukit.text.features import encode_bank
-from aukit.utils.rng import restore_rng_state, rng_state
 from aukit.visualize import activation_grid
 
 ARCHITECTURES = ("hiva", "linear")
 
 
-class HiVAFinetuner(L.LightningModule):
+class HiVAFinetuner(StageModule):
     """Trains HiVA (or the Swin + linear baseline) with masked class-weighted BCE plus a
     vision-text alignment loss; selects checkpoints on ``val/f1_mean`` only.
 
     ``pretrained`` is a stage-1 checkpoint whose backbone and AU region encoder initialise the
     model; its backbone name and image size must match (``backbone: null`` adopts its backbone).
     """
+
+    stage = "finetune"
 
     def __init__(self, aus: list[str], image_size: int = 128, architecture: str = "hiva",
                  backbone: str | None = None, pretrained: str | None = None,
@@ -215,21 +216,9 @@ class HiVAFinetuner(L.LightningModule):
                 "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # ---------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
+    def checkpoint_meta(self) -> dict:
         hp = self.hparams
-        checkpoint[META_KEY] = {
-            "stage": "finetune", "architecture": hp.architecture, "backbone": hp.backbone,
-            "image_size": hp.image_size, "feature_stage": hp.feature_stage,
-            "aus": list(self.au_numbers), "config": dict(hp),
-            "pretrained": str(self.stage1.path) if self.stage1 is not None else None}
-        checkpoint["rng_state"] = rng_state()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        meta = checkpoint.get(META_KEY, {})
-        if meta.get("stage") != "finetune":
-            raise ValueError(f"this is a {meta.get('stage')!r} checkpoint, not a finetune one: "
-                             "use it as --model.pretrained to initialise finetuning instead of "
-                             "--ckpt_path")
-        if "rng_state" in checkpoint:
-            restore_rng_state(checkpoint["rng_state"])
-
+        return {"architecture": hp.architecture, "backbone": hp.backbone,
+                "image_size": hp.image_size, "feature_stage": hp.feature_stage,
+                "aus": list(self.au_numbers),
+                "pretrained": str(self.stage1.path) if self.stage1 is not None else None}

@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aukit.au import au_numbers
-from aukit.checkpoint import META_KEY
 from aukit.data.attention import au_attention_maps
 from aukit.losses.region_contrastive import global_contrastive_loss, region_contrastive_loss
 from aukit.losses.relation_ot import relation_ot_loss
 from aukit.models.backbone import SwinBackbone
 from aukit.models.region import AURegionEncoder, Mlp
 from aukit.optim import warmup_cosine
-from aukit.utils.rng import restore_rng_state, rng_state
+from aukit.stage import StageModule
 
 
-class RegionRelationPretrainer(L.LightningModule):
+class RegionRelationPretrainer(StageModule):
     """Swin -> AU attention pooling -> region transformer -> per-AU projections.
 
     Losses on two augmented views: per-AU InfoNCE (region), InfoNCE over images on the entropic
     OT cost between the views' AU embedding sets (relation), and optionally a global InfoNCE.
     A loss with weight 0 is switched off, so ablations are config changes.
     """
+
+    stage = "pretrain"
 
     def __init__(self, aus: list[str] | str = "all", backbone: str = "swin_test",
                  image_size: int = 128, pretrained_backbone: bool = False, feature_stage: int = 3,
@@ -116,18 +116,8 @@ class RegionRelationPretrainer(L.LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
+    def checkpoint_meta(self) -> dict:
         hp = self.hparams
-        checkpoint[META_KEY] = {
-            "stage": "pretrain", "backbone": hp.backbone, "image_size": hp.image_size,
-            "feature_stage": hp.feature_stage, "embed_dim": hp.embed_dim,
-            "aus": list(self.au_numbers), "config": dict(hp)}
-        checkpoint["rng_state"] = rng_state()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        meta = checkpoint.get(META_KEY, {})
-        if meta.get("stage") != "pretrain":
-            raise ValueError(f"cannot resume pretraining from a {meta.get('stage')!r} "
-                             "checkpoint; pass a checkpoint written by `make pretrain`")
-        if "rng_state" in checkpoint:
-            restore_rng_state(checkpoint["rng_state"])
+        return {"backbone": hp.backbone, "image_size": hp.image_size,
+                "feature_stage": hp.feature_stage, "embed_dim": hp.embed_dim,
+                "aus": list(self.au_numbers)}

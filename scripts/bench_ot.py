@@ -1,7 +1,7 @@
 """Benchmark the relation-OT solvers: forward + backward of the relation loss on CPU (or --device).
 
     python scripts/bench_ot.py [--batch 256 --aus 12 --dim 128 --iters 50 --repeats 5
-                                --loop-sample 512 --threads N --out docs/benchmarks.md]
+                                --loop-sample 512 --threads 1 --out docs/benchmarks.md]
 
 Contenders: (a) our batched torch solver, (b) POT's ``ot.batch``, (c) a Python loop of
 ``ot.sinkhorn2``. The loop is timed on ``--loop-sample`` random (view-1, view-2) pairs and
@@ -35,19 +35,22 @@ from aukit.losses.relation_ot import (
 SECTION = "## Relation OT solver"
 
 
-def median_ms(step: Callable[[], None], repeats: int, device: torch.device) -> float:
-    """Median wall time of ``step`` in ms after one warm-up call."""
-    times = []
-    for i in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i:
-            times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
+def median_ms(steps: dict[str, Callable[[], None]], repeats: int,
+              device: torch.device) -> dict[str, float]:
+    """Median wall time in ms of each step after one warm-up round. The contenders take turns
+    within each round so that load from other processes hits them alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(repeats + 1):
+        for name, step in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_:
+                times[name].append(1e3 * (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def machine(device: torch.device) -> str:
@@ -83,13 +86,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--loop-sample", type=int, default=512)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (all solvers)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for every solver; 1 keeps timings stable on a shared "
+                             "machine (OpenMP barriers stall when cores are oversubscribed)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default="docs/benchmarks.md",
                         help="Markdown file to update; '' to only print")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(0)
     B, A, D = args.batch, args.aus, args.dim
@@ -110,12 +114,12 @@ def main(argv: list[str] | None = None) -> None:
         a, b = m1[rows].softmax(-1), m2[cols].softmax(-1)
         return entropic_ot(cost, a, b, ot_kwargs["epsilon"], args.iters, solver="pot_loop")
 
-    timings = {
-        "torch (ours, batched)": median_ms(loss_step("torch"), args.repeats, device),
-        "ot.batch (POT, batched)": median_ms(loss_step("pot"), args.repeats, device),
-        "ot.sinkhorn2 loop": median_ms(lambda: loop_costs().sum().backward(), args.repeats,
-                                       device) * (B * B) / n_sample,
-    }
+    timings = median_ms({
+        "torch (ours, batched)": loss_step("torch"),
+        "ot.batch (POT, batched)": loss_step("pot"),
+        "ot.sinkhorn2 loop": lambda: loop_costs().sum().backward(),
+    }, args.repeats, device)
+    timings["ot.sinkhorn2 loop"] *= B * B / n_sample  # linear extrapolation to all problems
     with torch.no_grad():
         reference = loop_costs()
         diffs = {name: float((pairwise_ot_costs(z1, z2, m1, m2, solver=solver, **ot_kwargs)

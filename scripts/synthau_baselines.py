@@ -67,10 +67,10 @@ def logistic_regression(train_x: np.ndarray, train_y: np.ndarray, test_x: np.nda
     return np.stack(predictions, 1)
 
 
-def small_cnn(num_aus: int, width: int = 32) -> nn.Module:
+def small_cnn(num_aus: int, width: int = 16) -> nn.Module:
     """4 conv blocks (3x3 conv, batch norm, ReLU, 2x2 max pool), global average pool, linear."""
     layers: list[nn.Module] = []
-    channels = [3, width, 2 * width, 3 * width, 4 * width]
+    channels = [3, width, 2 * width, 4 * width, 8 * width]
     for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
         layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
                    nn.ReLU(inplace=True), nn.MaxPool2d(2)]
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-per-subject", type=int, default=50)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cnn-size", type=int, default=80, help="CNN input size (64..96)")
+    parser.add_argument("--cnn-size", type=int, default=64, help="CNN input size (64..96)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, help="Markdown file to write the section into")
     args = parser.parse_args(argv)
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         f"F1 (%) on the test subjects at threshold 0.5. *All positive*: predict every AU "
         f"everywhere (chance reference). *LogReg pixels*: one `LogisticRegression("
         f"class_weight='balanced')` per AU on standardised {LR_SIZE}x{LR_SIZE} grayscale "
-        f"pixels. *Small CNN*: 4 conv blocks (32-128 channels), {args.cnn_size} px RGB, "
+        f"pixels. *Small CNN*: 4 conv blocks (16-128 channels), {args.cnn_size} px RGB, "
         f"{args.epochs} epochs AdamW + one-cycle, BCE with pos_weight, horizontal flips.",
     ]
     section = markdown(au_keys(aus), test_y.mean(0), {

@@ -1,8 +1,11 @@
+import math
+
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from aukit.losses import relation_ot
 from aukit.losses.region_contrastive import region_contrastive_loss
 from aukit.losses.relation_ot import (
     entropic_ot,
@@ -19,7 +22,8 @@ BATCHED = ["torch", "pot"]
 def random_problem(scale: str, dtype=torch.float64) -> tuple[torch.Tensor, ...]:
     if scale == "extreme":  # costs ~0 next to costs ~50
         near_zero = 1e-6 * torch.rand(P, A, A, dtype=dtype)
-        cost = torch.where(torch.rand(P, A, A) < 0.5, near_zero, 50 + torch.rand(P, A, A, dtype=dtype))
+        large = 50 + torch.rand(P, A, A, dtype=dtype)
+        cost = torch.where(torch.rand(P, A, A) < 0.5, near_zero, large)
     else:
         cost = 2 * torch.rand(P, A, A, dtype=dtype)
     a = torch.softmax(torch.randn(P, A, dtype=dtype), -1)
@@ -47,6 +51,14 @@ def test_solver_matches_sinkhorn2_loop_in_value_and_gradient(solver, scale, epsi
         torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-6, msg=name)
 
 
+def test_cpu_chunks_do_not_change_results(monkeypatch):
+    problem = random_problem("unit")
+    whole = value_and_grads("torch", *problem, 0.05)
+    monkeypatch.setattr(relation_ot, "_CPU_CHUNK", 2)  # P = 5 -> chunks of 2, 2, 1
+    for got, expected in zip(value_and_grads("torch", *problem, 0.05), whole, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize("solver", BATCHED)
 def test_pairwise_costs_match_loop_in_value_and_gradient_wrt_z(solver):
     z1, z2 = torch.randn(3, A, D, dtype=torch.float64), torch.randn(4, A, D, dtype=torch.float64)
@@ -63,16 +75,23 @@ def test_pairwise_costs_match_loop_in_value_and_gradient_wrt_z(solver):
         torch.testing.assert_close(got, reference, atol=1e-4, rtol=1e-6)
 
 
-def test_plan_marginals_and_float32_stability():
+def test_plan_marginals_match_a_and_b():
+    cost, a, b = random_problem("unit")
+    plan = sinkhorn_log(cost, a, b, epsilon=1e-3, iters=50)
+    torch.testing.assert_close(plan.sum(-1), a, atol=1e-12, rtol=0)  # the row update comes last
+    converged = sinkhorn_log(cost, a, b, epsilon=0.1, iters=300)
+    torch.testing.assert_close(converged.sum(-2), b, atol=1e-8, rtol=0)
+
+
+def test_float32_is_stable_for_tiny_epsilon_and_extreme_costs():
     cost, a, b = random_problem("extreme", torch.float32)
     cost.requires_grad_()
     plan = sinkhorn_log(cost, a, b, epsilon=1e-3, iters=50)
     assert plan.dtype == torch.float32 and torch.isfinite(plan).all()
-    torch.testing.assert_close(plan.sum(-1), a)  # the row update comes last
+    # cost / epsilon ~ 5e4 leaves float32 about 3 significant digits in the exponent
+    torch.testing.assert_close(plan.sum(-1), a, atol=1e-4, rtol=1e-3)
     entropic_ot(cost, a, b, 1e-3, 50).sum().backward()
     assert torch.isfinite(cost.grad).all()
-    converged = sinkhorn_log(2 * torch.rand(P, A, A), a, b, epsilon=0.1, iters=300)
-    torch.testing.assert_close(converged.sum(-2), b, atol=1e-5, rtol=0)
 
 
 def test_cost_matrix_definition():
@@ -108,7 +127,8 @@ def test_matched_relations_give_lower_loss():
     matched = relation_ot_loss(z1, z2, mass1, mass2)
     shuffled = torch.roll(torch.arange(len(z2)), 1)
     mismatched = relation_ot_loss(z1, z2[shuffled], mass1, mass2[shuffled])
-    assert matched < 0.1 < mismatched
+    chance = math.log(len(z1))
+    assert matched < 0.5 * chance and mismatched > 2 * chance
 
 
 def test_loss_decreases_and_gradients_reach_z_and_mass():
@@ -161,7 +181,9 @@ def test_ddp_two_ranks_equal_single_process(tmp_path):
     gradient is world_size times the full-batch gradient of its rows (DDP averages them)."""
     inputs = list(structured_views(batch=6))
     out = str(tmp_path / "result")
-    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), inputs, out), nprocs=2)
+    # fork: the workers need no fresh interpreter (seconds of imports); they use one thread
+    mp.start_processes(_ddp_worker, args=(str(tmp_path / "init"), inputs, out), nprocs=2,
+                       start_method="fork")
     ranks = [torch.load(f"{out}.{r}") for r in range(2)]
     leaves = [t.clone().requires_grad_() for t in inputs]
     for name, loss in (("region", region_contrastive_loss(*leaves[:2])),

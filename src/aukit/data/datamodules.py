@@ -6,12 +6,12 @@ configs can set them. Every split is subject-exclusive.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from aukit.au import DATASET_AUS, au_numbers
@@ -21,6 +21,9 @@ from aukit.data.datasets import (
     SynthAUDataset,
 )
 from aukit.data.manifest import Manifest, manifest_aus, read_manifest
+from aukit.data.protocol import PROTOCOL_DATASETS, choose_subjects, fold_split
+from aukit.data.readers import dataset_manifest, manifest_hash, manifest_summary
+from aukit.data.sampling import ResumableDataLoader
 from aukit.data.synthau import split_subjects
 from aukit.data.transforms import eval_transform, pretrain_transform, train_transform
 
@@ -50,14 +53,6 @@ def _existing_file(path: str | None, what: str) -> str | None:
     return path
 
 
-def _choose(items: Sequence, fraction: float, seed: int) -> list:
-    """A seeded ``round(fraction * n)`` (at least 1) of ``items``, sorted; a smaller fraction
-    keeps a subset of what a larger one keeps (same permutation, shorter prefix)."""
-    ordered = sorted(items)
-    count = max(1, round(fraction * len(ordered)))
-    return sorted(np.random.default_rng(seed).permutation(ordered)[:count].tolist())
-
-
 def subject_ids(split: Split) -> set[str]:
     return set(split.subjects) if isinstance(split, Manifest) else {str(s) for s in split}
 
@@ -81,10 +76,13 @@ def _transform_seed(datamodule: L.LightningDataModule) -> int:
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool,
-                drop_last: bool = False) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                      num_workers=num_workers, persistent_workers=num_workers > 0,
-                      pin_memory=torch.cuda.is_available())
+                drop_last: bool = False, seed: int = 0) -> DataLoader:
+    """Shuffled (training) loaders are resumable mid-epoch; evaluation loaders are plain."""
+    common = dict(batch_size=batch_size, drop_last=drop_last, num_workers=num_workers,
+                  persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
+    if shuffle:
+        return ResumableDataLoader(dataset, seed=seed, **common)
+    return DataLoader(dataset, shuffle=False, **common)
 
 
 def label_statistics(labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,6 +112,12 @@ class AUDataModule(L.LightningDataModule):
     ``manifest`` for training, ``val_manifest`` or a subject-disjoint carve of ``val_subjects``
     (a fraction or names) for validation and ``test_manifest`` for testing. ``label_fraction``
     keeps a seeded fraction of the training subjects (after carving validation).
+
+    ``data_root`` (bp4d / disfa) builds ``manifest`` from a raw root or a ``prepare`` output
+    folder (cached, see ``aukit.data.readers.dataset_manifest``). ``fold`` (bp4d / disfa /
+    synthau) applies the 3-fold protocol: test on part ``fold``, train on the other two parts,
+    validation carved from those by ``val_subjects`` (``aukit.data.protocol``).
+    ``manifest_hash`` (sha256 of the manifest) is logged with every run.
     """
 
     def __init__(self, dataset: str = "synthau", aus: list[str] | str | None = None,
@@ -122,7 +126,8 @@ class AUDataModule(L.LightningDataModule):
                  label_fraction: float = 1.0, image_size: int = 224, batch_size: int = 32,
                  num_workers: int = 0, synthau_samples_per_subject: int = 40,
                  synthau_eval_samples_per_subject: int = 20, seed: int = 0,
-                 skip_bad_rows: bool = False) -> None:
+                 skip_bad_rows: bool = False, data_root: str | None = None,
+                 fold: int | None = None) -> None:
         super().__init__()
         # the model logs the resolved AU list; the raw request would clash with it
         self.save_hyperparameters(ignore=["aus"])
@@ -132,6 +137,15 @@ class AUDataModule(L.LightningDataModule):
                              "'bp4d' / 'disfa' for manifests of those sets)")
         given = [n for n, v in (("manifest", manifest), ("val_manifest", val_manifest),
                                 ("test_manifest", test_manifest)) if v is not None]
+        if data_root is not None:
+            if dataset not in ("bp4d", "disfa") or manifest is not None:
+                raise ValueError(f"data_root reads a bp4d / disfa root; got dataset={dataset!r}"
+                                 + (" and a manifest too: give one of them" if manifest else ""))
+            manifest = str(dataset_manifest(dataset, data_root))
+        if fold is not None and (dataset not in PROTOCOL_DATASETS or val_manifest or test_manifest):
+            raise ValueError(f"fold={fold} applies the 3-fold protocol of {PROTOCOL_DATASETS}, "
+                             "which carves validation and test itself; use dataset bp4d / disfa / "
+                             "synthau without val_manifest / test_manifest")
         if dataset == "synthau" and given:
             raise ValueError(f"dataset='synthau' renders its own data but {', '.join(given)} "
                              "was given; set dataset='csv' to use manifests")
@@ -146,7 +160,9 @@ class AUDataModule(L.LightningDataModule):
             raise ValueError(f"need image_size >= 32, batch_size >= 1 and num_workers >= 0; got "
                              f"{image_size}, {batch_size}, {num_workers}")
         self.dataset = dataset
+        self.fold = fold
         self.manifest = _existing_file(manifest, "manifest")
+        self.manifest_hash = manifest_hash(self.manifest) if self.manifest else None
         self.val_manifest = _existing_file(val_manifest, "val_manifest")
         self.test_manifest = _existing_file(test_manifest, "test_manifest")
         self.aus = resolve_aus(aus, dataset, manifest)
@@ -176,14 +192,31 @@ class AUDataModule(L.LightningDataModule):
         return self._splits
 
     def _synthau_splits(self) -> dict[str, Split]:
-        train = _choose(split_subjects("train"), self.label_fraction, self.seed)
+        if self.fold is not None:
+            split = fold_split("synthau", self.fold, None, self.val_subjects, self.seed)
+            train = choose_subjects([int(s) for s in split.train], self.label_fraction, self.seed)
+            return {"train": train, "val": [int(s) for s in split.val],
+                    "test": [int(s) for s in split.test]}
+        train = choose_subjects(split_subjects("train"), self.label_fraction, self.seed)
         return {"train": train, "val": split_subjects("val"), "test": split_subjects("test")}
+
+    def _fold_splits(self, full: Manifest) -> dict[str, Split]:
+        split = fold_split(self.dataset, self.fold, full.subject_names,  # type: ignore[arg-type]
+                           self.val_subjects, self.seed)
+        splits: dict[str, Split] = {"test": full.subset(split.test)}
+        if split.val:
+            splits["val"] = full.subset(split.val)
+        splits["train"] = full.subset(choose_subjects(split.train, self.label_fraction,
+                                                      self.seed))
+        return splits
 
     def _read(self, path: str) -> Manifest:
         return read_manifest(path, self.aus, skip_bad_rows=self.skip_bad_rows)
 
     def _csv_splits(self) -> dict[str, Split]:
         full = self._read(self.manifest)  # type: ignore[arg-type]  # required in __init__
+        if self.fold is not None:
+            return self._fold_splits(full)
         splits: dict[str, Split] = {}
         subjects = full.subject_names
         if self.val_manifest is not None:
@@ -194,7 +227,7 @@ class AUDataModule(L.LightningDataModule):
             if val:
                 splits["val"] = full.subset(val)
             train_subjects = [s for s in subjects if s not in set(val)]
-        kept = _choose(train_subjects, self.label_fraction, self.seed)
+        kept = choose_subjects(train_subjects, self.label_fraction, self.seed)
         splits["train"] = full.subset(kept)
         if self.test_manifest is not None:
             splits["test"] = self._read(self.test_manifest)
@@ -214,7 +247,7 @@ class AUDataModule(L.LightningDataModule):
             if len(subjects) < 2:
                 raise ValueError(f"{full.source} has {len(subjects)} subject; a validation "
                                  "split needs 2 or more: give val_manifest or val_subjects=0")
-            val = _choose(subjects, self.val_subjects, self.seed + 1)
+            val = choose_subjects(subjects, self.val_subjects, self.seed + 1)
         if len(val) >= len(subjects):
             raise ValueError(f"val_subjects takes every subject of {full.source}; leave some "
                              "for training")
@@ -242,12 +275,31 @@ class AUDataModule(L.LightningDataModule):
         return self._datasets[key]
 
     def setup(self, stage: str | None = None) -> None:
+        self._log_data()
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
                   "predict": ("test",)}.get(stage or "fit", ())
         for split in needed:
             if split == "val" and "val" not in self.splits():
                 continue  # val_subjects=0: train without validation
             self.dataset_for(split, train=split == "train")
+
+    def _log_data(self) -> None:
+        """Say once per run which data it uses: the manifest hash, fold and subjects."""
+        if getattr(self, "_logged", False):
+            return
+        self._logged = True
+        where = (f"manifest {self.manifest} sha256 {self.manifest_hash}" if self.manifest
+                 else "SynthAU (rendered)")
+        fold = f", fold {self.fold} (tests on part{self.fold})" if self.fold else ""
+        subjects = "; ".join(f"{k} {sorted(subject_ids(v))}" for k, v in self.splits().items())
+        rank_zero_info(f"data: {self.dataset} {where}{fold}\nsubjects: {subjects}")
+        full = self.splits().get("train")
+        if isinstance(full, Manifest):
+            rank_zero_info(f"train split {manifest_summary(full)}")
+        logger = self.trainer.logger if self.trainer is not None else None
+        if logger is not None:
+            logger.log_hyperparams({"data_manifest_hash": self.manifest_hash or "synthau",
+                                    "data_fold": self.fold or 0})
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset_for("train", train=True), shuffle=True)
@@ -267,7 +319,8 @@ class AUDataModule(L.LightningDataModule):
         return self._loader(self.dataset_for(split), shuffle=shuffle)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return make_loader(dataset, self.batch_size, self.num_workers, shuffle)
+        return make_loader(dataset, self.batch_size, self.num_workers, shuffle,
+                           seed=self.hparams.seed)
 
     # ----------------------------------------------------------------- statistics
     def split_labels(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -359,7 +412,7 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
         assert self._train is not None
         # contrastive losses want full batches of negatives; a ragged last batch is dropped
         return make_loader(self._train, self.batch_size, self.num_workers, shuffle=True,
-                           drop_last=True)
+                           drop_last=True, seed=self.seed)
 
     def probe_datamodule(self) -> AUDataModule:
         """Labelled data for the linear probe (use its ``split_dataloader``: eval transforms)."""

@@ -41,8 +41,14 @@ def read_rgb(path: Path, where: str) -> np.ndarray:
 
 
 def apply_views(transform: Transform, image: np.ndarray, landmarks: np.ndarray,
-                views: int) -> dict[str, torch.Tensor]:
-    """``views`` independent transform draws, stacked on a view axis only when ``views > 1``."""
+                views: int, key: int | None = None) -> dict[str, torch.Tensor]:
+    """``views`` independent transform draws, stacked on a view axis only when ``views > 1``.
+
+    A sample ``key`` (from ``aukit.data.sampling.EpochKeySampler``) seeds the draws, so the same
+    key always gives the same views.
+    """
+    if key is not None and hasattr(transform, "reseed_for"):
+        transform.reseed_for(key)
     if views == 1:
         return dict(transform(image, landmarks))
     draws = [transform(image, landmarks) for _ in range(views)]
@@ -87,9 +93,9 @@ class SynthAUDataset(Dataset):
         """Binary labels ``[A]`` of item ``i`` (renders the face; SynthAU labels come with it)."""
         return self._labels(self.synth.sample(*self.locate(i)))
 
-    def __getitem__(self, i: int) -> dict:
-        sample = self.synth.sample(*self.locate(i))
-        item = apply_views(self.transform, sample["image"], sample["landmarks"], self.views)
+    def __getitem__(self, key: int) -> dict:
+        sample = self.synth.sample(*self.locate(key % len(self)))
+        item = apply_views(self.transform, sample["image"], sample["landmarks"], self.views, key)
         if self.columns is not None:
             item["labels"] = torch.from_numpy(self._labels(sample))
             item["label_mask"] = torch.ones(len(self.columns), dtype=torch.bool)
@@ -108,12 +114,12 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.manifest)
 
-    def __getitem__(self, i: int) -> dict:
-        m = self.manifest
+    def __getitem__(self, key: int) -> dict:
+        m, i = self.manifest, key % len(self)
         image = read_rgb(m.images[i], f"listed in {m.row_label(i)}")
         landmarks = (load_landmarks(m.landmarks[i]) if m.landmarks[i] is not None
                      else canonical_landmarks(image.shape[:2]))
-        item = apply_views(self.transform, image, landmarks, self.views)
+        item = apply_views(self.transform, image, landmarks, self.views, key)
         item["labels"] = torch.from_numpy(m.labels[i])
         item["label_mask"] = torch.from_numpy(m.mask[i])
         item["subject"] = m.subjects[i]
@@ -171,12 +177,12 @@ class ImageFolderDataset(Dataset):
                 return load_landmarks(path.with_suffix(suffix))
         return canonical_landmarks((height, width))
 
-    def __getitem__(self, i: int) -> dict:
-        path = self.images[i]
+    def __getitem__(self, key: int) -> dict:
+        path = self.images[key % len(self)]
         image = read_rgb(path, f"found under {self.root}")
         height, width = image.shape[:2]
         if min(height, width) < MIN_FACE_SIZE:
             raise ValueError(f"image {path} is {width}x{height} px, smaller than {MIN_FACE_SIZE} "
                              "px: not a face-sized crop; remove it or re-crop the face larger")
         return apply_views(self.transform, image, self.landmarks_for(path, height, width),
-                           self.views)
+                           self.views, key)

@@ -85,7 +85,7 @@ for _i, _z in _NOSE_DEPTH.items():
 
 
 # ---------------------------------------------------------------------------------- identity
-_SKIN_TONES = np.array([(.99, .87, .77), (.93, .76, .63), (.80, .58, .42), (.60, .40, .27),
+_SKIN_TONES = np.array([(.96, .84, .74), (.93, .76, .63), (.80, .58, .42), (.60, .40, .27),
                         (.40, .26, .17)], np.float32)
 _HAIR_COLOURS = np.array([(.08, .06, .05), (.25, .16, .10), (.45, .30, .18), (.80, .65, .40),
                           (.60, .25, .12), (.62, .60, .58)], np.float32)
@@ -186,7 +186,7 @@ class Nuisance:
             yaw=u(-0.3, 0.3),
             gaze=(u(-0.15, 0.15), u(-0.08, 0.08)),
             light=(u(-0.35, 0.35), u(-0.25, 0.25)),
-            brightness=u(0.75, 1.15),
+            brightness=u(0.7, 1.05),
             white_balance=tuple(rng.normal(1, 0.03, 3).tolist()),
             gamma=u(0.75, 1.3),
             blur=u(0.6, 1.8) if rng.random() < 0.3 else 0.0,
@@ -277,13 +277,19 @@ _MOTION: dict[int, dict[int, tuple[float, float]]] = {
 }
 
 
+# Hardness knobs: scale every AU's landmark motion and texture opacity. Tuned so that pixels
+# with a linear model stay weak while a small CNN learns (scripts/synthau_baselines.py).
+_MOTION_GAIN = 1.5
+_CUE_GAIN = 1.5
+
+
 def _motion_fields() -> np.ndarray:
     """Per-AU, per-side landmark displacement at intensity 5. Returns ``[A, 2, 68, 2]``."""
     fields = np.zeros((_A, 2, NUM_LANDMARKS, 2), np.float32)
     for au, motion in _MOTION.items():
         a = _AU_INDEX[au]
         for i, d in motion.items():
-            fields[a, 0, i] = d
+            fields[a, 0, i] = np.array(d) * _MOTION_GAIN
         if ACTION_UNITS[au].bilateral:
             midline = np.array([_FLIP[i] == i for i in range(NUM_LANDMARKS)])
             fields[a, 0, midline] /= 2
@@ -495,19 +501,19 @@ class _Painter:
             a = _AU_INDEX[au]
             sides = (0, 1) if ACTION_UNITS[au].bilateral else (0,)
             for side in sides:
-                s = float(intensity[a] / 5 * side_gain[a, side]) * 255
+                s = float(intensity[a] / 5 * side_gain[a, side]) * 255 * _CUE_GAIN
                 if s < 8:  # below ~3 grey levels of ink: invisible, skip the work
                     continue
                 if au == 1:  # horizontal forehead wrinkles above the inner brow
                     for k in range(3):
                         y = -0.22 - 0.13 * k
-                        self.stroke(dark, [at(21, side, -.22, y + .02), at(21, side, 0, y),
-                                           at(21, side, .3, y + .03)], .35 * s, .018)
+                        self.stroke(dark, [at(21, side, -.22, y + .025), at(21, side, 0, y),
+                                           at(21, side, .3, y + .03)], .35 * s, .025)
                 elif au == 2:  # wrinkles above the outer brow
                     for k in range(2):
                         y = -0.2 - 0.13 * k
                         self.stroke(dark, [at(19, side, -.1, y), at(18, side, 0, y),
-                                           at(17, side, .05, y + .05)], .3 * s, .018)
+                                           at(17, side, .05, y + .05)], .3 * s, .025)
                 elif au == 4:  # vertical furrow between the brows, shadow under the brow
                     self.stroke(dark, [at(21, side, -.07, -.12), at(21, side, -.09, .1)],
                                 .45 * s, .022)
@@ -520,20 +526,20 @@ class _Painter:
                     self.blob(light, centre + self.u * np.array([0, .3]), (.22 * self.cos, .1),
                               .18 * s)
                     self.stroke(dark, [at(36, side, 0, .1), at(41, side, 0, .13),
-                                       at(40, side, 0, .12)], .3 * s, .02)
+                                       at(40, side, 0, .12)], .3 * s, .025)
                     for dy in (-.08, 0, .08):
                         self.stroke(dark, [at(36, side, .06, dy / 4), at(36, side, .2, dy)],
-                                    .4 * s, .015)
+                                    .4 * s, .025)
                 elif au == 7:  # tensed lower lid
                     lid = [at(36, side, 0, .03), at(41, side, 0, .03), at(40, side, 0, .03),
                            at(39, side, 0, .03)]
-                    self.stroke(dark, lid, .35 * s, .018)
+                    self.stroke(dark, lid, .35 * s, .025)
                 elif au == 9:  # wrinkles across the nose root and along the nose side
                     for k in range(3):
                         self.stroke(dark, [at(28, side, .02, -.06 + .06 * k),
-                                           at(28, side, .14, -.1 + .07 * k)], .45 * s, .016)
+                                           at(28, side, .14, -.1 + .07 * k)], .45 * s, .025)
                     self.stroke(dark, [at(27, side, -.02, -.03), at(27, side, .12, -.05)],
-                                .35 * s, .016)
+                                .35 * s, .025)
                 elif au == 10:  # upper nasolabial furrow deepens
                     self.stroke(dark, [at(31, side, .05, -.02), at(31, side, .1, .08),
                                        at(49, side, .08, 0)], .35 * s, .025)
@@ -553,22 +559,22 @@ class _Painter:
                     centre = (at(57) + at(8)) / 2
                     self.blob(light, centre, (.22, .1), .25 * s)
                     for pit in self.identity.chin_pits:
-                        self.blob(dark, centre + pit * self.u, (.012, .012), .4 * s)
+                        self.blob(dark, centre + pit * self.u, (.012, .025), .4 * s)
                     self.stroke(dark, [at(57, 0, .15, .1), at(57, 0, 0, .13),
-                                       at(57, 1, .15, .1)], .45 * s, .02)
+                                       at(57, 1, .15, .1)], .45 * s, .025)
                 elif au == 20:  # horizontal stretch lines beyond the lip corner
                     self.stroke(dark, [at(48, side, .05, .01), at(48, side, .22, .04)], .35 * s,
-                                .018)
+                                .025)
                 elif au == 23:  # tightened red margin: darker lip border, vertical lip lines
-                    self.stroke(dark, self.pts[48:55], .25 * s, .015)
+                    self.stroke(dark, self.pts[48:55], .25 * s, .025)
                     for i in (50, 51, 52, 56, 57, 58):
                         self.stroke(dark, [at(i, 0, 0, -.01), at(i, 0, 0, .03 if i < 55 else
-                                                                   -.03)], .3 * s, .012)
+                                                                   -.03)], .3 * s, .025)
                 elif au == 24:  # bulges above and below the pressed lips
                     self.stroke(dark, [at(49, 0, 0, -.07), at(51, 0, 0, -.09),
-                                       at(53, 0, 0, -.07)], .3 * s, .02)
+                                       at(53, 0, 0, -.07)], .3 * s, .025)
                     self.stroke(dark, [at(59, 0, 0, .08), at(57, 0, 0, .1), at(55, 0, 0, .08)],
-                                .3 * s, .02)
+                                .3 * s, .025)
 
     def compose(self) -> np.ndarray:
         """Canvas with texture, face-edge shading and lighting. Returns ``[S, S, 3]`` uint8."""

@@ -137,6 +137,13 @@ class FaceTransform:
         for pipeline in (*(p for p, _ in self._geometric), self._photometric):
             pipeline.set_random_state(self._rng, py_random)
 
+    def reseed_for(self, key: int) -> None:
+        """Make the next draws a pure function of (``seed``, ``key``): one sample's augmentation
+        that is the same in any worker and after a resume (see ``aukit.data.sampling``)."""
+        info = torch.utils.data.get_worker_info()
+        self._worker_seed = None if info is None else info.seed  # no worker reseed on top
+        self._reseed(int(np.random.SeedSequence([self.seed or 0, key]).generate_state(1)[0]))
+
     def _follow_worker_seed(self) -> None:
         # albumentations keeps its own RNG, which forked DataLoader workers would inherit as
         # identical copies (the same augmentations in every worker)

@@ -9,17 +9,20 @@ the negatives, so images with the same AU relation structure end up close.
 Solvers (``solver=``), all unrolled for a fixed number of log-domain Sinkhorn iterations in the
 same order as POT's ``sinkhorn_log`` (column potential first), so they agree in value and gradient:
 
-- ``"torch"`` (default): ours, batched, with a hand-written backward that recomputes the plans
-  from the saved potentials instead of storing ``iters`` autograd graphs of ``[P, A, A]``.
-  Measured with ``scripts/bench_ot.py`` (B=256 views, A=12, 65,536 problems, 50 iterations,
-  forward + backward) on CPU (AMD EPYC, 2 torch threads): see docs/benchmarks.md, "Relation OT
-  solver"; it is the faster of the two batched solvers there, hence the default.
+- ``"torch"`` (default): ours, batched, with a hand-written backward that recomputes each
+  step's softmax from saved potentials instead of keeping ``iters`` autograd graphs. Measured
+  with ``scripts/bench_ot.py`` (relation loss forward + backward, B=256 views, A=12: 65,536
+  problems, 50 iterations) on CPU (AMD EPYC, 1 torch thread, shared 2-core box): 3.3 s vs
+  15.0 s for ``"pot"`` and ~690 s (extrapolated) for ``"pot_loop"``; peak RSS 1.2 GB vs 5.4 GB
+  for ``"pot"``. Hence the default. Not measured on GPU (none available); see
+  docs/benchmarks.md, "Relation OT solver".
 - ``"pot"``: POT's batched solver ``ot.batch.solve_batch(method="log_sinkhorn", grad="autodiff")``.
 - ``"pot_loop"``: a Python loop over ``ot.sinkhorn2`` - slow; the reference in tests.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import ot
@@ -31,8 +34,15 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from aukit.losses.region_contrastive import symmetric_info_nce
 from aukit.utils.distributed import gather_with_grad, world_size
 
+_LOG2E = 1.0 / math.log(2)
 # log-marginals are clamped here so a saturated mass softmax never gives log(0) = -inf
 _MIN_LOG_MASS = -60.0
+# problems per cache-sized block of the torch solver on CPU (1024 measured fastest of 256..65536)
+_CPU_CHUNK = 1024
+# the torch solver works in base 2 (exp2 is ~2.5x faster than exp on CPU); exp2 of float32 below
+# -126 (underflow) takes a slower path, and every exponent is relative to a normaliser >= 1, so
+# 2^-115 ~ 2e-35 stands in for 0 (even next to float64's 2e-16 resolution)
+_EXP2_FLOOR = -115.0
 
 
 def ot_cost_matrix(z1: Tensor, z2: Tensor, identity_prior: float) -> Tensor:
@@ -58,12 +68,79 @@ def ot_cost_matrix(z1: Tensor, z2: Tensor, identity_prior: float) -> Tensor:
     return 1.0 - cos + identity_prior * off_diagonal
 
 
-def _logsumexp_(x: Tensor, dim: int, out: Tensor) -> Tensor:
-    """``logsumexp`` into ``out``, overwriting ``x``: about 2x faster than ``torch.logsumexp``
-    on CPU here, and reusing buffers avoids page-faulting fresh ``[A, A, P]`` blocks each step."""
+def _log2sumexp2_(x: Tensor, dim: int, out: Tensor) -> Tensor:
+    """``log2(sum(2 ** x))`` over ``dim`` into ``out``, overwriting ``x`` (reusing buffers avoids
+    page-faulting a fresh ``[A, A, P]`` block each step)."""
     peak = x.amax(dim, keepdim=True)
-    torch.sum(x.sub_(peak).exp_(), dim, out=out)
-    return out.log_().add_(peak.squeeze(dim))
+    torch.sum(x.sub_(peak).clamp_min_(_EXP2_FLOOR).exp2_(), dim, out=out)
+    return out.log2_().add_(peak.squeeze(dim))
+
+
+def _forward_chunk(f: Tensor, log_a: Tensor, log_b: Tensor, iters: int
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """Base-2 Sinkhorn on ``f = -C / (eps ln 2)`` ``[A, A, P]``, log2-marginals ``[A, P]``.
+
+    Returns the plan ``[A, A, P]`` and the log2-sum-exp2 of every column and row update
+    ``[T, A, P]``.
+    """
+    lse_v = f.new_empty(iters, *log_b.shape)
+    lse_u = f.new_empty(iters, *log_a.shape)
+    work = torch.empty_like(f)
+    u = torch.zeros_like(log_a)
+    for t in range(iters):
+        v = log_b - _log2sumexp2_(torch.add(f, u[:, None], out=work), 0, out=lse_v[t])
+        u = log_a - _log2sumexp2_(torch.add(f, v[None], out=work), 1, out=lse_u[t])
+    plan = torch.add(f, u[:, None], out=work).add_(v[None]).clamp_min_(_EXP2_FLOOR).exp2_()
+    return plan, lse_v, lse_u
+
+
+def _softmax2_(work: Tensor, f: Tensor, potential: Tensor, lse: Tensor) -> Tensor:
+    """``2 ** (f + potential - lse)`` into ``work``: one Sinkhorn step's (row or column) softmax,
+    rebuilt from its saved normaliser; ``potential`` and ``lse`` come pre-broadcast."""
+    return torch.add(f, potential, out=work).sub_(lse).clamp_min_(_EXP2_FLOOR).exp2_()
+
+
+def _backward_chunk(f: Tensor, log_a: Tensor, log_b: Tensor, plan: Tensor, lse_v: Tensor,
+                    lse_u: Tensor, grad_plan: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Reverse of ``_forward_chunk``: gradients w.r.t. ``f`` ``[A, A, P]`` and the
+    log2-marginals ``[A, P]``, given the plan's gradient ``[A, A, P]``."""
+    grad_f = (grad_plan * plan).mul_(math.log(2))  # d/d(log2 plan)
+    grad_u, grad_v = grad_f.sum(dim=1), grad_f.sum(dim=0)
+    grad_log_a, grad_log_b = torch.zeros_like(log_a), torch.zeros_like(log_b)
+    work = torch.empty_like(f)
+    for t in range(lse_v.shape[0] - 1, -1, -1):
+        # u_t = log a - LSE_j(f + v_t): its Jacobian is minus the row softmax of f + v_t
+        grad_log_a += grad_u
+        v = log_b - lse_v[t]
+        weighted = _softmax2_(work, f, v[None], lse_u[t][:, None]).mul_(grad_u[:, None])
+        grad_f -= weighted
+        grad_v -= weighted.sum(dim=0)
+        # v_t = log b - LSE_i(f + u_{t-1}) with u_0 = 0: minus the column softmax
+        grad_log_b += grad_v
+        u_prev = log_a - lse_u[t - 1] if t > 0 else torch.zeros_like(log_a)
+        weighted = _softmax2_(work, f, u_prev[:, None], lse_v[t][None]).mul_(grad_v[None])
+        grad_f -= weighted
+        grad_u = -weighted.sum(dim=1)
+        grad_v = torch.zeros_like(grad_v)
+    return grad_f, grad_log_a, grad_log_b
+
+
+def _problems_last(x: Tensor) -> Tensor:
+    """``[P, ...] -> [..., P]``, contiguous."""
+    return x.movedim(0, -1).contiguous()
+
+
+def _problems_first(x: Tensor) -> Tensor:
+    """``[..., P] -> [P, ...]`` (a view)."""
+    return x.movedim(-1, 0)
+
+
+def _base2_inputs(cost: Tensor, log_a: Tensor, log_b: Tensor, epsilon: float
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """``[P, A, A]``, ``[P, A]``, ``[P, A]`` -> ``f = -C / (eps ln 2)`` ``[A, A, P]`` and the
+    log2-marginals ``[A, P]``."""
+    return (_problems_last(cost * (-_LOG2E / epsilon)), _problems_last(log_a * _LOG2E),
+            _problems_last(log_b * _LOG2E))
 
 
 class _SinkhornLog(torch.autograd.Function):
@@ -73,54 +150,47 @@ class _SinkhornLog(torch.autograd.Function):
 
         v = log b - LSE_i(f + u)        u = log a - LSE_j(f + v)
 
-    and plan = ``exp(f + u + v)``. Saving the two LSE results of every step (``[T, A, P]`` each)
-    is enough to rebuild each step's softmax in the backward pass, which is what makes 65k
-    problems fit in memory where plain autograd keeps several ``[P, A, A]`` tensors per iteration.
-    Internally the problem index is the last, contiguous dim (``[A, A, P]``): the reductions over
-    12 AUs then become elementwise operations across problems, which vectorise.
+    and plan = ``exp(f + u + v)``, run in base 2 (all logs scaled by ``log2(e)``, ``exp2`` for
+    ``exp``: same values, faster). Saving the two LSE results of every step (``[T, A, P]`` each)
+    is enough to rebuild each step's softmax in the backward pass, so 65k problems fit in memory
+    where plain autograd keeps several ``[P, A, A]`` tensors per iteration. The problem index is
+    the last, contiguous dim (``[A, A, P]``), so the reductions over the AUs are elementwise
+    operations across problems, which vectorise; and on CPU problems go through in chunks of
+    ``_CPU_CHUNK`` so that each chunk's iterations run in cache instead of streaming from memory.
     """
 
     @staticmethod
     def forward(ctx: FunctionCtx, cost: Tensor, log_a: Tensor, log_b: Tensor, epsilon: float,
                 iters: int) -> Tensor:
-        f = (cost / -epsilon).permute(1, 2, 0).contiguous()  # [A, A, P]
-        log_a, log_b = log_a.T.contiguous(), log_b.T.contiguous()  # [A, P]
-        lse_v = f.new_empty(iters, *log_b.shape)  # [T, A, P]
-        lse_u = f.new_empty(iters, *log_a.shape)  # [T, A, P]
-        work = torch.empty_like(f)
-        u = torch.zeros_like(log_a)
-        for t in range(iters):
-            v = log_b - _logsumexp_(torch.add(f, u[:, None], out=work), 0, out=lse_v[t])
-            u = log_a - _logsumexp_(torch.add(f, v[None], out=work), 1, out=lse_u[t])
-        plan = torch.add(f, u[:, None], out=work).add_(v[None]).exp_()
-        ctx.save_for_backward(f, log_a, log_b, plan, lse_v, lse_u)
+        # GPUs have no cache to fit and pay per kernel launch: one chunk there
+        ctx.chunk = chunk = _CPU_CHUNK if cost.device.type == "cpu" else max(cost.shape[0], 1)
+        plans, ctx.lse = [], []
+        for cost_c, log_a_c, log_b_c in zip(cost.split(chunk), log_a.split(chunk),
+                                            log_b.split(chunk), strict=True):
+            plan, lse_v, lse_u = _forward_chunk(
+                *_base2_inputs(cost_c, log_a_c, log_b_c, epsilon), iters)
+            plans.append(_problems_first(plan))
+            ctx.lse.append((lse_v, lse_u))
+        plan = torch.cat(plans)  # [P, A, A]
+        ctx.save_for_backward(cost, log_a, log_b, plan)
         ctx.epsilon = epsilon
-        return plan.permute(2, 0, 1)
+        return plan
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_plan: Tensor) -> tuple[Tensor | None, ...]:
-        f, log_a, log_b, plan, lse_v, lse_u = ctx.saved_tensors
-        grad_f = grad_plan.permute(1, 2, 0).contiguous().mul_(plan)  # d/d(log plan) [A, A, P]
-        grad_u, grad_v = grad_f.sum(dim=1), grad_f.sum(dim=0)
-        grad_log_a, grad_log_b = torch.zeros_like(log_a), torch.zeros_like(log_b)
-        work = plan  # no longer needed: reuse its memory
-        for t in range(lse_v.shape[0] - 1, -1, -1):
-            # u_t = log a - LSE_j(f + v_t): its Jacobian is minus the row softmax of f + v_t
-            grad_log_a += grad_u
-            v = log_b - lse_v[t]
-            torch.add(f, v[None], out=work).sub_(lse_u[t][:, None]).exp_().mul_(grad_u[:, None])
-            grad_f -= work
-            grad_v -= work.sum(dim=0)
-            # v_t = log b - LSE_i(f + u_{t-1}) with u_0 = 0: minus the column softmax
-            grad_log_b += grad_v
-            u_prev = log_a - lse_u[t - 1] if t > 0 else torch.zeros_like(log_a)
-            torch.add(f, u_prev[:, None], out=work).sub_(lse_v[t][None]).exp_()
-            grad_f -= work.mul_(grad_v[None])
-            grad_u = -work.sum(dim=1)
-            grad_v = torch.zeros_like(grad_v)
-        grad_cost = (grad_f / -ctx.epsilon).permute(2, 0, 1)
-        return grad_cost, grad_log_a.T, grad_log_b.T, None, None
+        cost, log_a, log_b, plan = ctx.saved_tensors
+        grads = []
+        for k, (lse_v, lse_u) in enumerate(ctx.lse):
+            rows = slice(k * ctx.chunk, (k + 1) * ctx.chunk)
+            grad_f, grad_log_a, grad_log_b = _backward_chunk(
+                *_base2_inputs(cost[rows], log_a[rows], log_b[rows], ctx.epsilon),
+                _problems_last(plan[rows]), lse_v, lse_u, _problems_last(grad_plan[rows]))
+            grads.append((_problems_first(grad_f) * (-_LOG2E / ctx.epsilon),
+                          _problems_first(grad_log_a) * _LOG2E,
+                          _problems_first(grad_log_b) * _LOG2E))
+        grad_cost, grad_log_a, grad_log_b = (torch.cat(parts) for parts in zip(*grads, strict=True))
+        return grad_cost, grad_log_a, grad_log_b, None, None
 
 
 def _check_problem(cost: Tensor, a: Tensor, b: Tensor, epsilon: float, iters: int) -> None:

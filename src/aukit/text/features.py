@@ -133,6 +133,7 @@ def _save_atomic(features: TextFeatures, path: Path) -> None:
     os.close(handle)
     try:
         torch.save({f.name: getattr(features, f.name) for f in fields(features)}, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a shared cache must stay readable
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,192 @@
+"""3-fold cross-validation: train and test every fold, then the per-AU F1 table people publish.
+
+``python -m aukit.cv --dataset disfa --data-root PREPARED [--folds 1 2 3]
+[--config conf/finetune/disfa.yaml] [--trainer-config conf/trainer/cpu.yaml] [--out runs/cv/disfa]
+[-- extra LightningCLI overrides, e.g. --trainer.devices 4 --model.pretrained stage1.ckpt]``
+
+Each fold runs ``python -m finetune fit`` in a subprocess (GPUs, DDP and precision are trainer
+overrides), then ``test`` on the last and on the best-on-validation checkpoint (validation is a
+subject-disjoint carve of the training parts; nothing is selected on test). The table lists
+per-AU F1 per fold, the fold means and the 3-fold mean for both checkpoints, as Markdown and
+CSV, next to published averages (DESIGN section 4). ``--dataset synthau`` runs the same code on
+three folds of SynthAU's labelled subjects (``aukit.data.protocol.dataset_parts``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from aukit.au import au_keys
+from aukit.data.protocol import FOLDS, PROTOCOL_DATASETS
+from aukit.data.readers import dataset_manifest, manifest_hash
+
+CHECKPOINTS = ("last", "best")
+# published average F1 (%) BP4D / DISFA, DESIGN section 4 (test-fold model selection in most)
+PUBLISHED: dict[str, tuple[float, float]] = {
+    "ME-GraphAU": (65.5, 63.1),
+    "AU-Net": (65.0, 66.1),
+    "MDHR": (66.6, 66.2),
+    "FMAE-IAT (extra 9M-face pretraining)": (67.1, 70.1),
+    "CLP (self-supervised)": (62.4, 57.4),
+}
+HIVA_DISFA_AU1 = 60.6
+
+
+def finetune_args(dataset: str, fold: int, data_root: str | None, config: str,
+                  trainer_config: str, out: Path, version: str, extra: list[str]) -> list[str]:
+    """The LightningCLI arguments shared by a fold's fit and tests; logs go to out/version."""
+    return (["-c", trainer_config, "-c", config, *extra, "--data.dataset", dataset,
+             "--data.fold", str(fold)]
+            + (["--data.data_root", data_root] if data_root else [])
+            + ["--trainer.logger.class_path", "lightning.pytorch.loggers.TensorBoardLogger",
+               "--trainer.logger.init_args.save_dir", str(out),
+               "--trainer.logger.init_args.name", "",
+               "--trainer.logger.init_args.version", version])
+
+
+def _run(command: list[str], log: Path) -> None:
+    print("$", " ".join(command), flush=True)
+    with log.open("w") as f:
+        code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
+        raise RuntimeError(f"command failed (exit {code}); full log {log}:\n{tail}")
+
+
+def _best_and_last(folder: Path) -> dict[str, Path]:
+    """The last checkpoint, and the best-on-validation one recorded in its callback state."""
+    last = folder / "last.ckpt"
+    if not last.is_file():
+        raise FileNotFoundError(f"no {last}: the config's ModelCheckpoint must monitor "
+                                "val/f1_mean and set save_last: true")
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    best = next((v.get("best_model_path") for k, v in state.get("callbacks", {}).items()
+                 if k.startswith("ModelCheckpoint")), None)
+    if not best or not Path(best).is_file():
+        raise FileNotFoundError(f"{last} records no best-on-validation checkpoint; is there a "
+                                "validation split (val_subjects > 0)?")
+    return {"last": last, "best": Path(best)}
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    """True when two checkpoints were saved at the same step (the same weights)."""
+    steps = [torch.load(p, map_location="cpu", weights_only=False).get("global_step")
+             for p in (a, b)]
+    return steps[0] == steps[1]
+
+
+def run_fold(dataset: str, fold: int, data_root: str | None, config: str, trainer_config: str,
+             out: Path, extra: list[str]) -> dict[str, dict]:
+    """Fit one fold, test its last and best checkpoints; ``{checkpoint: test report}``."""
+    folder = out / f"fold{fold}"
+    folder.mkdir(parents=True, exist_ok=True)
+    cli = [sys.executable, "-m", "finetune"]
+    _run([*cli, "fit", *finetune_args(dataset, fold, data_root, config, trainer_config, folder,
+                                      "fit", extra), "--test_after_fit", "false"],
+         folder / "fit.log")
+    checkpoints = _best_and_last(folder / "fit" / "checkpoints")
+    reports: dict[str, dict] = {}
+    for name in CHECKPOINTS:
+        if name == "best" and _same_weights(checkpoints["best"], checkpoints["last"]):
+            reports["best"] = {**reports["last"], "checkpoint": str(checkpoints["best"])}
+            continue  # the same weights give the same numbers: skip a second test
+        version = f"test-{name}"
+        _run([*cli, "test", *finetune_args(dataset, fold, data_root, config, trainer_config,
+                                           folder, version, extra),
+              "--ckpt_path", str(checkpoints[name])], folder / f"{version}.log")
+        reports[name] = json.loads((folder / version / "test_report.json").read_text())
+    (folder / "reports.json").write_text(json.dumps(reports, indent=2))
+    return reports
+
+
+def results_table(dataset: str, aus: list[str],
+                  reports: dict[int, dict[str, dict]]) -> tuple[list[list[str]], str]:
+    """CSV rows and Markdown of per-AU F1 (%) per fold, fold means and the mean over folds."""
+    rows = [["checkpoint", "fold", *aus, "mean"]]
+    markdown = []
+    folds = sorted(reports)
+    for name in CHECKPOINTS:
+        table = [[f"fold {k} (test part{k})",
+                  *(100 * reports[k][name]["metrics"][f"f1_{au}"] for au in aus)] for k in folds]
+        for line in table:
+            line.append(sum(line[1:]) / len(aus))  # the fold mean over AUs
+        mean = [f"mean of {len(folds)} folds",
+                *(sum(line[i] for line in table) / len(table) for i in range(1, len(aus) + 2))]
+        markdown += [f"\n### {name} checkpoint"
+                     + (" (best on validation)" if name == "best" else " (end of training)"),
+                     "", "| | " + " | ".join(aus) + " | **avg** |",
+                     "|---" * (len(aus) + 2) + "|"]
+        for line in [*table, mean]:
+            markdown.append(f"| {line[0]} | " + " | ".join(f"{v:.1f}" for v in line[1:]) + " |")
+            rows.append([name, line[0], *(f"{v:.2f}" for v in line[1:])])
+    column = {"bp4d": 0, "disfa": 1}.get(dataset)
+    if column is None:
+        markdown.append(f"\nNo published numbers: {dataset} is not a public benchmark.")
+    else:
+        markdown += ["\n### Published average F1 (3-fold, same part lists)", "",
+                     "| method | avg F1 |", "|---|---|"]
+        markdown += [f"| {m} | {v[column]:.1f} |" for m, v in PUBLISHED.items()]
+        if dataset == "disfa":
+            markdown.append(f"\nHiVA reports DISFA AU1 F1 {HIVA_DISFA_AU1}.")
+        markdown.append("Most published numbers pick the epoch on the test fold; ours do not.")
+    return rows, "\n".join(markdown)
+
+
+def write_table(dataset: str, aus: list[str], reports: dict[int, dict[str, dict]], out: Path,
+                header: str) -> Path:
+    """``out/results.md`` and ``out/results.csv``; returns the Markdown path."""
+    rows, markdown = results_table(dataset, aus, reports)
+    with (out / "results.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    (out / "results.md").write_text(f"{header}\n{markdown}\n")
+    return out / "results.md"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(prog="python -m aukit.cv", description=__doc__
+                                     .split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, choices=PROTOCOL_DATASETS)
+    parser.add_argument("--data-root", help="raw root or prepare output (not for synthau)")
+    parser.add_argument("--folds", type=int, nargs="+", default=list(FOLDS), choices=FOLDS)
+    parser.add_argument("--config", help="default: conf/finetune/<dataset>.yaml")
+    parser.add_argument("--trainer-config", default="conf/trainer/cpu.yaml")
+    parser.add_argument("--out", help="default: runs/cv/<dataset>")
+    parser.add_argument("--skip-finished", action="store_true",
+                        help="reuse folds whose reports.json exists (resume a long run)")
+    args = parser.parse_args(argv)
+    if (args.dataset == "synthau") != (args.data_root is None):
+        parser.error("give --data-root for bp4d / disfa, and none for synthau")
+    config = args.config or f"conf/finetune/{args.dataset}.yaml"
+    out = Path(args.out or f"runs/cv/{args.dataset}")
+    out.mkdir(parents=True, exist_ok=True)
+    # built once here, so the fold subprocesses reuse the cache instead of racing to write it
+    digest = (manifest_hash(dataset_manifest(args.dataset, args.data_root)) if args.data_root
+              else "synthau (rendered)")
+    reports = {}
+    for fold in args.folds:
+        done = out / f"fold{fold}" / "reports.json"
+        reports[fold] = (json.loads(done.read_text()) if args.skip_finished and done.is_file()
+                         else run_fold(args.dataset, fold, args.data_root, config,
+                                       args.trainer_config, out, extra))
+    aus = reports[args.folds[0]]["last"]["aus"]
+    header = (f"## {args.dataset} {len(args.folds)}-fold cross-validation, per-AU F1 (%)\n\n"
+              f"config `{config}` + `{args.trainer_config}`"
+              + (f", overrides `{' '.join(extra)}`" if extra else "")
+              + f"; manifest sha256 `{digest}`; threshold 0.5, F1 over each whole test fold.")
+    path = write_table(args.dataset, aus or au_keys(args.dataset), reports, out, header)
+    print(path.read_text())
+    print(f"tables: {path} and {out / 'results.csv'}")
+
+
+if __name__ == "__main__":
+    main()

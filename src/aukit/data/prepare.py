@@ -1,0 +1,341 @@
+"""Face preprocessing: MTCNN boxes + 5 points, similarity alignment to the canonical template,
+fixed-size crops, checksums and the labelled manifest.
+
+``python -m aukit.data.prepare --dataset bp4d|disfa|folder --data-root RAW --out OUT
+[--workers N] [--size 256] [--device cpu]`` writes
+
+- ``OUT/crops/...jpg``: aligned crops (``<subject>/<task>/<frame>.jpg``; folder: mirrored paths);
+- ``OUT/crops.csv``: per crop its sha256, the MTCNN box, score and 5 points (source pixels);
+- ``OUT/no_face.txt``: frames where no face was found, and frames a truncated video lacks;
+- ``OUT/manifest.csv`` (bp4d / disfa): the generic manifest of the crops with their labels;
+- ``OUT/prepare_report.txt``: counts and the reader's problems, by name.
+
+The 5 points are mapped onto the template's eye centres, nose tip and mouth corners, so the 68
+landmarks of every crop are the template's (``canonical_landmarks(size)``), which is what the
+datasets use when a manifest row has no landmarks file. Coordinates are continuous pixel
+coordinates (``aukit.data.attention``). Videos are decoded frame by frame. Progress is appended
+per frame to ``OUT/records/*.csv``; a rerun skips recorded frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import multiprocessing
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from aukit.data.attention import canonical_landmarks
+from aukit.data.readers import (
+    IMAGE_SUFFIXES,
+    PREPARED_MANIFEST,
+    RawDataset,
+    RawFrame,
+    manifest_hash,
+    manifest_summary,
+    read_raw,
+)
+
+RECORD_FIELDS = ("crop", "status", "sha256", "x1", "y1", "x2", "y2", "score",
+                 *(f"{a}{k}" for k in range(1, 6) for a in ("x", "y")))
+OK, NO_FACE, NO_FRAME = "ok", "no_face", "no_frame"
+_BATCH = 8  # frames per MTCNN call: same-size frames of one sequence batch well on a GPU
+
+
+def template_points(size: int) -> np.ndarray:
+    """``[5, 2]``: eye centres (subject's right, then left), nose tip, mouth corners of the
+    canonical face in a ``size`` crop; the order of MTCNN's points."""
+    t = canonical_landmarks(size)
+    return np.stack([t[36:42].mean(0), t[42:48].mean(0), t[30], t[48], t[54]]).astype(np.float64)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """``[2, 3]`` least-squares similarity (rotation, uniform scale, translation; no reflection)
+    taking points ``src`` ``[P, 2]`` onto ``dst`` ``[P, 2]`` (Umeyama, 1991)."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s0, d0 = src - mu_s, dst - mu_d
+    u, sigma, vt = np.linalg.svd(d0.T @ s0 / len(src))
+    flip = np.diag([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt)) or 1.0])
+    rotation = u @ flip @ vt
+    scale = np.trace(np.diag(sigma) @ flip) / s0.var(0).sum()
+    return np.hstack([scale * rotation, (mu_d - scale * rotation @ mu_s)[:, None]])
+
+
+def align_face(image: np.ndarray, points: np.ndarray, size: int) -> np.ndarray:
+    """The ``[size, size, 3]`` crop that puts the 5 ``points`` ``[5, 2]`` of ``image`` onto the
+    template."""
+    matrix = similarity_transform(points, template_points(size))
+    # warpAffine works on pixel indices, whose centres sit at +0.5 in continuous coordinates
+    matrix[:, 2] += matrix[:, :2] @ np.full(2, 0.5) - 0.5
+    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One sequence (a task folder, a video or an image folder); ``items`` are
+    ``(crop path relative to OUT, image path or "", video frame index)``."""
+
+    name: str
+    video: str | None
+    items: tuple[tuple[str, str, int], ...]
+
+
+_detector = None
+
+
+def _mtcnn(device: str):
+    global _detector  # one detector per worker process, built on first use
+    if _detector is None:
+        import torch
+        from facenet_pytorch import MTCNN
+
+        torch.set_num_threads(1)
+        _detector = MTCNN(device=device)
+    return _detector
+
+
+def _frames(job: Job, done: set[str]) -> Iterator[tuple[str, np.ndarray | None]]:
+    """``(crop, RGB frame or None when it cannot be read)`` for the items not yet ``done``."""
+    todo = [item for item in job.items if item[0] not in done]
+    if job.video is None:
+        for crop, image, _ in todo:
+            bgr = cv2.imread(image, cv2.IMREAD_COLOR)
+            yield crop, None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return
+    wanted = {index: crop for crop, _, index in todo}
+    capture, index = cv2.VideoCapture(job.video), 0
+    try:
+        while wanted and index <= max(wanted):
+            if not capture.grab():
+                break  # the video ends early (truncated): the rest are reported below
+            if index in wanted:
+                ok, bgr = capture.retrieve()
+                yield wanted.pop(index), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if ok else None
+            index += 1
+    finally:
+        capture.release()
+    for crop in wanted.values():
+        yield crop, None
+
+
+def _detect(frames: list[tuple[str, np.ndarray]], device: str) -> list:
+    """MTCNN ``(box [4], score, points [5, 2])`` of the largest face per frame, or None."""
+    images = [image for _, image in frames]
+    same_size = len({image.shape for image in images}) == 1
+    batches = [images] if same_size else [[image] for image in images]
+    found = []
+    for batch in batches:
+        boxes, scores, points = _mtcnn(device).detect(np.stack(batch) if same_size else batch[0],
+                                                      landmarks=True)
+        if not same_size:
+            boxes, scores, points = [boxes], [scores], [points]
+        for b, s, p in zip(boxes, scores, points, strict=True):
+            if b is None:
+                found.append(None)
+                continue
+            # facenet-pytorch returns object arrays under numpy 2
+            b, s, p = (np.asarray(b, float), np.asarray(s, float).reshape(-1),
+                       np.asarray(p, float))
+            area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+            k = int(area.argmax())
+            found.append((b[k], float(s[k]), p[k]))
+    return found
+
+
+def read_records(path: Path) -> dict[str, dict]:
+    """``{crop: record}`` of a records file (absent = nothing done)."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        return {row["crop"]: row for row in csv.DictReader(f)}
+
+
+def process_job(job: Job, out: Path, size: int, device: str = "cpu") -> Path:
+    """Align the frames of ``job`` not yet recorded; return its records file."""
+    record_path = out / "records" / f"{job.name}.csv"
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    done = set(read_records(record_path))
+    fresh = not record_path.is_file()
+    with record_path.open("a", newline="") as f:
+        writer = csv.writer(f)
+        if fresh:
+            writer.writerow(RECORD_FIELDS)
+        pending: list[tuple[str, np.ndarray]] = []
+
+        def flush() -> None:
+            for (crop, image), face in zip(pending, _detect(pending, device), strict=True):
+                if face is None:
+                    writer.writerow([crop, NO_FACE] + [""] * (len(RECORD_FIELDS) - 2))
+                    continue
+                box, score, points = face
+                path = out / crop
+                path.parent.mkdir(parents=True, exist_ok=True)
+                aligned = align_face(image, points, size)
+                cv2.imwrite(str(path), cv2.cvtColor(aligned, cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_JPEG_QUALITY, 95])
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                writer.writerow([crop, OK, digest, *np.round(box, 2), round(score, 5),
+                                 *np.round(points.reshape(-1), 2)])
+            f.flush()  # a killed run keeps every frame recorded so far
+            pending.clear()
+
+        for crop, image in _frames(job, done):
+            if image is None:
+                writer.writerow([crop, NO_FRAME] + [""] * (len(RECORD_FIELDS) - 2))
+                continue
+            if pending and image.shape != pending[0][1].shape:
+                flush()
+            pending.append((crop, image))
+            if len(pending) == _BATCH:
+                flush()
+        if pending:
+            flush()
+    return record_path
+
+
+def _run_job(args: tuple[Job, Path, int, str]) -> Path:
+    return process_job(*args)
+
+
+def crop_name(frame: RawFrame) -> str:
+    """``crops/<subject>/<task>/<frame>.jpg``; DISFA's sequence is its subject, so one level."""
+    folder = "/".join(dict.fromkeys((frame.subject, frame.sequence)))
+    return f"crops/{folder}/{frame.frame:05d}.jpg"
+
+
+def jobs_for(raw: RawDataset) -> list[Job]:
+    """One job per sequence; crops at ``crops/<subject>[/<task>]/<frame>.jpg``."""
+    groups: dict[tuple[str, str], list] = {}
+    videos: dict[tuple[str, str], str | None] = {}
+    for frame in raw.frames:
+        key = (frame.subject, frame.sequence)
+        groups.setdefault(key, []).append(
+            (crop_name(frame), str(frame.image or ""), frame.video_index))
+        videos[key] = str(frame.video) if frame.video is not None else None
+    return [Job("_".join(dict.fromkeys(key)), videos[key], tuple(items))
+            for key, items in groups.items()]
+
+
+def folder_jobs(root: Path, out: Path) -> list[Job]:
+    """One job per folder of images under ``root`` (outside ``out``); crops mirror the paths."""
+    groups: dict[Path, list] = {}
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() \
+                and not path.is_relative_to(out):
+            relative = path.relative_to(root)
+            groups.setdefault(relative.parent, []).append(
+                (f"crops/{relative.with_suffix('.jpg').as_posix()}", str(path), -1))
+    if not groups:
+        raise FileNotFoundError(f"no images under {root} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return [Job("_".join(folder.parts) or "root", None, tuple(items))
+            for folder, items in groups.items()]
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """Refuse to resume into ``out`` with other settings: crops of two sizes would mix."""
+    path = out / "prepare.json"
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before != settings:
+            raise ValueError(f"{out} was prepared with {before}, not {settings}; rerun with "
+                             "those settings to resume, or give a new --out")
+    path.write_text(json.dumps(settings, indent=2))
+
+
+def prepare(dataset: str, data_root: str | os.PathLike, out: str | os.PathLike,
+            workers: int = 1, size: int = 256, device: str = "cpu",
+            frames_root: str | None = None) -> dict[str, int]:
+    """Detect, align and crop every frame of ``data_root`` into ``out``; returns the counts
+    (``frames``, ``aligned``, ``no_face``, ``no_frame``). See the module docstring for files."""
+    if dataset not in ("bp4d", "disfa", "folder"):
+        raise ValueError(f"dataset must be bp4d, disfa or folder, got {dataset!r}")
+    if size < 32 or workers < 1:
+        raise ValueError(f"need size >= 32 and workers >= 1, got {size} and {workers}")
+    root, out = Path(data_root).expanduser().resolve(), Path(out).expanduser().resolve()
+    raw = None
+    if dataset == "folder":
+        jobs = folder_jobs(root, out)
+    else:
+        raw = read_raw(dataset, root, **({"frames_root": frames_root} if frames_root else {}))
+        if not raw.frames:
+            raise ValueError(f"no usable {dataset} frames under {root}:\n{raw.problems.report()}")
+        jobs = jobs_for(raw)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_settings(out, {"dataset": dataset, "size": size, "template": "canonical-68/5pt"})
+    tasks = [(job, out, size, device) for job in jobs]
+    if workers > 1:
+        # spawn: a forked copy of a process that already ran torch can deadlock in OpenMP
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(tasks))) as pool:
+            for path in pool.imap_unordered(_run_job, tasks):
+                print(f"done {path.stem}", flush=True)
+    else:
+        for task in tasks:
+            print(f"done {_run_job(task).stem}", flush=True)
+    return _write_outputs(out, jobs, raw)
+
+
+def _write_outputs(out: Path, jobs: list[Job], raw: RawDataset | None) -> dict[str, int]:
+    records = {k: v for job in jobs for k, v in read_records(out / "records" / f"{job.name}.csv")
+               .items()}
+    sources = {crop: image or f"{job.video}#frame{index}" for job in jobs
+               for crop, image, index in job.items}
+    with (out / "crops.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["source", *RECORD_FIELDS])
+        for crop in sorted(records):
+            if records[crop]["status"] == OK:
+                writer.writerow([sources[crop], *(records[crop][k] for k in RECORD_FIELDS)])
+    missed = sorted(c for c, r in records.items() if r["status"] != OK)
+    (out / "no_face.txt").write_text("".join(f"{records[c]['status']}\t{sources[c]}\t{c}\n"
+                                             for c in missed))
+    counts = {"frames": len(sources), "aligned": len(records) - len(missed),
+              "no_face": sum(records[c]["status"] == NO_FACE for c in missed),
+              "no_frame": sum(records[c]["status"] == NO_FRAME for c in missed)}
+    lines = [f"{k}: {v}" for k, v in counts.items()]
+    if raw is not None:
+        kept = [f for f in raw.frames if records.get(crop_name(f), {}).get("status") == OK]
+        if not kept:
+            raise ValueError(f"no face was aligned in any frame; see {out / 'no_face.txt'}")
+        manifest = RawDataset(raw.name, out, raw.aus, [replace(f, image=out / crop_name(f),
+                                                               video=None) for f in kept],
+                              raw.problems).manifest(out / PREPARED_MANIFEST)
+        manifest.write_csv(out / PREPARED_MANIFEST)
+        lines += [manifest_summary(manifest),
+                  f"manifest sha256 {manifest_hash(out / PREPARED_MANIFEST)}",
+                  "reader problems:", raw.problems.report()]
+    if missed:
+        lines.append(f"{len(missed)} frames without a crop are listed in {out / 'no_face.txt'} "
+                     "(status, source, crop)")
+    report = "\n".join(lines)
+    (out / "prepare_report.txt").write_text(report + "\n")
+    print(report)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m aukit.data.prepare",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, choices=("bp4d", "disfa", "folder"))
+    parser.add_argument("--data-root", required=True, help="the raw data set (or image folder)")
+    parser.add_argument("--out", required=True, help="output folder (rerun to resume)")
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    parser.add_argument("--size", type=int, default=256, help="crop size in pixels")
+    parser.add_argument("--device", default="cpu", help="MTCNN device, e.g. cuda")
+    parser.add_argument("--frames-root", default=None,
+                        help="extracted frames instead of videos (DISFA) / other frame folder")
+    args = parser.parse_args(argv)
+    prepare(args.dataset, args.data_root, args.out, args.workers, args.size, args.device,
+            args.frames_root)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The base both training stages share: self-describing checkpoints and exact resume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+
+from aukit.checkpoint import META_KEY, STAGE_HINT
+from aukit.utils.rng import restore_rng_state, rng_state
+
+
+class StageModule(L.LightningModule):
+    """A LightningModule that writes ``checkpoint["aukit"]`` (stage + ``checkpoint_meta()``),
+    refuses to resume from the other stage's checkpoint, and resumes exactly: RNG states and the
+    training loader's position (``aukit.data.sampling.ResumableDataLoader``) come back."""
+
+    stage: str = ""
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What a checkpoint of this stage says about itself (backbone, image size, AUs ...)."""
+        raise NotImplementedError
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[META_KEY] = {"stage": self.stage, **self.checkpoint_meta(),
+                                "config": dict(self.hparams)}
+        checkpoint["rng_state"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        found = checkpoint.get(META_KEY, {}).get("stage")
+        if found != self.stage:
+            raise ValueError(f"cannot load a {found!r} checkpoint into the {self.stage} stage; "
+                             f"pass {STAGE_HINT[self.stage]}"
+                             + (" (a stage-1 checkpoint initialises finetuning through "
+                                "--model.pretrained, not --ckpt_path)"
+                                if found == "pretrain" else ""))
+        if "rng_state" in checkpoint:
+            restore_rng_state(checkpoint["rng_state"])
+        loops = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+        self._loader_states = loops.get("combined_loader", [])
+
+    def on_train_start(self) -> None:
+        # Lightning reads the training loader before it restores loop state (to count steps for
+        # the LR schedule) and then never hands the loader its saved position; do it here.
+        states = getattr(self, "_loader_states", [])
+        loaders = self.trainer.train_dataloader
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        stateful = [dl for dl in loaders if hasattr(dl, "load_state_dict")]
+        for loader, state in zip(stateful, states, strict=False):
+            loader.load_state_dict(state)
+        self._loader_states = []

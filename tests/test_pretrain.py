@@ -1,0 +1,149 @@
+"""Stage 1 end to end: the CLI trains, checkpoints, probes, resumes exactly, refuses bad input."""
+
+from pathlib import Path
+
+import cv2
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from aukit.checkpoint import load_stage1_encoder, read_checkpoint
+from aukit.cli import AUCLI
+from aukit.data.datamodules import UnlabeledFaceDataModule
+from pretrain.module import RegionRelationPretrainer
+
+TINY = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.logger", "false",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--data.image_size", "64", "--data.batch_size", "4", "--data.num_workers", "0",
+        "--data.synthau_samples_per_subject", "1", "--data.probe_samples_per_subject", "2",
+        "--model.embed_dim", "32", "--model.proj_dim", "16", "--model.ot_iters", "10"]
+
+
+def run_pretrain(tmp_path: Path, *extra: str, config: bool = True,
+                 callbacks: list | None = None) -> AUCLI:
+    args = ["fit"]
+    if config:
+        args += ["-c", "conf/trainer/cpu.yaml", "-c", "conf/pretrain/synthau.yaml"]
+    args += TINY + ["--trainer.default_root_dir", str(tmp_path), *extra]
+    return AUCLI(RegionRelationPretrainer, UnlabeledFaceDataModule, args=args,
+                 trainer_defaults={"callbacks": callbacks or []})
+
+
+class Killed(RuntimeError):
+    pass
+
+
+class KillAtStep(L.Callback):
+    """Simulates a crash: dies before running training step ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise Killed(f"killed at step {self.step}")
+
+
+def checkpoint_callback_args(tmp_path: Path, every: int = 2) -> list[str]:
+    return ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            f"--trainer.callbacks.dirpath={tmp_path / 'ckpt'}",
+            "--trainer.callbacks.save_last=true", "--trainer.callbacks.save_top_k=-1",
+            f"--trainer.callbacks.every_n_train_steps={every}"]
+
+
+@pytest.mark.slow
+def test_tiny_pretrain_writes_a_self_describing_checkpoint_and_probes(tmp_path, capsys):
+    cli = run_pretrain(tmp_path, "--trainer.max_epochs", "1", "--trainer.limit_train_batches",
+                       "2", "--trainer.logger", "true")
+    last = Path(cli.trainer.checkpoint_callback.last_model_path)
+    assert last.is_file()
+    meta = read_checkpoint(last, "pretrain")["aukit"]
+    assert meta["backbone"] == "swin_test" and meta["image_size"] == 64
+    assert len(meta["aus"]) == 17 and meta["config"]["embed_dim"] == 32
+    out = capsys.readouterr().out
+    assert "linear probe (val)" in out and "finished: last checkpoint" in out
+    probe = [c for c in cli.trainer.callbacks if type(c).__name__ == "LinearProbe"][0]
+    assert 0.0 <= probe.last["f1_mean"] <= 1.0 and "f1_AU12" in probe.last
+    encoder = load_stage1_encoder(last, None, 64, 3, (12, 1))
+    assert encoder.region["au_queries"].shape == (2, 32)
+    expected = cli.model.region.au_queries[[list(cli.model.au_numbers).index(a) for a in (12, 1)]]
+    assert torch.equal(encoder.region["au_queries"], expected.detach())
+
+
+@pytest.mark.slow
+def test_resume_from_a_mid_epoch_checkpoint_gives_the_same_weights(tmp_path):
+    common = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3",
+              "--trainer.callbacks", "[]", "--data.num_workers", "0"]
+    straight = run_pretrain(tmp_path / "a", *common, config=False)
+    ckpt_args = checkpoint_callback_args(tmp_path / "b", every=4)
+    # a run that dies after step 4 (mid epoch 2), then resumes from its last checkpoint
+    with pytest.raises(Killed):
+        run_pretrain(tmp_path / "b", *common, *ckpt_args, config=False,
+                     callbacks=[KillAtStep(5)])
+    mid = tmp_path / "b" / "ckpt" / "last.ckpt"
+    assert read_checkpoint(mid, "pretrain")["global_step"] == 4
+    resumed = run_pretrain(tmp_path / "c", *common, "--ckpt_path", str(mid), config=False)
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(),
+                                 resumed.model.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_every_loss_switch_trains_and_gradients_reach_the_encoder():
+    batch = {"image": torch.randn(4, 2, 3, 64, 64),
+             "landmarks": torch.from_numpy(np.tile(_template(64), (4, 2, 1, 1)))}
+    for weights in [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1)]:
+        module = RegionRelationPretrainer(
+            aus="bp4d", image_size=64, embed_dim=32, proj_dim=16, ot_iters=10,
+            region_weight=weights[0], relation_weight=weights[1], global_weight=weights[2])
+        loss = module.training_step(batch, 0)
+        assert torch.isfinite(loss)
+        loss.backward()
+        grads = [p.grad for p in module.backbone.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        if weights[1]:
+            assert module.au_mass.weight.grad.abs().sum() > 0
+
+
+def _template(size: int) -> np.ndarray:
+    from aukit.data.attention import canonical_landmarks
+
+    return canonical_landmarks(size).astype(np.float32)
+
+
+def test_all_losses_off_is_refused():
+    with pytest.raises(ValueError, match="all pretraining losses are switched off"):
+        RegionRelationPretrainer(region_weight=0, relation_weight=0, global_weight=0)
+
+
+def test_single_view_batches_are_refused():
+    module = RegionRelationPretrainer(image_size=64, embed_dim=32)
+    batch = {"image": torch.randn(2, 3, 64, 64), "landmarks": torch.zeros(2, 68, 2)}
+    with pytest.raises(ValueError, match="at least two views"):
+        module.training_step(batch, 0)
+
+
+@pytest.mark.parametrize("override,message", [
+    (["--model.backbone", "resnet50"], "unknown backbone 'resnet50'"),
+    (["--data.image_size", "100"], "does not fit backbone"),
+])
+def test_bad_settings_fail_before_training(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        run_pretrain(tmp_path, *override)
+
+
+def test_empty_or_missing_image_folder_fails_before_training(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither 'synthau' nor an existing folder"):
+        run_pretrain(tmp_path, "--data.source", str(tmp_path / "nope"))
+    (tmp_path / "faces").mkdir()
+    with pytest.raises(Exception, match="no images|No images|no image"):
+        run_pretrain(tmp_path, "--data.source", str(tmp_path / "faces"))
+
+
+def test_tiny_images_are_not_faces(tmp_path):
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(folder / f"{i}.png"), np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(Exception, match="16"):
+        run_pretrain(tmp_path, "--data.source", str(folder))
