@@ -11,6 +11,8 @@ install:
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e ".[dev]"
+	# MTCNN face detection (its weights ship in the wheel); --no-deps keeps our torch
+	$(PY) -m pip install --no-deps facenet-pytorch==2.6.0
 
 test:
 	$(PY) -m pytest -q
@@ -30,20 +32,37 @@ baselines:
 
 # ---- the two stages -------------------------------------------------------------------
 # make pretrain [DATA=/folder/of/faces] [TRAINER=cpu|gpu|ddp] [ARGS="--trainer.max_epochs 50"]
-# make finetune [DATASET=synthau|bp4d|disfa|csv] [PRETRAINED=path.ckpt|none] [ARGS=...]
+# make finetune [DATASET=synthau|bp4d|disfa|csv] [DATA_ROOT=...] [FOLD=1|2|3]
+#               [PRETRAINED=path.ckpt|none] [ARGS=...]
+# make prepare DATASET=bp4d|disfa DATA_ROOT=/raw OUT=/aligned [WORKERS=8]
+# make cv DATASET=bp4d|disfa|synthau DATA_ROOT=/aligned [ARGS="-- --trainer.devices 4"]
 TRAINER ?= cpu
 DATASET ?= synthau
 DATA ?=
+DATA_ROOT ?=
+FOLD ?=
+OUT ?=
+WORKERS ?= $(shell nproc)
 ARGS ?=
 LATEST_PRETRAIN := $(shell ls -t runs/pretrain/*/checkpoints/last.ckpt 2>/dev/null | head -1)
-PRETRAINED ?= $(LATEST_PRETRAIN)
+# only SynthAU's config matches the default pretraining; real data sets name their own
+PRETRAINED ?= $(if $(filter synthau,$(DATASET)),$(LATEST_PRETRAIN))
 init_flag = $(if $(filter-out none,$(PRETRAINED)),--model.pretrained $(PRETRAINED))
 
-.PHONY: pretrain finetune
+.PHONY: pretrain finetune prepare cv
 pretrain:
 	$(PY) -m pretrain fit -c conf/trainer/$(TRAINER).yaml -c conf/pretrain/synthau.yaml \
 		$(if $(DATA),--data.source $(DATA)) $(ARGS)
 
 finetune:
 	$(PY) -m finetune fit -c conf/trainer/$(TRAINER).yaml -c conf/finetune/$(DATASET).yaml \
-		$(init_flag) $(ARGS)
+		$(init_flag) $(if $(DATA_ROOT),--data.data_root $(DATA_ROOT)) \
+		$(if $(FOLD),--data.fold $(FOLD)) $(ARGS)
+
+prepare:
+	$(PY) -m aukit.data.prepare --dataset $(DATASET) --data-root $(DATA_ROOT) --out $(OUT) \
+		--workers $(WORKERS) $(ARGS)
+
+cv:
+	$(PY) -m aukit.cv --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
+		--trainer-config conf/trainer/$(TRAINER).yaml $(ARGS)

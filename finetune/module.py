@@ -33,6 +33,8 @@ class HiVAFinetuner(StageModule):
 
     ``pretrained`` is a stage-1 checkpoint whose backbone and AU region encoder initialise the
     model; its backbone name and image size must match (``backbone: null`` adopts its backbone).
+    The text encoder is ``text_encoder`` ("minilm", the offline default, or "open_clip:<model>"
+    with ``text_pretrained`` (an open_clip tag) or ``text_weights`` (a local weights file)).
     """
 
     stage = "finetune"
@@ -45,6 +47,7 @@ class HiVAFinetuner(StageModule):
                  use_graph: bool = True, use_ddca: bool = True, use_cdca: bool = True,
                  use_text: bool = True, graph_top_k: int | None = 4,
                  cooccurrence_prior: bool = True, text_encoder: str = "minilm",
+                 text_pretrained: str | None = None, text_weights: str | None = None,
                  descriptions: str | None = None, descriptions_per_step: int = 4,
                  text_cache_dir: str | None = None, alignment_weight: float = 0.1,
                  class_weighted: bool = True, lr: float = 5e-4, weight_decay: float = 0.05,
@@ -88,7 +91,9 @@ class HiVAFinetuner(StageModule):
     def _text_dim(self) -> int:
         # a tuple keeps the frozen encoder out of the module tree, so it is neither trained
         # nor written into checkpoints
-        self._encoder = (build_text_encoder(self.hparams.text_encoder),)
+        options = {k: v for k, v in (("pretrained", self.hparams.text_pretrained),
+                                      ("weights_path", self.hparams.text_weights)) if v}
+        self._encoder = (build_text_encoder(self.hparams.text_encoder, **options),)
         return self._encoder[0].dim
 
     # ---------------------------------------------------------------- set-up
@@ -117,7 +122,9 @@ class HiVAFinetuner(StageModule):
         at evaluation -> tokens [A, T, Dt], mask [A, T], anchor vectors [A, Dt]."""
         if self.text is None:
             return None, None, None
-        text = self.text.to(self.device)
+        if self.text.tokens.device != self.device:
+            self.text = self.text.to(self.device)
+        text = self.text
         if self.training:
             generator = torch.Generator().manual_seed(int(self.global_step))
             text = text.sample(self.hparams.descriptions_per_step, generator)

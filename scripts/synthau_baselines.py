@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-per-subject", type=int, default=60)
     parser.add_argument("--test-per-subject", type=int, default=50)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cnn-size", type=int, default=64, help="CNN input size (64..96)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")

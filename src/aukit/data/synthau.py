@@ -34,8 +34,8 @@ _A = len(ALL_AUS)
 _AU_INDEX = {n: i for i, n in enumerate(ALL_AUS)}
 _FLIP = np.array(FLIP_PERMUTATION)
 _SHIFT = 4  # OpenCV fixed-point bits: sub-pixel drawing keeps landmarks exact
-_IOD_FRACTION = 0.25  # inter-ocular distance as a fraction of the render size
-_EYE_LEVEL = 0.38  # eye height as a fraction of the render size
+_IOD_FRACTION = 0.23  # inter-ocular distance as a fraction of the render size
+_EYE_LEVEL = 0.37  # eye height as a fraction of the render size
 _TAG_IDENTITY, _TAG_SAMPLE = 1, 2  # keep identity and sample random streams apart
 
 # dlib / OpenFace mean face (iBUG-68, min-max normalised); symmetrised in _mean_face
@@ -136,7 +136,7 @@ def _make_identity(rng: np.random.Generator) -> Identity:
     shape[55:60, 1] += (shape[55:60, 1] - shape[66, 1]) * (lip_scale - 1)
     tone = u(0, len(_SKIN_TONES) - 1)
     skin = np.array([np.interp(tone, np.arange(len(_SKIN_TONES)), _SKIN_TONES[:, c])
-                     for c in range(3)], np.float32) * rng.normal(1, 0.03, 3).astype(np.float32)
+                     for c in range(3)], np.float32) * u(0.94, 1.04)
     lips = skin * [0.8, 0.5, 0.5] * u(0.8, 1.05) + [0.08, 0.0, 0.02]
     hair = _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] * u(0.8, 1.2)
     radius = np.sqrt(u(0, 1, 14)) * 0.2
@@ -158,6 +158,11 @@ def _make_identity(rng: np.random.Generator) -> Identity:
 
 
 # --------------------------------------------------------------------------------- nuisances
+def _white_balance(warmth: float) -> tuple[float, float, float]:
+    """RGB gains along the warm-cool axis; a free per-channel jitter can turn skin green."""
+    return (1 + warmth, 1.0, 1 - warmth)
+
+
 @dataclass(frozen=True)
 class Nuisance:
     """Image-level nuisances. The defaults are "none": a frontal, evenly lit, clean face."""
@@ -180,14 +185,14 @@ class Nuisance:
         """The default nuisance distribution used by :meth:`SynthAU.sample`."""
         u = rng.uniform
         return cls(
-            rotation=float(np.clip(rng.normal(0, 6), -15, 15)),
-            scale=u(0.85, 1.1),
-            shift=(u(-0.04, 0.04), u(-0.04, 0.04)),
+            rotation=float(np.clip(rng.normal(0, 8), -15, 15)),
+            scale=u(0.85, 1.05),
+            shift=(u(-0.05, 0.05), u(-0.05, 0.05)),
             yaw=u(-0.3, 0.3),
             gaze=(u(-0.15, 0.15), u(-0.08, 0.08)),
             light=(u(-0.35, 0.35), u(-0.25, 0.25)),
             brightness=u(0.7, 1.05),
-            white_balance=tuple(rng.normal(1, 0.03, 3).tolist()),
+            white_balance=_white_balance(float(np.clip(rng.normal(0, 0.04), -0.1, 0.1))),
             gamma=u(0.75, 1.3),
             blur=u(0.6, 1.8) if rng.random() < 0.3 else 0.0,
             noise=u(1, 7),
@@ -391,7 +396,7 @@ class _Painter:
         self.rgb[:] = np.clip(ramp * ident.background * 255, 0, 255).astype(np.uint8)
         half_width = (shape[16, 0] - shape[0, 0]) / 2
         ear_level = (shape[0, 1] + shape[16, 1]) / 2
-        chin = shape[8, 1]
+        chin = ident.shape[8, 1]  # neutral: hair, neck and clothes must not move with the AUs
         theta = np.linspace(np.pi, 2 * np.pi, 25)
         top = ident.hairline - 0.45
         hair = np.stack([1.16 * half_width * np.cos(theta),
@@ -508,12 +513,12 @@ class _Painter:
                     for k in range(3):
                         y = -0.22 - 0.13 * k
                         self.stroke(dark, [at(21, side, -.22, y + .025), at(21, side, 0, y),
-                                           at(21, side, .3, y + .03)], .35 * s, .025)
+                                           at(21, side, .3, y + .03)], .25 * s, .025)
                 elif au == 2:  # wrinkles above the outer brow
                     for k in range(2):
                         y = -0.2 - 0.13 * k
                         self.stroke(dark, [at(19, side, -.1, y), at(18, side, 0, y),
-                                           at(17, side, .05, y + .05)], .3 * s, .025)
+                                           at(17, side, .05, y + .05)], .22 * s, .025)
                 elif au == 4:  # vertical furrow between the brows, shadow under the brow
                     self.stroke(dark, [at(21, side, -.07, -.12), at(21, side, -.09, .1)],
                                 .45 * s, .022)

@@ -13,7 +13,7 @@ same order as POT's ``sinkhorn_log`` (column potential first), so they agree in 
   step's softmax from saved potentials instead of keeping ``iters`` autograd graphs. Measured
   with ``scripts/bench_ot.py`` (relation loss forward + backward, B=256 views, A=12: 65,536
   problems, 50 iterations) on CPU (AMD EPYC, 1 torch thread, shared 2-core box): 3.3 s vs
-  15.0 s for ``"pot"`` and ~690 s (extrapolated) for ``"pot_loop"``; peak RSS 1.2 GB vs 5.4 GB
+  18.9 s for ``"pot"`` and ~645 s (extrapolated) for ``"pot_loop"``; peak RSS 1.2 GB vs 5.4 GB
   for ``"pot"``. Hence the default. Not measured on GPU (none available); see
   docs/benchmarks.md, "Relation OT solver".
 - ``"pot"``: POT's batched solver ``ot.batch.solve_batch(method="log_sinkhorn", grad="autodiff")``.
