@@ -51,8 +51,7 @@ class HiVAFinetuner(StageModule):
                  descriptions: str | None = None, descriptions_per_step: int = 4,
                  text_cache_dir: str | None = None, alignment_weight: float = 0.1,
                  class_weighted: bool = True, lr: float = 5e-4, weight_decay: float = 0.05,
-                 layer_decay: float = 0.75, warmup_epochs: float = 1.0,
-                 report_dir: str | None = None):
+                 layer_decay: float = 0.75, warmup_epochs: float = 1.0):
         super().__init__()
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
@@ -194,7 +193,9 @@ class HiVAFinetuner(StageModule):
             self._write_report(values)
 
     def _write_report(self, values: dict[str, float]) -> None:
-        folder = Path(self.hparams.report_dir or (self.logger.log_dir if self.logger else "."))
+        # next to the run's logs (checkpoint hyperparameters override CLI arguments under `test
+        # --ckpt_path`, so the place is the logger's, set with --trainer.logger.init_args.*)
+        folder = Path(self.logger.log_dir if self.logger else self.trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         report = {"aus": self.au_names, "metrics": values,
                   "checkpoint": getattr(self.trainer, "ckpt_path", None),

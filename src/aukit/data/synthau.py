@@ -13,6 +13,7 @@ centres, +x towards the image right, +y down) until it is projected onto the can
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,13 +113,15 @@ class Identity:
 
 
 def _make_identity(rng: np.random.Generator) -> Identity:
+    """The mean face perturbed group by group (jaw, brows, eyes, nose, mouth), plus colours."""
     shape = _MEAN_FACE.copy()
     u = rng.uniform
     jaw, brows, nose = slice(0, 17), slice(17, 27), slice(27, 36)
     eyes, mouth = slice(36, 48), slice(48, 68)
     shape[jaw, 0] *= u(0.9, 1.08)
     shape[jaw, 1] = shape[0, 1] + (shape[jaw, 1] - shape[0, 1]) * u(0.9, 1.08)
-    shape[brows, 1] += u(-0.05, 0.04) - u(-0.03, 0.05) * np.abs(np.tile(np.linspace(-1, 1, 5), 2))
+    ends = np.abs(np.tile(np.linspace(-1, 1, 5), 2))  # 1 at the brow ends, 0 mid-brow
+    shape[brows, 1] += u(-0.05, 0.04) - u(-0.03, 0.05) * ends  # brow height, then arch
     for eye in (slice(36, 42), slice(42, 48)):
         centre = shape[eye].mean(0)
         shape[eye] = centre + (shape[eye] - centre) * [u(.88, 1.12), u(.85, 1.2)]
@@ -127,7 +130,7 @@ def _make_identity(rng: np.random.Generator) -> Identity:
     shape[brows, 0] += np.sign(shape[brows, 0]) * spread
     root = shape[27]
     shape[nose] = root + (shape[nose] - root) * [u(0.85, 1.25), u(0.9, 1.1)]
-    shape[mouth, 1] += shape[33, 1] - _MEAN_FACE[33, 1] + u(-0.04, 0.04)
+    shape[mouth, 1] += shape[33, 1] - _MEAN_FACE[33, 1] + u(-0.04, 0.04)  # follows the nose
     centre = shape[mouth].mean(0)
     lip_scale = u(0.75, 1.3)
     shape[mouth] = centre + (shape[mouth] - centre) * [u(0.85, 1.15), 1.0]
@@ -404,8 +407,8 @@ class _Painter:
         hair_bottom = chin + 0.7 if ident.long_hair else ear_level + 0.45
         hair_sides = np.array([[1.2 * half_width, hair_bottom], [-1.2 * half_width, hair_bottom]])
         self.fill(self.rgb, self.project(np.concatenate([hair, hair_sides])), _rgb(ident.hair))
-        neck = np.array([[-.5, .6], [-.55, chin + .9], [.55, chin + .9], [.5, .6]]) * [half_width,
-                                                                                        1]
+        neck = np.array([[-.5, .6], [-.55, chin + .9], [.55, chin + .9], [.5, .6]])
+        neck[:, 0] *= half_width
         self.fill(self.rgb, self.project(neck), _rgb(ident.skin * 0.8))
         shoulders = np.array([[-.62, chin + .55], [-2.6, chin + 1.2], [-3.2, 6], [3.2, 6],
                               [2.6, chin + 1.2], [.62, chin + .55]]) * [half_width, 1]
@@ -436,28 +439,40 @@ class _Painter:
             lower = line - normal * half[:, None] * 0.9
             self.fill(self.rgb, np.concatenate([upper, lower[::-1]]), colour)
 
+    def inside(self, outline: np.ndarray, base: tuple[float, float, float],
+               paint: Callable[[np.ndarray, np.ndarray], None]) -> None:
+        """Paint only inside the closed ``outline`` ``[K, 2]``: ``paint(crop, origin)`` draws on a
+        crop pre-filled with ``base`` whose top-left pixel is ``origin`` on the canvas."""
+        x0, y0 = np.maximum(np.floor(outline.min(0)).astype(int) - 2, 0)
+        x1, y1 = np.ceil(outline.max(0)).astype(int) + 3
+        origin, roi = np.array([x0, y0]), self.rgb[y0:y1, x0:x1]
+        mask = np.zeros(roi.shape[:2], np.uint8)
+        cv2.fillPoly(mask, [_fixed(outline - origin)], 255, cv2.LINE_AA, _SHIFT)
+        if not mask.any():
+            return
+        crop = np.empty_like(roi)
+        crop[:] = base
+        paint(crop, origin)
+        alpha = mask[..., None].astype(np.float32) / 255
+        roi[:] = (crop * alpha + roi * (1 - alpha)).astype(np.uint8)
+
     def eyes(self) -> None:
-        gaze = np.array(self.nuisance.gaze)
+        sclera = _rgb(np.array([0.93, 0.9, 0.87]) * (0.7 + 0.3 * self.identity.skin))
         for first in (36, 42):
             ring = self.pts[first:first + 6]
-            outline = _spline(ring, closed=True)
-            x0, y0 = np.floor(outline.min(0)).astype(int) - 2
-            x1, y1 = np.ceil(outline.max(0)).astype(int) + 3
-            x0, y0 = max(x0, 0), max(y0, 0)
-            roi = self.rgb[y0:y1, x0:x1]
-            mask = np.zeros(roi.shape[:2], np.uint8)
-            cv2.fillPoly(mask, [_fixed(outline - [x0, y0])], 255, cv2.LINE_AA, _SHIFT)
-            eye = np.empty_like(roi)
-            eye[:] = _rgb(np.array([0.93, 0.9, 0.87]) * (0.7 + 0.3 * self.identity.skin))
             width = np.linalg.norm(ring[3] - ring[0])
-            centre = (ring[0] + ring[3]) / 2 + gaze * width - [x0, y0 + 0.02 * self.u]
-            iris = 0.24 * width / self.u
-            self.blob(eye, centre, (iris, iris), _rgb(self.identity.iris))
-            self.blob(eye, centre, (iris * 0.45, iris * 0.45), (15, 10, 10))
-            self.blob(eye, centre + [0.3 * iris * self.u, -0.3 * iris * self.u],
-                      (iris * 0.18, iris * 0.18), (245, 245, 245))
-            alpha = mask[..., None].astype(np.float32) / 255
-            roi[:] = (eye * alpha + roi * (1 - alpha)).astype(np.uint8)
+            # the iris stays put between the corners, so a moving lid covers or bares it
+            centre = (ring[0] + ring[3]) / 2 + np.array(self.nuisance.gaze) * width - [
+                0, 0.02 * self.u]
+            radius = 0.24 * width / self.u
+
+            def iris(crop: np.ndarray, origin: np.ndarray, centre=centre, r=radius) -> None:
+                self.blob(crop, centre - origin, (r, r), _rgb(self.identity.iris))
+                self.blob(crop, centre - origin, (r * 0.45, r * 0.45), (15, 10, 10))
+                self.blob(crop, centre - origin + [0.3 * r * self.u, -0.3 * r * self.u],
+                          (r * 0.18, r * 0.18), (245, 245, 245))
+
+            self.inside(_spline(ring, closed=True), sclera, iris)
             upper, lower = ring[:4], np.concatenate([ring[3:], ring[:1]])
             self.stroke(self.rgb, upper, _rgb(self.identity.hair * 0.3), 0.03)
             self.stroke(self.dark, lower, 70, 0.015)
@@ -477,20 +492,13 @@ class _Painter:
 
     def mouth(self) -> None:
         p, lips = self.pts, self.identity.lips
-        inner = _spline(p[60:68], closed=True)
-        x0, y0 = np.floor(inner.min(0)).astype(int) - 2
-        x1, y1 = np.ceil(inner.max(0)).astype(int) + 3
-        roi = self.rgb[y0:y1, x0:x1]
-        mask = np.zeros(roi.shape[:2], np.uint8)
-        cv2.fillPoly(mask, [_fixed(inner - [x0, y0])], 255, cv2.LINE_AA, _SHIFT)
-        if mask.any():  # lips apart: dark mouth interior with a row of upper teeth
-            inside = np.empty_like(roi)
-            inside[:] = (70, 20, 25)
-            teeth = _spline(p[60:65]) - [x0, y0]
-            self.fill(inside, np.concatenate([teeth, teeth[::-1] + [0, 0.07 * self.u]]),
+
+        def teeth(crop: np.ndarray, origin: np.ndarray) -> None:  # a row of upper teeth
+            edge = _spline(p[60:65]) - origin
+            self.fill(crop, np.concatenate([edge, edge[::-1] + [0, 0.07 * self.u]]),
                       (235, 230, 215))
-            alpha = mask[..., None].astype(np.float32) / 255
-            roi[:] = (inside * alpha + roi * (1 - alpha)).astype(np.uint8)
+
+        self.inside(_spline(p[60:68], closed=True), (70, 20, 25), teeth)  # lips apart
         upper = np.concatenate([_spline(p[48:55]), _spline(p[60:65])[::-1]])
         lower = np.concatenate([_spline(p[[54, 55, 56, 57, 58, 59, 48]]),
                                 _spline(p[[60, 67, 66, 65, 64]])])

@@ -1,0 +1,151 @@
+"""Stage 2 end to end: fit + test through the CLI, stage-1 hand-over, model selection, bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from aukit.checkpoint import META_KEY
+from aukit.data.datamodules import AUDataModule
+from finetune.__main__ import FinetuneCLI
+from finetune.module import HiVAFinetuner
+from pretrain.module import RegionRelationPretrainer
+
+TINY = ["--trainer.accelerator", "cpu", "--trainer.devices", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--data.image_size", "64", "--data.batch_size", "8", "--data.num_workers", "0",
+        "--data.synthau_samples_per_subject", "2", "--data.synthau_eval_samples_per_subject", "2",
+        "--model.embed_dim", "32", "--model.descriptions_per_step", "2"]
+
+
+def run_finetune(tmp_path: Path, *extra: str, subcommand: str = "fit") -> FinetuneCLI:
+    args = [subcommand, "-c", "conf/trainer/cpu.yaml", "-c", "conf/finetune/synthau.yaml", *TINY,
+            "--trainer.logger.init_args.save_dir", str(tmp_path),
+            "--model.text_cache_dir", str(tmp_path / "text-cache"), *extra]
+    return FinetuneCLI(HiVAFinetuner, AUDataModule, args=args)
+
+
+def save_stage1(path: Path, image_size: int = 64, backbone: str = "swin_test",
+                embed_dim: int = 32, stage: str = "pretrain") -> RegionRelationPretrainer:
+    module = RegionRelationPretrainer(aus="all", backbone=backbone, image_size=image_size,
+                                      embed_dim=embed_dim)
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    checkpoint[META_KEY]["stage"] = stage
+    torch.save(checkpoint, path)
+    return module
+
+
+class NoTestDuringFit(AUDataModule):
+    """Fails if the test split is requested while fitting: selection must use val only."""
+
+    def test_dataloader(self):
+        if self.trainer is not None and self.trainer.training:
+            raise AssertionError("the test split was read during fit")
+        return super().test_dataloader()
+
+
+@pytest.mark.slow
+def test_fit_then_test_writes_checkpoints_and_a_per_au_report(tmp_path, capsys, caplog):
+    caplog.set_level("INFO")
+    cli = run_finetune(tmp_path, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
+                       "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2")
+    callback = cli.trainer.checkpoint_callback
+    assert callback.monitor == "val/f1_mean" and Path(callback.best_model_path).is_file()
+    assert (Path(callback.best_model_path).parent / "last.ckpt").is_file()
+    meta = torch.load(callback.best_model_path, weights_only=False)[META_KEY]
+    assert meta["stage"] == "finetune" and meta["aus"] == [1, 2, 4, 6, 7, 10, 12, 14, 15, 17,
+                                                           23, 24]
+    out = capsys.readouterr().out + caplog.text
+    assert "initialised from scratch" in out and "| AU12" in out
+    report_dir = Path(cli.trainer.logger.log_dir)
+    report = json.loads((report_dir / "test_report.json").read_text())
+    assert set(report["aus"]) == set(cli.model.au_names)
+    assert all(f"f1_{au}" in report["metrics"] for au in report["aus"])
+    csv = (report_dir / "test_report.csv").read_text().splitlines()
+    assert csv[0].startswith("au,f1") and len(csv) == len(report["aus"]) + 2
+    # the `test` subcommand evaluates a checkpoint on its own
+    tested = run_finetune(tmp_path / "t", "--ckpt_path", callback.best_model_path,
+                          "--trainer.limit_test_batches", "1", subcommand="test")
+    assert (Path(tested.trainer.logger.log_dir) / "test_report.json").is_file()
+    assert tested.trainer.logged_metrics["test/f1_mean"] >= 0
+
+
+@pytest.mark.slow
+def test_model_selection_reads_the_validation_split_only(tmp_path):
+    args = ["fit", "-c", "conf/trainer/cpu.yaml", "-c", "conf/finetune/synthau.yaml", *TINY,
+            "--trainer.logger.init_args.save_dir", str(tmp_path), "--test_after_fit", "false",
+            "--model.text_cache_dir", str(tmp_path / "cache"), "--model.use_text", "false",
+            "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "2",
+            "--trainer.limit_val_batches", "2"]
+    cli = FinetuneCLI(HiVAFinetuner, NoTestDuringFit, args=args)
+    callback = cli.trainer.checkpoint_callback
+    best = torch.load(callback.best_model_path, weights_only=False)
+    scores = [s for s in callback.best_k_models.values()]
+    assert float(callback.best_model_score) == max(float(s) for s in scores)
+    assert best["epoch"] < 3
+
+
+def test_stage1_checkpoint_initialises_backbone_and_region(tmp_path):
+    stage1 = save_stage1(tmp_path / "s1.ckpt")
+    module = HiVAFinetuner(aus=["AU12", "AU1"], image_size=64, embed_dim=32, use_text=False,
+                           pretrained=str(tmp_path / "s1.ckpt"))
+    for name, value in stage1.backbone.state_dict().items():
+        assert torch.equal(module.model.backbone.state_dict()[name], value), name
+    rows = [list(stage1.au_numbers).index(a) for a in (12, 1)]
+    assert torch.equal(module.model.region.au_queries, stage1.region.au_queries[rows])
+    assert module.hparams.backbone == "swin_test"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"image_size": 128}, "image_size=64.*image_size=128"),
+    ({"backbone": "swin_tiny", "image_size": 64}, "backbone='swin_test'"),
+])
+def test_a_mismatched_stage1_checkpoint_is_refused(tmp_path, kwargs, message):
+    save_stage1(tmp_path / "s1.ckpt")
+    with pytest.raises(ValueError, match=message):
+        HiVAFinetuner(aus=["AU12"], embed_dim=32, use_text=False,
+                      pretrained=str(tmp_path / "s1.ckpt"), **kwargs)
+
+
+def test_a_finetune_checkpoint_is_not_a_stage1_checkpoint(tmp_path):
+    save_stage1(tmp_path / "ft.ckpt", stage="finetune")
+    with pytest.raises(ValueError, match="is a finetune checkpoint.*make pretrain"):
+        HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False,
+                      pretrained=str(tmp_path / "ft.ckpt"))
+
+
+def test_resuming_finetuning_from_a_stage1_checkpoint_is_refused():
+    module = HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False)
+    with pytest.raises(ValueError, match="--model.pretrained, not --ckpt_path"):
+        module.on_load_checkpoint({META_KEY: {"stage": "pretrain"}})
+
+
+def test_description_bank_missing_an_au_fails_before_training(tmp_path):
+    bank = yaml.safe_load(Path("conf/au_descriptions.yaml").read_text())
+    del bank["descriptions"]["AU12"]
+    path = tmp_path / "bank.yaml"
+    path.write_text(yaml.safe_dump(bank))
+    with pytest.raises(ValueError, match="AU12"):
+        run_finetune(tmp_path, "--model.descriptions", str(path), "--trainer.max_epochs", "1")
+
+
+def test_text_weights_that_cannot_be_had_offline_fail_fast(tmp_path):
+    with pytest.raises(Exception, match="weights_path"):
+        HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32,
+                      text_encoder="open_clip:ViT-B-16", text_pretrained="openai",
+                      text_cache_dir=str(tmp_path))
+
+
+def test_a_model_for_other_aus_is_refused_by_the_data(tmp_path):
+    import lightning as L
+
+    module = HiVAFinetuner(aus=["AU1", "AU2"], image_size=64, embed_dim=32, use_text=False)
+    data = AUDataModule(image_size=64, batch_size=4, synthau_samples_per_subject=1,
+                        synthau_eval_samples_per_subject=1)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False,
+                        default_root_dir=tmp_path, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="predicts.*but the data has"):
+        trainer.fit(module, datamodule=data)
