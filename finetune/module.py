@@ -50,7 +50,7 @@ class HiVAFinetuner(StageModule):
                  text_pretrained: str | None = None, text_weights: str | None = None,
                  descriptions: str | None = None, descriptions_per_step: int = 4,
                  text_cache_dir: str | None = None, alignment_weight: float = 0.1,
-                 class_weighted: bool = True, lr: float = 5e-4, weight_decay: float = 0.05,
+                 class_weighted: bool = True, balance_positives: bool = True, lr: float = 5e-4, weight_decay: float = 0.05,
                  layer_decay: float = 0.75, warmup_epochs: float = 1.0):
         super().__init__()
         if architecture not in ARCHITECTURES:
@@ -83,6 +83,7 @@ class HiVAFinetuner(StageModule):
             if architecture == "hiva":
                 self.model.region.load_state_dict(self.stage1.region)
         self.register_buffer("class_weights", torch.ones(len(self.au_numbers)))
+        self.register_buffer("pos_weight", torch.ones(len(self.au_numbers)))
         self.text = None
         self.metrics = torch.nn.ModuleDict({s: AUMetrics(self.au_names) for s in ("val", "test")})
         self._shown_images: Tensor | None = None
@@ -107,6 +108,8 @@ class HiVAFinetuner(StageModule):
                            "initialised from scratch (no stage-1 checkpoint given)")
             if self.hparams.class_weighted:
                 self.class_weights.copy_(datamodule.class_weights())
+            if self.hparams.balance_positives:
+                self.pos_weight.copy_(datamodule.positive_weights())
             graph = getattr(self.model, "graph", None)
             if self.hparams.cooccurrence_prior and graph is not None:
                 graph.set_prior(datamodule.cooccurrence())
@@ -138,7 +141,7 @@ class HiVAFinetuner(StageModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         out = self(batch["image"], batch["landmarks"])
         labels, mask = batch["labels"], batch["label_mask"]
-        bce = au_bce_loss(out["logits"], labels, mask, self.class_weights)
+        bce = au_bce_loss(out["logits"], labels, mask, self.class_weights, self.pos_weight)
         loss = bce
         if "text_anchors" in out and self.hparams.alignment_weight > 0:
             align = alignment_loss(out["au_features"], out["text_anchors"], labels, mask)

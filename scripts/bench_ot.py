@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import ot
 import torch
@@ -31,6 +28,7 @@ from aukit.losses.relation_ot import (
     pairwise_ot_costs,
     relation_ot_loss,
 )
+from aukit.utils.report import machine, write_section
 
 SECTION = "## Relation OT solver"
 
@@ -51,31 +49,6 @@ def median_ms(steps: dict[str, Callable[[], None]], repeats: int,
             if round_:
                 times[name].append(1e3 * (time.perf_counter() - start))
     return {name: statistics.median(values) for name, values in times.items()}
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores available, {torch.get_num_threads()} torch threads"
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) our section, leaving other engineers' sections untouched."""
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = doc.find(SECTION)
-    if start < 0:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    else:
-        end = doc.find("\n## ", start + len(SECTION))
-        doc = doc[:start] + text + (doc[end + 1:] if end >= 0 else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(doc.rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,12 +120,12 @@ def main(argv: list[str] | None = None) -> None:
             f"float32, median of {args.repeats} runs after a warm-up. Max abs diff: OT costs on "
             f"the {n_sample} sampled problems against the loop.\n\n"
             f"- command: `{command.strip()}`\n"
-            f"- machine: {machine(device)}\n"
+            f"- machine: {machine()}\n"
             f"- date: {datetime.date.today().isoformat()}; torch {torch.__version__}, "
             f"POT {ot.__version__}\n\n{table}\n")
     print(text)
     if args.out:
-        write_section(Path(args.out), text)
+        write_section(args.out, SECTION, text)
 
 
 if __name__ == "__main__":

@@ -341,6 +341,13 @@ class AUDataModule(L.LightningDataModule):
         """``[A]`` inverse occurrence rate over the training split's known labels, mean 1."""
         return label_statistics(*self.split_labels("train"))[0]
 
+    def positive_weights(self) -> torch.Tensor:
+        """``[A]`` negatives / positives per AU over the (masked) train split, for BCE's
+        ``pos_weight``; an AU never present counts as half a positive."""
+        labels, mask = self.split_labels("train")
+        positives = (labels * mask).sum(0).clamp(min=0.5)
+        return ((mask.sum(0) - positives).clamp(min=0) / positives).float()
+
     def cooccurrence(self) -> torch.Tensor:
         """``[A, A]``: P(AU j present | AU i present) over the training split's known labels."""
         return label_statistics(*self.split_labels("train"))[1]

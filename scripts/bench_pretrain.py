@@ -1,0 +1,101 @@
+"""Representation quality of stage 1: linear-probe mean F1 on SynthAU after pretraining.
+
+For each seed: a randomly initialised encoder (no training) and three pretraining variants
+(region loss only, relation loss only, both), each trained with the same budget through the
+real CLI (``conf/pretrain/synthau.yaml``), then probed: one logistic regression per AU on its
+frozen AU region feature, fitted on the SynthAU train subjects and scored on the test subjects
+(nothing is tuned on them). Writes ``## Pretraining: linear probe`` into ``--out`` and keeps
+each variant's final checkpoint in ``--ckpt-dir`` (the finetune benchmark starts from them).
+
+    python scripts/bench_pretrain.py --seeds 0 1 2 --epochs 3 --out docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+
+from aukit.cli import AUCLI
+from aukit.data.datamodules import AUDataModule, UnlabeledFaceDataModule
+from aukit.probe import run_probe
+from aukit.utils.report import machine, today, write_section
+from pretrain.module import RegionRelationPretrainer
+
+HEADING = "## Pretraining: linear probe"
+VARIANTS = {"region only": (1.0, 0.0), "relation only": (0.0, 1.0), "region + relation": (1.0, 1.0)}
+
+
+def pretrain(variant: str, seed: int, args: argparse.Namespace) -> RegionRelationPretrainer:
+    region, relation = VARIANTS[variant]
+    folder = Path(args.ckpt_dir) / f"{variant.replace(' + ', '+').replace(' ', '-')}-seed{seed}"
+    cli = AUCLI(RegionRelationPretrainer, UnlabeledFaceDataModule, args=[
+        "fit", "-c", "conf/trainer/cpu.yaml", "-c", "conf/pretrain/synthau.yaml",
+        "--seed_everything", str(seed), "--trainer.max_epochs", str(args.epochs),
+        "--trainer.callbacks", "[]", "--trainer.logger", "false",
+        "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(folder),
+        "--model.region_weight", str(region), "--model.relation_weight", str(relation),
+        "--data.synthau_samples_per_subject", str(args.samples_per_subject),
+        "--data.num_workers", str(args.workers), *args.overrides])
+    cli.trainer.save_checkpoint(folder / "last.ckpt")
+    return cli.model
+
+
+def probe(module: RegionRelationPretrainer, args: argparse.Namespace) -> float:
+    data = AUDataModule(dataset="synthau", image_size=module.hparams.image_size,
+                        batch_size=64, num_workers=args.workers,
+                        synthau_samples_per_subject=args.probe_samples,
+                        synthau_eval_samples_per_subject=args.probe_samples)
+    return 100 * run_probe(module.encode, module.au_numbers, data, "test")["f1_mean"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--samples-per-subject", type=int, default=16)
+    parser.add_argument("--probe-samples", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ckpt-dir", default="runs/bench/pretrain")
+    parser.add_argument("--out", default="docs/benchmarks.md")
+    parser.add_argument("overrides", nargs="*", help="extra LightningCLI overrides (after --)")
+    args = parser.parse_args(argv)
+    scores: dict[str, list[float]] = {"random init (no pretraining)": []}
+    scores.update({v: [] for v in VARIANTS})
+    started = time.time()
+    for seed in args.seeds:
+        L.seed_everything(seed)
+        scores["random init (no pretraining)"].append(
+            probe(RegionRelationPretrainer(image_size=128), args))
+        for variant in VARIANTS:
+            scores[variant].append(probe(pretrain(variant, seed, args), args))
+        print({k: v[-1] for k, v in scores.items()}, flush=True)
+    rows = ["| encoder | probe mean F1 (%) | spread (sd) | per seed |", "|---|---:|---:|---|"]
+    for name, values in scores.items():
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(f"| {name} | {statistics.mean(values):.1f} | {spread:.1f} | "
+                    + ", ".join(f"{v:.1f}" for v in values) + " |")
+    command = "python scripts/bench_pretrain.py " + shlex.join(
+        argv if argv is not None else sys.argv[1:])
+    text = (f"{HEADING}\n\n"
+            f"Linear probe (one logistic regression per AU on its frozen AU region feature) on "
+            f"SynthAU's 12 AUs: fitted on the train subjects ({args.probe_samples} faces each), "
+            f"mean F1 on the unseen test subjects. Each pretraining variant: "
+            f"`conf/pretrain/synthau.yaml` (swin_test, 128 px, 17 AU regions), {args.epochs} "
+            f"epochs over {args.samples_per_subject} faces x 60 unlabeled subjects, seeds "
+            f"{args.seeds}; the random-init row probes the same architecture untrained.\n\n"
+            f"- command: `{command.strip()}`\n- machine: {machine()}\n- date: {today()}, "
+            f"wall time {(time.time() - started) / 60:.0f} min\n\n" + "\n".join(rows) + "\n")
+    print(text)
+    if args.out:
+        write_section(args.out, HEADING, text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Inference models from finetune checkpoints, with the evaluation-time text baked in.
+
+A finetune checkpoint stores the model weights and its hyperparameters, not the text features:
+they are recomputed here from the description bank and text encoder the hyperparameters name
+(cached on disk by ``aukit.text.features.encode_bank``) and stored as buffers, so the predictor
+is a plain ``images -> probabilities, activation maps`` module that exports to TorchScript and
+ONNX. Inputs are aligned face crops (``aukit.data.prepare.align_face``), whose 68 landmarks are
+the canonical template by construction, so the template is baked in too and landmarks are not an
+input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from aukit.au import au_keys
+from aukit.checkpoint import META_KEY, read_checkpoint
+from aukit.data.attention import canonical_landmarks
+from aukit.models.hiva import HiVA
+from aukit.models.linear import LinearAUClassifier
+from aukit.text.bank import load_description_bank
+from aukit.text.encoders import build_text_encoder
+from aukit.text.features import TextFeatures, encode_bank
+
+THRESHOLD = 0.5  # the decision threshold of the benchmark protocol: never tuned
+
+
+class AUPredictor(nn.Module):
+    """Aligned, normalised face crops ``[B, 3, S, S]`` -> ``(probabilities [B, A],
+    activation maps [B, A, h, w])``; the linear baseline has no maps and returns
+    ``(probabilities,)`` (``has_maps`` says which).
+
+    ``text`` is (tokens [A, T, Dt], mask [A, T] bool, anchor vectors [A, Dt]) for a text model.
+    """
+
+    def __init__(self, model: HiVA | LinearAUClassifier, image_size: int,
+                 text: tuple[Tensor, Tensor, Tensor] | None = None) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.image_size = image_size
+        self.au_names = au_keys(model.aus)
+        self.has_maps = isinstance(model, HiVA)
+        # [1, 68, 2]: every aligned crop has the template's landmarks
+        self.register_buffer("landmarks", torch.from_numpy(canonical_landmarks(image_size))[None])
+        self.text_tokens = self.text_mask = self.text_vec = None
+        if text is not None:
+            for name, value in zip(("text_tokens", "text_mask", "text_vec"), text, strict=True):
+                self.register_buffer(name, value)
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["probabilities", "activation_maps"][:1 + self.has_maps]
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        landmarks = self.landmarks.expand(images.shape[0], -1, -1)  # [B, 68, 2]
+        out = self.model(images, landmarks, self.text_tokens, self.text_mask, self.text_vec)
+        probs = out["logits"].float().sigmoid()
+        return (probs, out["act_maps"].float()) if self.has_maps else (probs,)
+
+
+def evaluation_text(features: TextFeatures) -> tuple[Tensor, Tensor, Tensor]:
+    """All descriptions of each AU, as the finetune stage evaluates -> tokens [A, M * L, Dt],
+    mask [A, M * L], anchor vectors [A, Dt]."""
+    mask = features.token_mask & features.desc_mask.unsqueeze(-1)  # [A, M, L]
+    return features.tokens.flatten(1, 2), mask.flatten(1), features.mean_sentence()
+
+
+def build_model(meta: dict[str, Any], text_dim: int) -> HiVA | LinearAUClassifier:
+    """The untrained stage-2 model a finetune checkpoint's metadata describes."""
+    cfg = meta["config"]
+    if meta["architecture"] == "linear":
+        return LinearAUClassifier(meta["aus"], meta["backbone"], meta["image_size"],
+                                  feature_stage=meta["feature_stage"])
+    # an identity prior only creates the buffer; the checkpoint holds the trained one
+    prior = torch.eye(len(meta["aus"])) if cfg["cooccurrence_prior"] else None
+    return HiVA(meta["aus"], meta["backbone"], meta["image_size"], False, meta["feature_stage"],
+                cfg["embed_dim"], text_dim, num_heads=cfg["num_heads"],
+                region_depth=cfg["region_depth"], attention_sigma=cfg["attention_sigma"],
+                use_graph=cfg["use_graph"], use_ddca=cfg["use_ddca"], use_cdca=cfg["use_cdca"],
+                use_text=cfg["use_text"], graph_top_k=cfg["graph_top_k"],
+                cooccurrence_prior=prior, dropout=cfg["dropout"])
+
+
+def text_features(meta: dict[str, Any], cache_dir: str | Path | None = None) -> TextFeatures:
+    """The description features of the checkpoint's AUs under its text encoder and bank."""
+    cfg = meta["config"]
+    options = {k: v for k, v in (("pretrained", cfg.get("text_pretrained")),
+                                  ("weights_path", cfg.get("text_weights"))) if v}
+    encoder = build_text_encoder(cfg["text_encoder"], **options)
+    bank = load_description_bank(cfg.get("descriptions"), meta["aus"])
+    return encode_bank(encoder, bank, meta["aus"], cache_dir or cfg.get("text_cache_dir"))
+
+
+def read_finetune_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``read_checkpoint(path, "finetune")``, saying why a stage-1 checkpoint cannot predict."""
+    try:
+        return read_checkpoint(path, "finetune")
+    except ValueError as err:
+        if " is a pretrain checkpoint" not in str(err):
+            raise
+        raise ValueError(f"{err}. A stage-1 (pretrain) checkpoint holds only the "
+                         "self-supervised encoder and has no AU head, so it cannot predict AUs; "
+                         "finetune it first (make finetune PRETRAINED=<it>)") from err
+
+
+def predictor_from_checkpoint(checkpoint: dict[str, Any],
+                              text_cache_dir: str | Path | None = None) -> AUPredictor:
+    """An eval-mode ``AUPredictor`` on the CPU from a loaded finetune checkpoint."""
+    meta = checkpoint[META_KEY]
+    uses_text = meta["architecture"] == "hiva" and meta["config"]["use_text"]
+    text = evaluation_text(text_features(meta, text_cache_dir)) if uses_text else None
+    model = build_model(meta, text[0].shape[-1] if text else 384)
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()
+             if k.startswith("model.")}
+    model.load_state_dict(state)
+    return AUPredictor(model, meta["image_size"], text).eval()
+
+
+def load_predictor(path: str | Path, text_cache_dir: str | Path | None = None) -> AUPredictor:
+    """``predictor_from_checkpoint`` of the finetune checkpoint at ``path``."""
+    return predictor_from_checkpoint(read_finetune_checkpoint(path), text_cache_dir)

@@ -1,0 +1,42 @@
+"""Benchmark reports: the machine they ran on and their section of ``docs/benchmarks.md``."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+
+def machine() -> str:
+    """CPU model, cores, torch threads and, when present, the GPU."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    text = f"{cpu}, {cores} cores available, {torch.get_num_threads()} torch threads"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name()}"
+    return text
+
+
+def today() -> str:
+    return datetime.date.today().isoformat()
+
+
+def write_section(path: str | Path, heading: str, text: str) -> None:
+    """Replace the ``heading`` section of a Markdown file (or append it), leaving the others."""
+    path = Path(path)
+    doc = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = doc.find(heading + "\n")
+    if start < 0:
+        doc = doc.rstrip("\n") + "\n\n" + text
+    else:
+        end = doc.find("\n## ", start + len(heading))
+        doc = doc[:start] + text.rstrip("\n") + "\n" + (doc[end:] if end >= 0 else "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(doc.rstrip("\n") + "\n")
