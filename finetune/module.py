@@ -50,7 +50,8 @@ class HiVAFinetuner(StageModule):
                  text_pretrained: str | None = None, text_weights: str | None = None,
                  descriptions: str | None = None, descriptions_per_step: int = 4,
                  text_cache_dir: str | None = None, alignment_weight: float = 0.1,
-                 class_weighted: bool = True, balance_positives: bool = True, lr: float = 5e-4, weight_decay: float = 0.05,
+                 class_weighted: bool = True, balance_positives: bool = True,
+                 lr: float = 5e-4, weight_decay: float = 0.05,
                  layer_decay: float = 0.75, warmup_epochs: float = 1.0):
         super().__init__()
         if architecture not in ARCHITECTURES:

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples-per-subject", type=int, default=40)
     parser.add_argument("--eval-samples", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--stage1", default="runs/bench/pretrain/region+relation-seed{seed}/last.ckpt")
+    parser.add_argument("--stage1",
+                        default="runs/bench/pretrain/region+relation-seed{seed}/last.ckpt")
     parser.add_argument("--log-dir", default="runs/bench/finetune")
     parser.add_argument("--out", default="docs/benchmarks.md")
     parser.add_argument("overrides", nargs="*", help="extra LightningCLI overrides (after --)")

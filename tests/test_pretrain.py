@@ -85,7 +85,7 @@ def test_resume_from_a_mid_epoch_checkpoint_gives_the_same_weights(tmp_path):
     assert read_checkpoint(mid, "pretrain")["global_step"] == 4
     resumed = run_pretrain(tmp_path / "c", *common, "--ckpt_path", str(mid), config=False)
     for (name, a), (_, b) in zip(straight.model.state_dict().items(),
-                                 resumed.model.state_dict().items()):
+                                 resumed.model.state_dict().items(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
 
 
@@ -137,7 +137,8 @@ def test_empty_or_missing_image_folder_fails_before_training(tmp_path):
         run_pretrain(tmp_path, "--data.source", str(tmp_path / "nope"))
     (tmp_path / "faces").mkdir()
     with pytest.raises(Exception, match="no images|No images|no image"):
-        run_pretrain(tmp_path, "--data.source", str(tmp_path / "faces"), "--trainer.callbacks", "[]")
+        run_pretrain(tmp_path, "--data.source", str(tmp_path / "faces"),
+                     "--trainer.callbacks", "[]")
 
 
 def test_tiny_images_are_not_faces(tmp_path):

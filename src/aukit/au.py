@@ -12,8 +12,8 @@ Bilateral AUs list the centre on the subject's right side; the left centre is it
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 NUM_LANDMARKS = 68
 

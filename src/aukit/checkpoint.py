@@ -7,9 +7,10 @@ encoder of a stage-1 checkpoint by path alone, and refuses one that does not fit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -70,8 +71,8 @@ def load_stage1_encoder(path: str | Path, backbone: str | None, image_size: int,
     missing = [a for a in aus if a not in meta["aus"]]
     if missing:
         raise ValueError(f"stage-1 checkpoint {path} has no region queries for "
-                         f"{['AU%d' % a for a in missing]} (it was pretrained on "
-                         f"{['AU%d' % a for a in meta['aus']]}); pretrain with --model.aus all")
+                         f"{[f'AU{a}' for a in missing]} (it was pretrained on "
+                         f"{[f'AU{a}' for a in meta['aus']]}); pretrain with --model.aus all")
     state = checkpoint["state_dict"]
     backbone_state = _strip(state, "backbone.")
     region_state = _strip(state, "region.")

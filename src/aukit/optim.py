@@ -10,7 +10,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int,
                   min_ratio: float = 0.01) -> LambdaLR:
-    """Linear warm-up to each group's LR over ``warmup_steps``, then cosine down to ``min_ratio``."""
+    """Linear warm-up to each group's LR over ``warmup_steps``, then cosine to ``min_ratio``."""
     total_steps = max(total_steps, 1)
     warmup_steps = min(max(warmup_steps, 0), total_steps - 1)
 

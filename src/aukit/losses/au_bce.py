@@ -15,7 +15,8 @@ def au_bce_loss(logits: Tensor, labels: Tensor, mask: Tensor | None = None,
     mask [B, A] bool, True = label known (None = all known); class_weights [A], e.g. inverse
     training-fold occurrence normalised to mean 1, multiplies every element of AU k's BCE;
     pos_weight [A] (e.g. negatives / positives per AU) multiplies the positive term only, so rare
-    AUs are not learnt as "always absent". Returns a scalar; 0 (still differentiable) when no label is known.
+    AUs are not learnt as "always absent". Returns a scalar; 0 (still differentiable) when no
+    label is known.
     """
     if logits.dim() != 2 or labels.shape != logits.shape:
         raise ValueError(f"logits and labels must both be [B, A], got {tuple(logits.shape)} "

@@ -27,11 +27,12 @@ class RegionBlock(nn.Module):
             raise ValueError(f"embed_dim {dim} must be divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.norm_q, self.norm_kv, self.norm_mlp = (nn.LayerNorm(dim) for _ in range(3))
-        self.q, self.kv, self.out = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+        self.q, self.out = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
         self.mlp = Mlp(dim, 4 * dim, dropout=dropout)
 
     def forward(self, queries: Tensor, tokens: Tensor, bias: Tensor | None) -> Tensor:
-        """queries [B, A, E], tokens [B, N, E], bias [B, A, N] (added to the logits) -> [B, A, E]."""
+        """queries [B, A, E], tokens [B, N, E], bias [B, A, N] (added to logits) -> [B, A, E]."""
         b, a, e = queries.shape
         h = self.num_heads
         q = self.q(self.norm_q(queries)).view(b, a, h, e // h).transpose(1, 2)  # [B, h, A, E/h]
