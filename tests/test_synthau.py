@@ -114,3 +114,16 @@ def test_grid_cli_writes_png(tmp_path):
     main(["--grid", str(path), "--rows", "1", "--cols", "2", "--size", "64", "--split", "val"])
     image = cv2.imread(str(path))
     assert image is not None and image.shape[1] == 128 and image.shape[0] > 64
+
+
+def test_labels_without_rendering_and_the_disk_cache_agree_with_rendering(tmp_path):
+    plain = SynthAU(seed=3, image_size=64)
+    cached = SynthAU(seed=3, image_size=64, cache_dir=tmp_path)
+    for subject, index in [(0, 0), (5, 7)]:
+        reference = plain.sample(subject, index)
+        assert np.array_equal(plain.labels(subject, index), reference["labels"])
+        first, again = cached.sample(subject, index), cached.sample(subject, index)
+        for key in ("image", "landmarks", "intensity", "labels"):
+            assert np.array_equal(first[key], reference[key]), key
+            assert np.array_equal(again[key], reference[key]), key
+    assert len(list(tmp_path.rglob("*.npz"))) == 2

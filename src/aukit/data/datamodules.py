@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
@@ -75,14 +76,30 @@ def _transform_seed(datamodule: L.LightningDataModule) -> int:
     return datamodule.hparams.seed * 1000 + rank
 
 
+def _replicas(datamodule: L.LightningDataModule) -> tuple[int, int]:
+    """(processes, this process's rank) of the attached trainer; (1, 0) without one."""
+    trainer = datamodule.trainer
+    return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool,
-                drop_last: bool = False, seed: int = 0) -> DataLoader:
-    """Shuffled (training) loaders are resumable mid-epoch; evaluation loaders are plain."""
+                drop_last: bool = False, seed: int = 0,
+                replicas: tuple[int, int] = (1, 0)) -> DataLoader:
+    """Shuffled (training) loaders are resumable mid-epoch; evaluation loaders are plain.
+
+    ``replicas`` = (processes, rank) shards both under DDP with samplers Lightning keeps as they
+    are: training pads the epoch so every rank steps equally often; evaluation gives every
+    sample to exactly one rank (no padding copies counted twice by the metrics; ranks may see
+    one batch more or less, which evaluation, with no gradient sync, allows).
+    """
     common = dict(batch_size=batch_size, drop_last=drop_last, num_workers=num_workers,
                   persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
     if shuffle:
-        return ResumableDataLoader(dataset, seed=seed, **common)
-    return DataLoader(dataset, shuffle=False, **common)
+        return ResumableDataLoader(dataset, seed=seed, num_replicas=replicas[0],
+                                   rank=replicas[1], **common)
+    sampler = (UnrepeatedDistributedSampler(dataset, *replicas, shuffle=False)
+               if replicas[0] > 1 else None)
+    return DataLoader(dataset, shuffle=False, sampler=sampler, **common)
 
 
 def label_statistics(labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +134,8 @@ class AUDataModule(L.LightningDataModule):
     folder (cached, see ``aukit.data.readers.dataset_manifest``). ``fold`` (bp4d / disfa /
     synthau) applies the 3-fold protocol: test on part ``fold``, train on the other two parts,
     validation carved from those by ``val_subjects`` (``aukit.data.protocol``).
-    ``manifest_hash`` (sha256 of the manifest) is logged with every run.
+    ``manifest_hash`` (sha256 of the manifest) is logged with every run. ``synthau_cache`` (a
+    folder) keeps rendered SynthAU faces on disk so later epochs and runs only read them.
     """
 
     def __init__(self, dataset: str = "synthau", aus: list[str] | str | None = None,
@@ -127,7 +145,7 @@ class AUDataModule(L.LightningDataModule):
                  num_workers: int = 0, synthau_samples_per_subject: int = 40,
                  synthau_eval_samples_per_subject: int = 20, seed: int = 0,
                  skip_bad_rows: bool = False, data_root: str | None = None,
-                 fold: int | None = None) -> None:
+                 fold: int | None = None, synthau_cache: str | None = None) -> None:
         super().__init__()
         # the model logs the resolved AU list; the raw request would clash with it
         self.save_hyperparameters(ignore=["aus"])
@@ -271,7 +289,7 @@ class AUDataModule(L.LightningDataModule):
             self._datasets[key] = (
                 ManifestDataset(source, transform) if isinstance(source, Manifest)
                 else SynthAUDataset(source, self.samples_per_subject[split], self.aus, transform,
-                                    seed=self.seed))
+                                    seed=self.seed, cache_dir=self.hparams.synthau_cache))
         return self._datasets[key]
 
     def setup(self, stage: str | None = None) -> None:
@@ -320,7 +338,7 @@ class AUDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return make_loader(dataset, self.batch_size, self.num_workers, shuffle,
-                           seed=self.hparams.seed)
+                           seed=self.hparams.seed, replicas=_replicas(self))
 
     # ----------------------------------------------------------------- statistics
     def split_labels(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -376,7 +394,7 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
                  batch_size: int = 32, num_workers: int = 0, synthau_samples_per_subject: int = 40,
                  seed: int = 0, probe_dataset: str = "synthau", probe_manifest: str | None = None,
                  probe_aus: list[str] | str | None = None,
-                 probe_samples_per_subject: int = 20) -> None:
+                 probe_samples_per_subject: int = 20, synthau_cache: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         if source != "synthau" and not Path(source).expanduser().is_dir():
@@ -397,7 +415,8 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
             dataset=probe_dataset, aus=probe_aus, manifest=probe_manifest, image_size=image_size,
             batch_size=batch_size, num_workers=num_workers,
             synthau_samples_per_subject=probe_samples_per_subject,
-            synthau_eval_samples_per_subject=probe_samples_per_subject, seed=seed)
+            synthau_eval_samples_per_subject=probe_samples_per_subject, seed=seed,
+            synthau_cache=synthau_cache)
         self._train: Dataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -406,7 +425,8 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
         transform = pretrain_transform(self.image_size, seed=_transform_seed(self))
         if self.source == "synthau":
             self._train = SynthAUDataset(split_subjects("unlabeled"), self.samples_per_subject,
-                                         None, transform, seed=self.seed, views=self.views)
+                                         None, transform, seed=self.seed, views=self.views,
+                                         cache_dir=self.hparams.synthau_cache)
         else:
             self._train = ImageFolderDataset(self.source, transform, views=self.views)
         if len(self._train) < self.batch_size:
@@ -419,7 +439,7 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
         assert self._train is not None
         # contrastive losses want full batches of negatives; a ragged last batch is dropped
         return make_loader(self._train, self.batch_size, self.num_workers, shuffle=True,
-                           drop_last=True, seed=self.seed)
+                           drop_last=True, seed=self.seed, replicas=_replicas(self))
 
     def probe_datamodule(self) -> AUDataModule:
         """Labelled data for the linear probe (use its ``split_dataloader``: eval transforms)."""

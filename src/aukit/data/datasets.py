@@ -67,7 +67,7 @@ class SynthAUDataset(Dataset):
 
     def __init__(self, subjects: Sequence[int], samples_per_subject: int,
                  aus: Sequence[int] | None, transform: Transform, seed: int = 0,
-                 views: int = 1) -> None:
+                 views: int = 1, cache_dir: str | None = None) -> None:
         if not subjects or samples_per_subject < 1:
             raise ValueError(f"SynthAUDataset needs subjects and samples_per_subject >= 1, got "
                              f"{len(subjects)} subjects x {samples_per_subject} samples")
@@ -77,7 +77,7 @@ class SynthAUDataset(Dataset):
         self.columns = None if self.aus is None else [ALL_AUS.index(a) for a in self.aus]
         self.transform = transform
         self.views = _check_views(views)
-        self.synth = SynthAU(seed=seed)
+        self.synth = SynthAU(seed=seed, cache_dir=cache_dir)
 
     def __len__(self) -> int:
         return len(self.subjects) * self.samples_per_subject
@@ -90,8 +90,8 @@ class SynthAUDataset(Dataset):
         return sample["labels"][self.columns].astype(np.float32)  # [17] -> [A]
 
     def raw_labels(self, i: int) -> np.ndarray:
-        """Binary labels ``[A]`` of item ``i`` (renders the face; SynthAU labels come with it)."""
-        return self._labels(self.synth.sample(*self.locate(i)))
+        """Binary labels ``[A]`` of item ``i`` (no rendering)."""
+        return self.synth.labels(*self.locate(i))[self.columns].astype(np.float32)
 
     def __getitem__(self, key: int) -> dict:
         sample = self.synth.sample(*self.locate(key % len(self)))

@@ -13,6 +13,7 @@ centres, +x towards the image right, +y down) until it is projected onto the can
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -647,12 +648,17 @@ class SynthAU:
     stream; ``render`` draws given intensities and nuisances, e.g. to isolate one AU.
     """
 
-    def __init__(self, seed: int = 0, image_size: int = RENDER_SIZE):
+    def __init__(self, seed: int = 0, image_size: int = RENDER_SIZE,
+                 cache_dir: str | Path | None = None):
         self.seed = _check_index("seed", seed)
         if _check_index("image_size", image_size) < 16:
             raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
         self.image_size = int(image_size)
         self._identities: dict[int, Identity] = {}
+        # rendered samples kept on disk (one .npz each): a pure function of the key, so safe to
+        # share between runs and processes
+        self.cache_dir = None if cache_dir is None else \
+            Path(cache_dir).expanduser() / f"seed{self.seed}-px{self.image_size}"
 
     def subject_id(self, subject: int) -> str:
         """The subject's name, e.g. ``"S007"``."""
@@ -666,13 +672,30 @@ class SynthAU:
             self._identities[subject] = _make_identity(rng)
         return self._identities[subject]
 
+    def _expression(self, subject: int, index: int) -> tuple:
+        """The sample's random stream after drawing its expression: (rng, intensity, side_gain)."""
+        rng = np.random.default_rng([_TAG_SAMPLE, self.seed, _check_index("subject", subject),
+                                     _check_index("index", index)])
+        return (rng, *draw_expression(rng, self.identity(subject).expressiveness))
+
+    def labels(self, subject: int, index: int) -> np.ndarray:
+        """``[len(ALL_AUS)]`` uint8 labels of a sample, without rendering it (fast statistics)."""
+        return (self._expression(subject, index)[1] >= INTENSITY_THRESHOLD).astype(np.uint8)
+
     def sample(self, subject: int, index: int) -> dict:
         """One labelled face: image ``[H, W, 3]`` uint8 RGB, landmarks ``[68, 2]`` (x, y) pixels,
         intensity ``[len(ALL_AUS)]`` float32 0..5, labels ``[len(ALL_AUS)]`` uint8, subject id."""
-        rng = np.random.default_rng([_TAG_SAMPLE, self.seed, _check_index("subject", subject),
-                                     _check_index("index", index)])
-        intensity, side_gain = draw_expression(rng, self.identity(subject).expressiveness)
-        image, landmarks = self.render(subject, intensity, Nuisance.random(rng), side_gain)
+        cached = None if self.cache_dir is None else \
+            self.cache_dir / f"{subject:04d}" / f"{index:05d}.npz"
+        if cached is not None and cached.exists():
+            with np.load(cached) as stored:
+                image, landmarks = stored["image"], stored["landmarks"]
+                intensity = stored["intensity"]
+        else:
+            rng, intensity, side_gain = self._expression(subject, index)
+            image, landmarks = self.render(subject, intensity, Nuisance.random(rng), side_gain)
+            if cached is not None:
+                _save_atomically(cached, image=image, landmarks=landmarks, intensity=intensity)
         return {"image": image, "landmarks": landmarks, "intensity": intensity,
                 "labels": (intensity >= INTENSITY_THRESHOLD).astype(np.uint8),
                 "subject": self.subject_id(subject)}
@@ -708,6 +731,13 @@ class SynthAU:
                                interpolation=cv2.INTER_AREA)
             landmarks = (landmarks + 0.5) * ratio - 0.5  # pixel centres, not corners, scale
         return image, landmarks
+
+
+def _save_atomically(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+    np.savez(partial, **arrays)
+    os.replace(partial, path)
 
 
 def split_subjects(split: str) -> list[int]:
