@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install test lint format samples baselines
+.PHONY: install test lint format samples baselines bench bench-pretrain bench-finetune
 
 install:
 	python3 -m venv $(VENV)
@@ -29,6 +29,19 @@ samples:
 
 baselines:
 	$(PY) scripts/synthau_baselines.py --out docs/benchmarks.md
+
+# throughput of both training steps per backbone and of the data pipeline (GPU: bf16, MFU)
+bench:
+	$(PY) scripts/bench_throughput.py $(ARGS)
+
+# stage 1: OT solver timings, then linear-probe quality of the pretraining variants (3 seeds)
+bench-pretrain:
+	$(PY) scripts/bench_ot.py
+	$(PY) scripts/bench_pretrain.py $(ARGS)
+
+# stage 2: (a) linear, (b) HiVA, (c) HiVA from stage 1, (d) ablations; all and 10% labels
+bench-finetune:
+	$(PY) scripts/bench_finetune.py $(ARGS)
 
 # ---- the two stages -------------------------------------------------------------------
 # make pretrain [DATA=/folder/of/faces] [TRAINER=cpu|gpu|ddp] [ARGS="--trainer.max_epochs 50"]

@@ -169,8 +169,10 @@ class HiVAFinetuner(StageModule):
     def _log_split(self, split: str) -> dict[str, float]:
         values = {k: float(v) for k, v in self.metrics[split].compute().items()}
         self.metrics[split].reset()
+        # the values are already synced (equal on every rank); sync_dist averages equal numbers,
+        # which leaves them unchanged and tells Lightning they are global
         self.log_dict({f"{split}/{k}": v for k, v in values.items()
-                       if k.startswith(("f1_", "auc_mean"))}, sync_dist=False)
+                       if k.startswith(("f1_", "auc_mean"))}, sync_dist=True)
         return values
 
     def on_validation_epoch_end(self) -> None:

@@ -62,7 +62,8 @@ def logistic_regression(train_x: np.ndarray, train_y: np.ndarray, test_x: np.nda
     xtr, xte = scaler.transform(pixel_features(train_x)), scaler.transform(pixel_features(test_x))
     predictions = []
     for a in range(train_y.shape[1]):
-        model = LogisticRegression(class_weight="balanced", max_iter=2000)
+        # liblinear: same L2 objective as the default solver here, ~2x faster on 2304 pixels
+        model = LogisticRegression(class_weight="balanced", solver="liblinear", max_iter=2000)
         predictions.append(model.fit(xtr, train_y[:, a]).predict(xte))
     return np.stack(predictions, 1)
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-per-subject", type=int, default=60)
     parser.add_argument("--test-per-subject", type=int, default=50)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cnn-size", type=int, default=64, help="CNN input size (64..96)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     if min(args.train_per_subject, args.test_per_subject, args.epochs) < 1:
         parser.error("--train-per-subject, --test-per-subject and --epochs must be >= 1")
     torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     aus = DATASET_AUS["synthau"]
     dataset = SynthAU(args.seed, image_size=args.cnn_size)
 
@@ -185,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     notes = [
         f"Command: `{command}`  ",
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores visible, {args.threads} torch threads; "
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores visible, {args.threads} torch threads, "
+        f"load average {load:.1f} at start (wall times grow with it); "
         f"{datetime.date.today().isoformat()}  ",
         f"Data: seed {args.seed}; train = {len(train_x)} samples of {len(split_subjects('train'))} "
         f"subjects, test = {len(test_x)} samples of {len(split_subjects('test'))} unseen subjects; "
@@ -196,8 +199,9 @@ def main(argv: list[str] | None = None) -> None:
         f"CNN {cnn_s:.0f} s.  ",
         f"F1 (%) on the test subjects at threshold 0.5. *All positive*: predict every AU "
         f"everywhere (chance reference). *LogReg pixels*: one `LogisticRegression("
-        f"class_weight='balanced')` per AU on standardised {LR_SIZE}x{LR_SIZE} grayscale "
-        f"pixels. *Small CNN*: 4 conv blocks (16-128 channels), {args.cnn_size} px RGB, "
+        f"class_weight='balanced', solver='liblinear')` per AU on standardised "
+        f"{LR_SIZE}x{LR_SIZE} grayscale pixels. *Small CNN*: 4 conv blocks (16-128 channels), "
+        f"{args.cnn_size} px RGB, "
         f"{args.epochs} epochs AdamW + one-cycle, BCE with pos_weight, horizontal flips.",
     ]
     section = markdown(au_keys(aus), test_y.mean(0), {

@@ -36,7 +36,8 @@ def test_one_epoch_fold_on_a_tiny_bp4d_tree(tmp_path, monkeypatch):
     root = make_bp4d(tmp_path / "bp4d", frames=4)
     out = tmp_path / "cv"
     main(["--dataset", "bp4d", "--data-root", str(root), "--folds", "1", "--out", str(out), "--",
-          "--trainer.max_epochs", "1", "--data.image_size", "64", "--data.batch_size", "4",
+          "--trainer.max_epochs", "1", "--data.image_size", "64", "--model.backbone", "swin_test",
+          "--data.batch_size", "4",
           "--data.num_workers", "0", "--data.val_subjects", "[M011]", "--model.use_text", "false",
           "--model.embed_dim", "32", "--trainer.limit_train_batches", "2",
           "--trainer.limit_val_batches", "1"])

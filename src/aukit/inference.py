@@ -46,10 +46,9 @@ class AUPredictor(nn.Module):
         self.has_maps = isinstance(model, HiVA)
         # [1, 68, 2]: every aligned crop has the template's landmarks
         self.register_buffer("landmarks", torch.from_numpy(canonical_landmarks(image_size))[None])
-        self.text_tokens = self.text_mask = self.text_vec = None
-        if text is not None:
-            for name, value in zip(("text_tokens", "text_mask", "text_vec"), text, strict=True):
-                self.register_buffer(name, value)
+        for name, value in zip(("text_tokens", "text_mask", "text_vec"), text or (None,) * 3,
+                               strict=True):
+            self.register_buffer(name, value)
 
     @property
     def output_names(self) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torchmetrics
@@ -48,15 +49,16 @@ class AUMetrics(torchmetrics.Metric):
     ``compute()`` returns 0-d tensors keyed ``f1_<AU>``, ``precision_<AU>``, ``recall_<AU>``,
     ``accuracy_<AU>``, ``auc_<AU>`` and ``<metric>_mean``. ``auc_<AU>`` is nan when that AU's
     known labels hold one class only; ``auc_mean`` and ``accuracy_mean`` skip nans. Confusion
-    counts are summed across ranks, the scores for AUC concatenated.
+    counts are summed across ranks, the scores for AUC concatenated; ``kwargs`` go to
+    ``torchmetrics.Metric`` (``sync_on_compute=False`` for a computation only one rank runs).
     """
 
     full_state_update = False
     is_differentiable = False
     higher_is_better = True
 
-    def __init__(self, au_names: Sequence[str], threshold: float = 0.5) -> None:
-        super().__init__()
+    def __init__(self, au_names: Sequence[str], threshold: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.au_names = list(au_names)
         if not self.au_names or len(set(self.au_names)) != len(self.au_names):
             raise ValueError(f"au_names must be a non-empty list without repeats, got {au_names}")

@@ -55,7 +55,8 @@ def probe_f1(train: dict[str, np.ndarray], evaluation: dict[str, np.ndarray],
         clf = LogisticRegression(max_iter=max_iter, class_weight="balanced")
         clf.fit(scaler.transform(x), y)
         probs[:, k] = clf.predict_proba(scaler.transform(evaluation["features"][:, row]))[:, 1]
-    metric = AUMetrics(list(au_names))
+    # the probe runs on rank 0 alone: a cross-rank sync would wait forever for the others
+    metric = AUMetrics(list(au_names), sync_on_compute=False)
     metric.update(torch.from_numpy(probs), torch.from_numpy(evaluation["labels"]),
                   torch.from_numpy(evaluation["mask"]).bool())
     return {k: float(v) for k, v in metric.compute().items() if k.startswith("f1_")}

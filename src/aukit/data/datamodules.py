@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from aukit.au import DATASET_AUS, au_numbers
+from aukit.data.crop_store import CropStore
 from aukit.data.datasets import (
     ImageFolderDataset,
     ManifestDataset,
@@ -145,7 +146,8 @@ class AUDataModule(L.LightningDataModule):
                  num_workers: int = 0, synthau_samples_per_subject: int = 40,
                  synthau_eval_samples_per_subject: int = 20, seed: int = 0,
                  skip_bad_rows: bool = False, data_root: str | None = None,
-                 fold: int | None = None, synthau_cache: str | None = None) -> None:
+                 fold: int | None = None, synthau_cache: str | None = None,
+                 crop_store: str | None = None) -> None:
         super().__init__()
         # the model logs the resolved AU list; the raw request would clash with it
         self.save_hyperparameters(ignore=["aus"])
@@ -170,6 +172,9 @@ class AUDataModule(L.LightningDataModule):
         if dataset != "synthau" and manifest is None:
             raise ValueError(f"dataset={dataset!r} needs manifest=<path to the training "
                              "manifest (CSV or JSON)>")
+        if crop_store is not None and dataset == "synthau":
+            raise ValueError("crop_store holds the images of a manifest; SynthAU renders its own: "
+                             "drop crop_store or use dataset='csv' / 'bp4d' / 'disfa'")
         if not 0 < label_fraction <= 1:
             raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}")
         if isinstance(val_subjects, float | int) and not 0 <= val_subjects < 1:
@@ -195,6 +200,7 @@ class AUDataModule(L.LightningDataModule):
                                     "test": synthau_eval_samples_per_subject}
         self.seed = seed
         self.skip_bad_rows = skip_bad_rows
+        self.crop_store = CropStore(crop_store) if crop_store is not None else None
         self._splits: dict[str, Split] | None = None
         self._datasets: dict[tuple[str, bool], Dataset] = {}  # key: (split, augmenting?)
         self._labels: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -287,7 +293,8 @@ class AUDataModule(L.LightningDataModule):
                          else eval_transform(self.image_size))
             source = splits[split]
             self._datasets[key] = (
-                ManifestDataset(source, transform) if isinstance(source, Manifest)
+                ManifestDataset(source, transform, store=self.crop_store)
+                if isinstance(source, Manifest)
                 else SynthAUDataset(source, self.samples_per_subject[split], self.aus, transform,
                                     seed=self.seed, cache_dir=self.hparams.synthau_cache))
         return self._datasets[key]

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -22,6 +23,9 @@ from aukit.au import ALL_AUS, NUM_LANDMARKS, au_numbers
 from aukit.data.attention import canonical_landmarks
 from aukit.data.manifest import Manifest, ManifestError, load_landmarks
 from aukit.data.synthau import SynthAU
+
+if TYPE_CHECKING:
+    from aukit.data.crop_store import CropStore
 
 # (image uint8 [H, W, 3] RGB, landmarks float32 [68, 2]) -> {"image": [3, S, S], "landmarks": ...}
 Transform = Callable[[np.ndarray, np.ndarray], dict[str, torch.Tensor]]
@@ -104,21 +108,29 @@ class SynthAUDataset(Dataset):
 
 
 class ManifestDataset(Dataset):
-    """The rows of a labelled ``Manifest``, read with OpenCV."""
+    """The rows of a labelled ``Manifest``, read with OpenCV, or from a ``CropStore`` of the
+    same images (decoded once, memory-mapped) when ``store`` is given."""
 
-    def __init__(self, manifest: Manifest, transform: Transform, views: int = 1) -> None:
+    def __init__(self, manifest: Manifest, transform: Transform, views: int = 1,
+                 store: CropStore | None = None) -> None:
+        if store is not None:
+            store.check_covers(manifest)
         self.manifest = manifest
         self.transform = transform
         self.views = _check_views(views)
+        self.store = store
 
     def __len__(self) -> int:
         return len(self.manifest)
 
     def __getitem__(self, key: int) -> dict:
         m, i = self.manifest, key % len(self)
-        image = read_rgb(m.images[i], f"listed in {m.row_label(i)}")
-        landmarks = (load_landmarks(m.landmarks[i]) if m.landmarks[i] is not None
-                     else canonical_landmarks(image.shape[:2]))
+        if self.store is not None:
+            image, landmarks = self.store.read(m.images[i])
+        else:
+            image = read_rgb(m.images[i], f"listed in {m.row_label(i)}")
+            landmarks = (load_landmarks(m.landmarks[i]) if m.landmarks[i] is not None
+                         else canonical_landmarks(image.shape[:2]))
         item = apply_views(self.transform, image, landmarks, self.views, key)
         item["labels"] = torch.from_numpy(m.labels[i])
         item["label_mask"] = torch.from_numpy(m.mask[i])

@@ -1,0 +1,101 @@
+"""Predict on the astronaut photo, a written video and a folder: rows, faces, pictures, errors."""
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+from test_export import AUS, save_finetune
+
+from aukit.predict import main, predict
+
+# MTCNN's box of the astronaut's face in skimage.data.astronaut() (512x512), checked by eye
+FACE_X, FACE_Y = (181, 268), (62, 172)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return save_finetune(tmp_path_factory.mktemp("ckpt") / "ft.ckpt")
+
+
+@pytest.fixture(scope="module")
+def astronaut(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("img") / "astronaut.png"
+    cv2.imwrite(str(path), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    return path
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _assert_au_columns(row: dict) -> None:
+    for name in AUS:
+        p = float(row[f"{name}_prob"])
+        assert 0.0 <= p <= 1.0 and int(row[name]) == int(p >= 0.5)
+
+
+def test_the_astronaut_face_is_found_scored_and_visualised(ckpt, astronaut, tmp_path):
+    summary = predict(astronaut, ckpt, tmp_path, visualize=True, progress=False)
+    rows = _rows(summary["csv"])
+    assert len(rows) == 1 and summary["frames"] == 1 and summary["faces"] == 1
+    row = rows[0]
+    assert (row["source"], row["frame"], row["time_s"], row["face"], row["status"]) == (
+        str(astronaut), "0", "", "0", "ok")
+    box = [float(row[k]) for k in ("x1", "y1", "x2", "y2")]
+    np.testing.assert_allclose(box, [FACE_X[0], FACE_Y[0], FACE_X[1], FACE_Y[1]], atol=12)
+    _assert_au_columns(row)
+    picture = cv2.imread(str(tmp_path / "visualize" / "astronaut_face0.png"))
+    assert picture is not None and picture.shape[0] >= 160  # face tile plus activation grid
+
+
+def test_a_video_gives_one_row_per_frame_and_empty_cells_without_a_face(ckpt, tmp_path):
+    video, fps = tmp_path / "clip.avi", 10.0
+    face = cv2.resize(cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR), (256, 256))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), fps, (256, 256))
+    for frame in (face, face, np.full_like(face, 90), face):
+        writer.write(frame)
+    writer.release()
+    summary = predict(video, ckpt, tmp_path / "out", batch_size=3, visualize=True, every=2,
+                      video_out=tmp_path / "annotated.avi", progress=False)
+    rows = _rows(summary["csv"])
+    assert [r["frame"] for r in rows] == ["0", "1", "2", "3"]
+    assert [float(r["time_s"]) for r in rows] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    assert [r["status"] for r in rows] == ["ok", "ok", "no_face", "ok"]
+    assert all(rows[2][k] == "" for k in ("face", "x1", *AUS, *(f"{a}_prob" for a in AUS)))
+    for row in rows[:2] + rows[3:]:
+        _assert_au_columns(row)
+    pictures = sorted(p.name for p in (tmp_path / "out" / "visualize").iterdir())
+    assert pictures == ["clip_frame000000_face0.png"]  # every 2nd frame; frame 2 has no face
+    annotated = cv2.VideoCapture(str(tmp_path / "annotated.avi"))
+    assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+
+
+def test_a_folder_numbers_several_faces_and_reports_unreadable_files(ckpt, tmp_path):
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    face = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)[20:220, 120:330]
+    cv2.imwrite(str(folder / "a_two.jpg"), np.concatenate([face, face], axis=1))
+    (folder / "b_broken.png").write_text("not an image")
+    rows = _rows(predict(folder, ckpt, tmp_path / "out", progress=False)["csv"])
+    assert [(Path(r["source"]).name, r["face"], r["status"]) for r in rows] == [
+        ("a_two.jpg", "0", "ok"), ("a_two.jpg", "1", "ok"), ("b_broken.png", "", "unreadable")]
+    assert float(rows[0]["x1"]) < face.shape[1] <= float(rows[1]["x1"])  # left to right
+
+
+def test_bad_input_is_refused_clearly(ckpt, astronaut, tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="does not exist.*image, a folder"):
+        predict(tmp_path / "missing.mp4", ckpt, tmp_path)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    with pytest.raises(ValueError, match="could not be decoded as an image or video"):
+        predict(notes, ckpt, tmp_path)
+    stage1 = save_finetune(tmp_path / "s1.ckpt", stage="pretrain")
+    with pytest.raises(ValueError, match="no AU head"):
+        predict(astronaut, stage1, tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--input", str(notes), "--ckpt", str(ckpt), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "could not be decoded" in capsys.readouterr().err
