@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
+# the stage packages (pretrain/, finetune/) live at the top level, next to the scripts
+export PYTHONPATH := $(CURDIR)
 
 .PHONY: install test lint format samples baselines bench bench-pretrain bench-finetune
 
@@ -62,7 +64,7 @@ LATEST_PRETRAIN := $(shell ls -t runs/pretrain/*/checkpoints/last.ckpt 2>/dev/nu
 PRETRAINED ?= $(if $(filter synthau,$(DATASET)),$(LATEST_PRETRAIN))
 init_flag = $(if $(filter-out none,$(PRETRAINED)),--model.pretrained $(PRETRAINED))
 
-.PHONY: pretrain finetune prepare cv
+.PHONY: pretrain finetune prepare cv predict export
 pretrain:
 	$(PY) -m pretrain fit -c conf/trainer/$(TRAINER).yaml -c conf/pretrain/synthau.yaml \
 		$(if $(DATA),--data.source $(DATA)) $(ARGS)
@@ -79,3 +81,13 @@ prepare:
 cv:
 	$(PY) -m aukit.cv --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
 		--trainer-config conf/trainer/$(TRAINER).yaml $(ARGS)
+
+# make predict INPUT=image|folder|video CKPT=best.ckpt [OUT=dir]
+#              [ARGS="--visualize --every 10 --video-out out.avi --device cuda"]
+predict:
+	$(PY) -m aukit.predict --input $(INPUT) --ckpt $(CKPT) $(if $(OUT),--out $(OUT)) $(ARGS)
+
+# make export CKPT=best.ckpt FORMAT=onnx|torchscript [OUT=exported]
+FORMAT ?= onnx
+export:
+	$(PY) -m aukit.export --ckpt $(CKPT) --format $(FORMAT) --out $(or $(OUT),exported)

@@ -59,7 +59,8 @@ def run(condition: str, fraction: float, seed: int, args: argparse.Namespace) ->
         "--data.batch_size", str(args.batch_size),
         "--data.synthau_samples_per_subject", str(args.samples_per_subject),
         "--data.synthau_eval_samples_per_subject", str(args.eval_samples),
-        "--data.num_workers", str(args.workers), *overrides, *args.overrides])
+        "--data.num_workers", str(args.workers), "--data.image_size", str(args.image_size),
+        "--data.synthau_cache", args.cache, *overrides, *args.overrides])
     return 100 * float(cli.trainer.callback_metrics["test/f1_mean"])
 
 
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples-per-subject", type=int, default=40)
     parser.add_argument("--eval-samples", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--seeds-ablations", type=int, nargs="+", default=None,
+                        help="seeds for the (d) ablations (default: --seeds)")
+    parser.add_argument("--cache", default="runs/cache/synthau", help="rendered-face cache")
     parser.add_argument("--stage1",
                         default="runs/bench/pretrain/region+relation-seed{seed}/last.ckpt")
     parser.add_argument("--log-dir", default="runs/bench/finetune")
@@ -85,9 +90,12 @@ def main(argv: list[str] | None = None) -> None:
                  "run scripts/bench_pretrain.py first")
     started = time.time()
     scores = {(c, f): [] for c in args.conditions for f in args.fractions}
+    ablation_seeds = args.seeds if args.seeds_ablations is None else args.seeds_ablations
     for seed in args.seeds:
         for fraction in args.fractions:
             for condition in args.conditions:
+                if condition.startswith("(d)") and seed not in ablation_seeds:
+                    continue
                 scores[condition, fraction].append(run(condition, fraction, seed, args))
                 print(f"{condition} | labels {fraction:.0%} | seed {seed}: "
                       f"{scores[condition, fraction][-1]:.1f}", flush=True)
@@ -106,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     text = (f"{HEADING}\n\n"
             f"Test-subject mean F1 (%) on SynthAU's 12 AUs, mean ± sd over seeds {args.seeds} "
             f"(per-seed values in brackets); best-on-validation checkpoint, {args.steps} steps of "
-            f"batch {args.batch_size} for every condition, swin_test at 128 px, "
+            f"batch {args.batch_size} for every condition, swin_test at {args.image_size} px, "
             f"{args.samples_per_subject} faces per training subject. Stage-1 checkpoints: "
             f"`{args.stage1}`.\n\n"
             f"- command: `{command.strip()}`\n- machine: {machine()}\n- date: {today()}, "

@@ -42,7 +42,8 @@ def pretrain(variant: str, seed: int, args: argparse.Namespace) -> RegionRelatio
         "--trainer.default_root_dir", str(folder),
         "--model.region_weight", str(region), "--model.relation_weight", str(relation),
         "--data.synthau_samples_per_subject", str(args.samples_per_subject),
-        "--data.num_workers", str(args.workers), *args.overrides])
+        "--data.num_workers", str(args.workers), "--data.image_size", str(args.image_size),
+        "--data.synthau_cache", args.cache, *args.overrides])
     cli.trainer.save_checkpoint(folder / "last.ckpt")
     return cli.model
 
@@ -51,7 +52,8 @@ def probe(module: RegionRelationPretrainer, args: argparse.Namespace) -> float:
     data = AUDataModule(dataset="synthau", image_size=module.hparams.image_size,
                         batch_size=64, num_workers=args.workers,
                         synthau_samples_per_subject=args.probe_samples,
-                        synthau_eval_samples_per_subject=args.probe_samples)
+                        synthau_eval_samples_per_subject=args.probe_samples,
+                        synthau_cache=args.cache)
     return 100 * run_probe(module.encode, module.au_numbers, data, "test")["f1_mean"]
 
 
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples-per-subject", type=int, default=16)
     parser.add_argument("--probe-samples", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--cache", default="runs/cache/synthau", help="rendered-face cache")
     parser.add_argument("--ckpt-dir", default="runs/bench/pretrain")
     parser.add_argument("--out", default="docs/benchmarks.md")
     parser.add_argument("overrides", nargs="*", help="extra LightningCLI overrides (after --)")
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         L.seed_everything(seed)
         scores["random init (no pretraining)"].append(
-            probe(RegionRelationPretrainer(image_size=128), args))
+            probe(RegionRelationPretrainer(image_size=args.image_size), args))
         for variant in VARIANTS:
             scores[variant].append(probe(pretrain(variant, seed, args), args))
         print({k: v[-1] for k, v in scores.items()}, flush=True)
@@ -87,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
             f"Linear probe (one logistic regression per AU on its frozen AU region feature) on "
             f"SynthAU's 12 AUs: fitted on the train subjects ({args.probe_samples} faces each), "
             f"mean F1 on the unseen test subjects. Each pretraining variant: "
-            f"`conf/pretrain/synthau.yaml` (swin_test, 128 px, 17 AU regions), {args.epochs} "
+            f"`conf/pretrain/synthau.yaml` (swin_test, {args.image_size} px, 17 AU regions), "
+            f"{args.epochs} "
             f"epochs over {args.samples_per_subject} faces x 60 unlabeled subjects, seeds "
             f"{args.seeds}; the random-init row probes the same architecture untrained.\n\n"
             f"- command: `{command.strip()}`\n- machine: {machine()}\n- date: {today()}, "

@@ -87,9 +87,10 @@ class AUDynamicGraph(nn.Module):
         z = F.normalize(self.similarity(x), dim=-1)
         logits = z @ z.transpose(1, 2) / self.temperature  # [B, A, A]
         if self.top_k is not None and self.top_k < x.shape[1]:
-            keep = torch.zeros_like(logits, dtype=torch.bool)
-            keep.scatter_(-1, logits.topk(self.top_k, dim=-1).indices, True)
-            keep |= torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
+            # float and out of place: export (jit.trace, ONNX, onnxruntime) lacks the bool ops
+            top = logits.topk(self.top_k, dim=-1).indices  # [B, A, k]
+            eye = torch.eye(x.shape[1], dtype=logits.dtype, device=x.device)
+            keep = (torch.zeros_like(logits).scatter(-1, top, 1.0) + eye) > 0
             logits = logits.masked_fill(~keep, float("-inf"))
         adj = logits.softmax(dim=-1)
         if self.prior is None:

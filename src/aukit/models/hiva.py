@@ -117,11 +117,14 @@ class HiVA(nn.Module):
         "text_anchors" [A, E]; "act_maps" [B, A, h, w] (rows sum to 1 over h * w); and
         "adjacency" [B, A, A] when the graph is on."""
         h, w = self.backbone.grid
+        # ints even under torch.jit.trace (export), where shapes are tensors; the backbone fixes
+        # the image size anyway
+        size = (int(images.shape[-2]), int(images.shape[-1]))
         tokens = self.backbone(images)  # [B, N, D]
         if landmarks is None:
-            template = torch.from_numpy(canonical_landmarks(tuple(images.shape[-2:])))
+            template = torch.from_numpy(canonical_landmarks(size))
             landmarks = template.to(images.device).expand(len(images), -1, -1)  # [B, 68, 2]
-        maps = au_attention_maps(landmarks, tuple(images.shape[-2:]), (h, w), self.aus,
+        maps = au_attention_maps(landmarks, size, (h, w), self.aus,
                                  sigma=self.attention_sigma)  # [B, A, h, w]
         maps = maps.flatten(2).to(tokens.dtype)  # [B, A, N]
         v = self.region(tokens, maps)
