@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
 
 from aukit.data.datamodules import AUDataModule
-from aukit.utils.report import machine, today, write_section
+from aukit.utils.report import benchmark_section, write_section
 from finetune.__main__ import FinetuneCLI
 from finetune.module import HiVAFinetuner
 
@@ -109,16 +108,14 @@ def main(argv: list[str] | None = None) -> None:
             cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f} "
                          f"({', '.join(f'{v:.1f}' for v in values)})")
         rows.append(f"| {condition} | " + " | ".join(cells) + " |")
-    command = "python scripts/bench_finetune.py " + shlex.join(
-        argv if argv is not None else sys.argv[1:])
-    text = (f"{HEADING}\n\n"
-            f"Test-subject mean F1 (%) on SynthAU's 12 AUs, mean ± sd over seeds {args.seeds} "
-            f"(per-seed values in brackets); best-on-validation checkpoint, {args.steps} steps of "
-            f"batch {args.batch_size} for every condition, swin_test at {args.image_size} px, "
-            f"{args.samples_per_subject} faces per training subject. Stage-1 checkpoints: "
-            f"`{args.stage1}`.\n\n"
-            f"- command: `{command.strip()}`\n- machine: {machine()}\n- date: {today()}, "
-            f"wall time {(time.time() - started) / 60:.0f} min\n\n" + "\n".join(rows) + "\n")
+    text = benchmark_section(
+        HEADING, "scripts/bench_finetune.py", argv if argv is not None else sys.argv[1:],
+        started,
+        f"Test-subject mean F1 (%) on SynthAU's 12 AUs, mean ± sd over seeds {args.seeds} "
+        f"(ablations: {ablation_seeds}; per-seed values in brackets); best-on-validation "
+        f"checkpoint, {args.steps} steps of batch {args.batch_size} for every condition, "
+        f"swin_test at {args.image_size} px, {args.samples_per_subject} faces per training "
+        f"subject. Stage-1 checkpoints: `{args.stage1}`.", "\n".join(rows))
     print(text)
     if args.out:
         write_section(args.out, HEADING, text)

@@ -13,7 +13,6 @@ each variant's final checkpoint in ``--ckpt-dir`` (the finetune benchmark starts
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ import lightning as L
 from aukit.cli import AUCLI
 from aukit.data.datamodules import AUDataModule, UnlabeledFaceDataModule
 from aukit.probe import run_probe
-from aukit.utils.report import machine, today, write_section
+from aukit.utils.report import benchmark_section, write_section
 from pretrain.module import RegionRelationPretrainer
 
 HEADING = "## Pretraining: linear probe"
@@ -85,18 +84,16 @@ def main(argv: list[str] | None = None) -> None:
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         rows.append(f"| {name} | {statistics.mean(values):.1f} | {spread:.1f} | "
                     + ", ".join(f"{v:.1f}" for v in values) + " |")
-    command = "python scripts/bench_pretrain.py " + shlex.join(
-        argv if argv is not None else sys.argv[1:])
-    text = (f"{HEADING}\n\n"
-            f"Linear probe (one logistic regression per AU on its frozen AU region feature) on "
-            f"SynthAU's 12 AUs: fitted on the train subjects ({args.probe_samples} faces each), "
-            f"mean F1 on the unseen test subjects. Each pretraining variant: "
-            f"`conf/pretrain/synthau.yaml` (swin_test, {args.image_size} px, 17 AU regions), "
-            f"{args.epochs} "
-            f"epochs over {args.samples_per_subject} faces x 60 unlabeled subjects, seeds "
-            f"{args.seeds}; the random-init row probes the same architecture untrained.\n\n"
-            f"- command: `{command.strip()}`\n- machine: {machine()}\n- date: {today()}, "
-            f"wall time {(time.time() - started) / 60:.0f} min\n\n" + "\n".join(rows) + "\n")
+    text = benchmark_section(
+        HEADING, "scripts/bench_pretrain.py", argv if argv is not None else sys.argv[1:],
+        started,
+        f"Linear probe (one logistic regression per AU on its frozen AU region feature) on "
+        f"SynthAU's 12 AUs: fitted on the train subjects ({args.probe_samples} faces each), "
+        f"mean F1 on the unseen test subjects. Each pretraining variant: "
+        f"`conf/pretrain/synthau.yaml` (swin_test, {args.image_size} px, 17 AU regions), "
+        f"{args.epochs} epochs over {args.samples_per_subject} faces x 60 unlabeled subjects, "
+        f"seeds {args.seeds}; the random-init row probes the same architecture untrained.",
+        "\n".join(rows))
     print(text)
     if args.out:
         write_section(args.out, HEADING, text)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shlex
+import time
 from pathlib import Path
 
 import torch
@@ -40,3 +42,11 @@ def write_section(path: str | Path, heading: str, text: str) -> None:
         doc = doc[:start] + text.rstrip("\n") + "\n" + (doc[end:] if end >= 0 else "")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(doc.rstrip("\n") + "\n")
+
+
+def benchmark_section(heading: str, script: str, argv: list[str], started: float,
+                      description: str, table: str) -> str:
+    """A benchmark's Markdown section: what was measured, the command, machine, date, table."""
+    command = f"python {script} {shlex.join(argv)}".strip()
+    return (f"{heading}\n\n{description}\n\n- command: `{command}`\n- machine: {machine()}\n"
+            f"- date: {today()}, wall time {(time.time() - started) / 60:.0f} min\n\n{table}\n")
