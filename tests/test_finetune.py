@@ -149,3 +149,27 @@ def test_a_model_for_other_aus_is_refused_by_the_data(tmp_path):
                         default_root_dir=tmp_path, enable_progress_bar=False)
     with pytest.raises(ValueError, match="predicts.*but the data has"):
         trainer.fit(module, datamodule=data)
+
+
+@pytest.mark.slow
+def test_a_tiny_run_learns_its_training_faces_beyond_chance(tmp_path):
+    """End to end through the CLI, a few minutes of CPU budget: the model must really learn the
+    faces it trains on (held-out generalisation needs longer runs: see bench-finetune)."""
+    args = ["fit", "-c", "conf/trainer/cpu.yaml", "-c", "conf/finetune/synthau.yaml",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.logger.init_args.save_dir", str(tmp_path), "--test_after_fit", "false",
+            "--model.text_cache_dir", str(tmp_path / "cache"), "--model.embed_dim", "32",
+            "--model.descriptions_per_step", "2", "--data.aus", "[AU25,AU26,AU12,AU4]",
+            "--data.image_size", "64", "--data.batch_size", "12", "--data.num_workers", "0",
+            "--data.label_fraction", "0.2", "--data.synthau_samples_per_subject", "4",
+            "--data.synthau_eval_samples_per_subject", "1", "--trainer.max_epochs", "40",
+            "--trainer.check_val_every_n_epoch", "20", "--model.warmup_epochs", "1",
+            "--model.lr", "2e-3"]
+    cli = FinetuneCLI(HiVAFinetuner, AUDataModule, args=args)
+    labels, mask = cli.datamodule.split_labels("train")
+    rate = (labels * mask).sum(0) / mask.sum(0)
+    chance = float((2 * rate / (1 + rate)).mean())  # F1 of predicting "present" everywhere
+    cli.trainer.test(cli.model, dataloaders=cli.datamodule.split_dataloader("train"))
+    f1 = float(cli.trainer.callback_metrics["test/f1_mean"])
+    auc = float(cli.trainer.callback_metrics["test/auc_mean"])
+    assert f1 > chance + 0.05 and auc > 0.7, (f1, chance, auc)
