@@ -87,7 +87,7 @@ class HiVAFinetuner(StageModule):
         self.register_buffer("pos_weight", torch.ones(len(self.au_numbers)))
         self.text = None
         self.metrics = torch.nn.ModuleDict({s: AUMetrics(self.au_names) for s in ("val", "test")})
-        self._shown_images: Tensor | None = None
+        self._shown_images: tuple[Tensor, Tensor, Tensor] | None = None  # for TensorBoard
 
     def _text_dim(self) -> int:
         # a tuple keeps the frozen encoder out of the module tree, so it is neither trained
