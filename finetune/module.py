@@ -131,9 +131,7 @@ class HiVAFinetuner(StageModule):
         if self.training:
             generator = torch.Generator().manual_seed(int(self.global_step))
             text = text.sample(self.hparams.descriptions_per_step, generator)
-        vec = text.mean_sentence()
-        mask = text.token_mask & text.desc_mask.unsqueeze(-1)  # [A, M, L]
-        return text.tokens.flatten(1, 2), mask.flatten(1), vec
+        return text.model_inputs()
 
     def forward(self, images: Tensor, landmarks: Tensor) -> dict[str, Tensor]:
         return self.model(images, landmarks, *self.text_inputs())

@@ -61,13 +61,6 @@ class AUPredictor(nn.Module):
         return (probs, out["act_maps"].float()) if self.has_maps else (probs,)
 
 
-def evaluation_text(features: TextFeatures) -> tuple[Tensor, Tensor, Tensor]:
-    """All descriptions of each AU, as the finetune stage evaluates -> tokens [A, M * L, Dt],
-    mask [A, M * L], anchor vectors [A, Dt]."""
-    mask = features.token_mask & features.desc_mask.unsqueeze(-1)  # [A, M, L]
-    return features.tokens.flatten(1, 2), mask.flatten(1), features.mean_sentence()
-
-
 def build_model(meta: dict[str, Any], text_dim: int) -> HiVA | LinearAUClassifier:
     """The untrained stage-2 model a finetune checkpoint's metadata describes."""
     cfg = meta["config"]
@@ -111,7 +104,7 @@ def predictor_from_checkpoint(checkpoint: dict[str, Any],
     """An eval-mode ``AUPredictor`` on the CPU from a loaded finetune checkpoint."""
     meta = checkpoint[META_KEY]
     uses_text = meta["architecture"] == "hiva" and meta["config"]["use_text"]
-    text = evaluation_text(text_features(meta, text_cache_dir)) if uses_text else None
+    text = text_features(meta, text_cache_dir).model_inputs() if uses_text else None
     model = build_model(meta, text[0].shape[-1] if text else 384)
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()
              if k.startswith("model.")}

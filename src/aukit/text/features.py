@@ -77,6 +77,12 @@ class TextFeatures:
         weights = self.desc_mask.unsqueeze(-1).to(self.sentence.dtype)  # [A, M, 1]
         return (self.sentence * weights).sum(1) / weights.sum(1)
 
+    def model_inputs(self) -> tuple[Tensor, Tensor, Tensor]:
+        """What HiVA takes: every description's tokens per AU -> tokens [A, M * L, D],
+        mask [A, M * L] bool, anchor vectors [A, D] (the mean sentence feature)."""
+        mask = self.token_mask & self.desc_mask.unsqueeze(-1)  # [A, M, L]
+        return self.tokens.flatten(1, 2), mask.flatten(1), self.mean_sentence()
+
 
 def default_cache_dir() -> Path:
     """``$AUKIT_CACHE/text`` when ``AUKIT_CACHE`` is set, else ``~/.cache/aukit/text``."""
