@@ -50,3 +50,15 @@ def test_one_epoch_fold_on_a_tiny_bp4d_tree(tmp_path, monkeypatch):
     assert "manifest sha256" in text and "| ME-GraphAU | 65.5 |" in text
     fit_log = (out / "fold1" / "fit.log").read_text()
     assert "fold 1 (tests on part1)" in fit_log and "'F001', 'F018'" in fit_log
+
+
+def test_a_second_run_into_the_same_folder_is_refused_not_mixed(tmp_path):
+    from aukit.cv import run_fold
+
+    stale = tmp_path / "fold1" / "fit" / "checkpoints"
+    stale.mkdir(parents=True)
+    (stale / "last.ckpt").write_bytes(b"an earlier run")
+    with pytest.raises(FileExistsError, match="--skip-finished"):
+        run_fold("synthau", 1, None, "conf/finetune/synthau.yaml", "conf/trainer/cpu.yaml",
+                 tmp_path, [])
+    assert (stale / "last.ckpt").read_bytes() == b"an earlier run"

@@ -86,6 +86,11 @@ def run_fold(dataset: str, fold: int, data_root: str | None, config: str, traine
              out: Path, extra: list[str]) -> dict[str, dict]:
     """Fit one fold, test its last and best checkpoints; ``{checkpoint: test report}``."""
     folder = out / f"fold{fold}"
+    if (folder / "fit" / "checkpoints").exists():
+        # a second fit there would write last-v1.ckpt next to the old last.ckpt and mix runs
+        raise FileExistsError(f"{folder / 'fit'} already holds a training run; pass "
+                              "--skip-finished to reuse finished folds, or choose another --out "
+                              "(nothing was deleted)")
     folder.mkdir(parents=True, exist_ok=True)
     cli = [sys.executable, "-m", "finetune"]
     _run([*cli, "fit", *finetune_args(dataset, fold, data_root, config, trainer_config, folder,
