@@ -17,7 +17,6 @@ from aukit.losses.au_bce import au_bce_loss
 from aukit.metrics import AUMetrics, format_f1_table
 from aukit.models.hiva import HiVA
 from aukit.models.linear import LinearAUClassifier
-from aukit.optim import warmup_cosine
 from aukit.stage import StageModule
 from aukit.text.bank import load_description_bank
 from aukit.text.encoders import build_text_encoder
@@ -220,12 +219,7 @@ class HiVAFinetuner(StageModule):
         else:
             groups = [{"params": list(self.model.parameters()), "lr": hp.lr,
                        "weight_decay": hp.weight_decay}]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr)
-        total = self.trainer.estimated_stepping_batches
-        per_epoch = total / max(self.trainer.max_epochs or 1, 1)
-        schedule = warmup_cosine(optimizer, int(hp.warmup_epochs * per_epoch), total)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return self.adamw_warmup_cosine(groups)
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_meta(self) -> dict:

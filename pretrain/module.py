@@ -12,7 +12,6 @@ from aukit.losses.region_contrastive import global_contrastive_loss, region_cont
 from aukit.losses.relation_ot import relation_ot_loss
 from aukit.models.backbone import SwinBackbone
 from aukit.models.region import AURegionEncoder, Mlp
-from aukit.optim import warmup_cosine
 from aukit.stage import StageModule
 
 
@@ -107,14 +106,9 @@ class RegionRelationPretrainer(StageModule):
         decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "au_queries" not in n]
         no_decay = [p for n, p in self.named_parameters() if not (p.ndim >= 2
                                                                   and "au_queries" not in n)]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
-        total = self.trainer.estimated_stepping_batches
-        per_epoch = total / max(self.trainer.max_epochs or 1, 1)
-        schedule = warmup_cosine(optimizer, int(self.hparams.warmup_epochs * per_epoch), total)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return self.adamw_warmup_cosine([
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}])
 
     def checkpoint_meta(self) -> dict:
         hp = self.hparams

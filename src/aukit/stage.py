@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
+import torch
 
 from aukit.checkpoint import META_KEY, STAGE_HINT
+from aukit.optim import warmup_cosine
 from aukit.utils.rng import restore_rng_state, rng_state
 
 
@@ -20,6 +23,17 @@ class StageModule(L.LightningModule):
     def checkpoint_meta(self) -> dict[str, Any]:
         """What a checkpoint of this stage says about itself (backbone, image size, AUs ...)."""
         raise NotImplementedError
+
+    def adamw_warmup_cosine(self, groups: list[dict]) -> dict:
+        """AdamW over parameter ``groups``, linear warm-up for ``hparams.warmup_epochs`` epochs,
+        then cosine to the end of training, stepped every optimiser step."""
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = self.trainer.num_training_batches / self.trainer.accumulate_grad_batches
+        per_epoch = per_epoch if math.isfinite(per_epoch) else total  # iterable of unknown size
+        schedule = warmup_cosine(optimizer, int(self.hparams.warmup_epochs * per_epoch), total)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[META_KEY] = {"stage": self.stage, **self.checkpoint_meta(),
