@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import re
 import shlex
 import sys
 import time
@@ -30,6 +28,7 @@ from torch import nn
 
 from aukit.au import ALL_AUS, DATASET_AUS, au_keys
 from aukit.data.synthau import SynthAU, split_subjects
+from aukit.utils.report import machine, write_section
 
 HEADING = "## SynthAU baselines"
 LR_SIZE = 48
@@ -120,16 +119,6 @@ def per_au_f1(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
                      for a in range(labels.shape[1])])
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def markdown(keys: list[str], rates: np.ndarray, columns: dict[str, np.ndarray],
              notes: list[str]) -> str:
     """The section: a per-AU table (F1 in %), then the notes."""
@@ -141,18 +130,6 @@ def markdown(keys: list[str], rates: np.ndarray, columns: dict[str, np.ndarray],
     means = " | ".join(f"**{values.mean() * 100:.1f}**" for values in columns.values())
     rows.append(f"| **mean** | {rates.mean() * 100:.1f}% | {means} |")
     return "\n".join([HEADING, "", *notes, "", *rows, ""])
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section in ``path`` (or append it), leaving other sections alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -187,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     notes = [
         f"Command: `{command}`  ",
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores visible, {args.threads} torch threads, "
+        f"Machine: {machine()}, "
         f"load average {load:.1f} at start (wall times grow with it); "
         f"{datetime.date.today().isoformat()}  ",
         f"Data: seed {args.seed}; train = {len(train_x)} samples of {len(split_subjects('train'))} "
@@ -208,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         "all positive F1": chance_f1, "LogReg pixels F1": lr_f1, "small CNN F1": cnn_f1}, notes)
     print(section)
     if args.out:
-        write_section(args.out, section)
+        write_section(args.out, HEADING, section)
         print(f"wrote section {HEADING!r} to {args.out}")
 
 
