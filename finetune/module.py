@@ -33,7 +33,8 @@ class HiVAFinetuner(StageModule):
     ``pretrained`` is a stage-1 checkpoint whose backbone and AU region encoder initialise the
     model; its backbone name and image size must match (``backbone: null`` adopts its backbone).
     The text encoder is ``text_encoder`` ("minilm", the offline default, or "open_clip:<model>"
-    with ``text_pretrained`` (an open_clip tag) or ``text_weights`` (a local weights file)).
+    with ``text_pretrained``, an open_clip tag); ``text_weights`` is local weights (an open_clip
+    file, or a MiniLM model folder).
     """
 
     stage = "finetune"

@@ -63,7 +63,8 @@ def csv_module(manifest: Path, **kwargs) -> AUDataModule:
 
 
 def check_labelled_batch(batch: dict, batch_size: int, num_aus: int) -> None:
-    assert batch["image"].shape == (batch_size, 3, S, S) and batch["image"].dtype == torch.float32
+    assert batch["image"].shape == (batch_size, 3, S, S)
+    assert batch["image"].dtype == torch.uint8  # normalised later, on the device
     assert batch["landmarks"].shape == (batch_size, 68, 2)
     assert batch["landmarks"].dtype == torch.float32
     assert batch["labels"].shape == (batch_size, num_aus)

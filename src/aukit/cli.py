@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+from aukit.performance import Performance
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 OOM_HINT = ("the batch does not fit in device memory: lower --data.batch_size (keep the effective "
@@ -42,6 +44,8 @@ class AUCLI(LightningCLI):
     """LightningCLI in subclass mode with the links both stages need.
 
     The data module owns the image size; the model reads it from there so it is written once.
+    ``performance:`` (channels-last, ``torch.compile``) is the ``aukit.performance.Performance``
+    callback, always added.
     A device out-of-memory error is re-raised with the settings that fix it.
     """
 
@@ -55,6 +59,8 @@ class AUCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.image_size", "model.image_size")
+        # always present, set by the trainer presets under `performance:`
+        parser.add_lightning_class_args(Performance, "performance")
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from aukit.au import parse_au
+from aukit.data.transforms import normalize_images
 from aukit.metrics import AUMetrics
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ def extract_au_features(encode: Encoder, loader: DataLoader,
     """Run ``encode`` over a labelled loader -> features [N, A, E], labels and mask [N, A']."""
     features, labels, masks = [], [], []
     for batch in loader:
-        out = encode(batch["image"].to(device), batch["landmarks"].to(device))
+        images = normalize_images(batch["image"].to(device, non_blocking=True))
+        out = encode(images, batch["landmarks"].to(device))
         features.append(out.float().cpu().numpy())
         labels.append(batch["labels"].numpy())
         masks.append(batch["label_mask"].numpy())

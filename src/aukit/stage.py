@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from aukit.checkpoint import META_KEY, STAGE_HINT
+from aukit.data.transforms import normalize_images
 from aukit.optim import warmup_cosine
 from aukit.utils.rng import restore_rng_state, rng_state
 
@@ -34,6 +35,13 @@ class StageModule(L.LightningModule):
         schedule = warmup_cosine(optimizer, int(self.hparams.warmup_epochs * per_epoch), total)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Normalise uint8 ``batch["image"]`` on the device, one batched pass (the loaders'
+        workers only decode and augment)."""
+        if isinstance(batch, dict) and "image" in batch:
+            batch["image"] = normalize_images(batch["image"])
+        return batch
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[META_KEY] = {"stage": self.stage, **self.checkpoint_meta(),

@@ -137,6 +137,10 @@ class AUDataModule(L.LightningDataModule):
     validation carved from those by ``val_subjects`` (``aukit.data.protocol``).
     ``manifest_hash`` (sha256 of the manifest) is logged with every run. ``synthau_cache`` (a
     folder) keeps rendered SynthAU faces on disk so later epochs and runs only read them.
+
+    Batches hold ``image`` uint8 ``[B, 3, S, S]``, ``landmarks`` ``[B, 68, 2]``, ``labels`` and
+    ``label_mask`` ``[B, A]``; the stage modules normalise images on the device
+    (``aukit.data.transforms.normalize_images``).
     """
 
     def __init__(self, dataset: str = "synthau", aus: list[str] | str | None = None,
@@ -289,8 +293,9 @@ class AUDataModule(L.LightningDataModule):
             raise ValueError(f"no {split} split for dataset={self.dataset!r}: {fix}")
         key = (split, train)
         if key not in self._datasets:
-            transform = (train_transform(self.image_size, seed=_transform_seed(self)) if train
-                         else eval_transform(self.image_size))
+            # uint8 out: the stage modules normalise whole batches on the device
+            transform = (train_transform(self.image_size, _transform_seed(self), normalize=False)
+                         if train else eval_transform(self.image_size, normalize=False))
             source = splits[split]
             self._datasets[key] = (
                 ManifestDataset(source, transform, store=self.crop_store)
@@ -394,7 +399,8 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
 
     ``source="synthau"`` renders SynthAU's unlabeled subjects; anything else is a folder of face
     images (see ``ImageFolderDataset``). The ``probe_*`` arguments describe the labelled set the
-    linear probe uses (an ``AUDataModule``).
+    linear probe uses (an ``AUDataModule``). Batches hold ``image`` uint8 ``[B, V, 3, S, S]``
+    and ``landmarks`` ``[B, V, 68, 2]``.
     """
 
     def __init__(self, source: str = "synthau", image_size: int = 224, views: int = 2,
@@ -429,7 +435,7 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._train is not None:
             return
-        transform = pretrain_transform(self.image_size, seed=_transform_seed(self))
+        transform = pretrain_transform(self.image_size, _transform_seed(self), normalize=False)
         if self.source == "synthau":
             self._train = SynthAUDataset(split_subjects("unlabeled"), self.samples_per_subject,
                                          None, transform, seed=self.seed, views=self.views,

@@ -44,6 +44,22 @@ def denormalize(image: Tensor) -> Tensor:
     return ((image * std + mean) * 255).clamp(0, 255)
 
 
+def normalize_images(images: Tensor) -> Tensor:
+    """uint8 images ``[..., 3, H, W]`` in [0, 255] -> float32 normalised with ImageNet mean/std,
+    on the images' device (one fused pass on the GPU); float images are returned unchanged.
+
+    The data modules hand uint8 batches (4x fewer bytes through worker queues and host-to-device
+    copies); the stage modules call this on the device (``StageModule.on_after_batch_transfer``).
+    """
+    if images.dtype != torch.uint8:
+        return images
+    if images.ndim < 3 or images.shape[-3] != 3:
+        raise ValueError(f"expected RGB images [..., 3, H, W], got {tuple(images.shape)}")
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device)[:, None, None] * 255
+    inv_std = 1 / (torch.tensor(IMAGENET_STD, device=images.device)[:, None, None] * 255)
+    return (images.float() - mean) * inv_std
+
+
 def _with_landmarks(transform: A.BasicTransform) -> A.Compose:
     # remove_invisible=False: all 68 points survive, even when a crop leaves some outside
     return A.Compose([transform], keypoint_params=A.KeypointParams(format="xy",
@@ -96,8 +112,10 @@ def _check_landmarks(landmarks: np.ndarray) -> np.ndarray:
 class FaceTransform:
     """``(image uint8 [H, W, 3] RGB, landmarks [68, 2] | None) -> {"image", "landmarks"}``.
 
-    The output image is float32 ``[3, S, S]`` normalised with ImageNet mean/std, the landmarks
-    float32 ``[68, 2]`` pixel coordinates in it (points may leave the crop; none are dropped).
+    The output image is float32 ``[3, S, S]`` normalised with ImageNet mean/std, or uint8
+    ``[3, S, S]`` with ``normalize=False`` (then ``normalize_images`` does it later, batched on
+    the device: what the training data modules do), the landmarks float32 ``[68, 2]`` pixel
+    coordinates in it (points may leave the crop; none are dropped).
     Without landmarks the canonical face of the input size is used, so attention maps still
     follow the augmentation. ``train=False`` only resizes; ``strength`` picks the weak
     (finetuning) or strong (contrastive pretraining) recipe; ``hflip`` is the flip probability
@@ -106,7 +124,7 @@ class FaceTransform:
     """
 
     def __init__(self, image_size: int, train: bool, strength: Strength = "weak",
-                 hflip: float = 0.5, seed: int | None = None) -> None:
+                 hflip: float = 0.5, seed: int | None = None, normalize: bool = True) -> None:
         if not isinstance(image_size, int) or image_size <= 0:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}")
         if strength not in ("weak", "strong"):
@@ -114,21 +132,22 @@ class FaceTransform:
         if not 0.0 <= hflip <= 1.0:
             raise ValueError(f"hflip is a probability in [0, 1], got {hflip}")
         self.image_size, self.train, self.strength = image_size, train, strength
-        self.hflip, self.seed = hflip, seed
+        self.hflip, self.seed, self.normalize = hflip, seed, normalize
         # (pipeline, half-pixel shift): albumentations' Affine maps keypoints with the image's
         # warp matrix, whose pixel centres sit at integers, while resize and crop use ours
         self._geometric = [(_with_landmarks(_crop(image_size, train, strength)), 0.0)]
         if train:
             self._geometric.append((_with_landmarks(_warp(strength)), 0.5))
         colour = _colour(strength) if train else []
-        self._photometric = A.Compose(
-            [*colour, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])
+        normalise = [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)] if normalize else []
+        self._photometric = A.Compose([*colour, *normalise, ToTensorV2()])
         self._worker_seed: int | None = None
         self._reseed(seed)
 
     def __repr__(self) -> str:
         return (f"FaceTransform(image_size={self.image_size}, train={self.train}, "
-                f"strength={self.strength!r}, hflip={self.hflip}, seed={self.seed})")
+                f"strength={self.strength!r}, hflip={self.hflip}, seed={self.seed}, "
+                f"normalize={self.normalize})")
 
     def _reseed(self, seed: int | None) -> None:
         # one generator pair drives every stage and the flip, so one seed fixes everything
@@ -171,16 +190,19 @@ class FaceTransform:
         return {"image": tensor.contiguous(), "landmarks": result}
 
 
-def eval_transform(image_size: int) -> FaceTransform:
+def eval_transform(image_size: int, normalize: bool = True) -> FaceTransform:
     """Resize only."""
-    return FaceTransform(image_size, train=False)
+    return FaceTransform(image_size, train=False, normalize=normalize)
 
 
-def train_transform(image_size: int, seed: int | None = None) -> FaceTransform:
+def train_transform(image_size: int, seed: int | None = None,
+                    normalize: bool = True) -> FaceTransform:
     """Weak finetuning augmentation: mild crop, rotation/shift, brightness/contrast, flip."""
-    return FaceTransform(image_size, train=True, strength="weak", seed=seed)
+    return FaceTransform(image_size, train=True, strength="weak", seed=seed, normalize=normalize)
 
 
-def pretrain_transform(image_size: int, seed: int | None = None) -> FaceTransform:
+def pretrain_transform(image_size: int, seed: int | None = None,
+                       normalize: bool = True) -> FaceTransform:
     """Strong SimCLR-like augmentation for contrastive views."""
-    return FaceTransform(image_size, train=True, strength="strong", seed=seed)
+    return FaceTransform(image_size, train=True, strength="strong", seed=seed,
+                         normalize=normalize)

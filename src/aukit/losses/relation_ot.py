@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import ot
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -235,6 +234,8 @@ def _torch_ot(cost: Tensor, a: Tensor, b: Tensor, epsilon: float, iters: int) ->
 
 
 def _pot_batch_ot(cost: Tensor, a: Tensor, b: Tensor, epsilon: float, iters: int) -> Tensor:
+    import ot  # POT is the reference; the default torch solver runs without it
+
     # ot.batch updates the row potential first and POT's sinkhorn_log the column one; solving the
     # transposed problem makes the unrolled iterations (values and gradients) identical.
     result = ot.batch.solve_batch(cost.transpose(1, 2), reg=epsilon, a=b, b=a, max_iter=iters,
@@ -243,6 +244,8 @@ def _pot_batch_ot(cost: Tensor, a: Tensor, b: Tensor, epsilon: float, iters: int
 
 
 def _pot_loop_ot(cost: Tensor, a: Tensor, b: Tensor, epsilon: float, iters: int) -> Tensor:
+    import ot
+
     return torch.stack([
         ot.sinkhorn2(a_p, b_p, cost_p, reg=epsilon, method="sinkhorn_log", numItermax=iters,
                      stopThr=0.0)

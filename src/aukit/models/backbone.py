@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import timm
+import torch
 from torch import Tensor, nn
 
 # Short names for the sizes we use; any other timm Swin name is accepted as it is.
@@ -68,6 +69,18 @@ class SwinBackbone(nn.Module):
         self.out_dim: int = model.feature_info[feature_stage - 1]["num_chs"]
         side = image_size // (patch * 2 ** (feature_stage - 1))
         self.grid: tuple[int, int] = (side, side)
+        self._channels_last = False
+
+    def use_channels_last(self) -> None:
+        """Keep the patch-embedding convolution and its input images in NHWC memory layout
+        (``aukit.performance``); values and state-dict keys are unchanged."""
+        self.to(memory_format=torch.channels_last)
+        self._channels_last = True
+
+    @property
+    def compiled(self) -> bool:
+        """Whether ``nn.Module.compile`` was called on this backbone (keys stay unprefixed)."""
+        return getattr(self, "_compiled_call_impl", None) is not None
 
     @staticmethod
     def _create(timm_name: str, pretrained: bool, **kwargs) -> nn.Module:
@@ -84,6 +97,8 @@ class SwinBackbone(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """[B, 3, H, W] -> tokens [B, N, D] with N = h * w in row-major order."""
+        if self._channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         (features,) = self.model.forward_intermediates(
             images, indices=[self.feature_stage - 1], intermediates_only=True)
         return features.flatten(2).transpose(1, 2)  # [B, D, h, w] -> [B, N, D]

