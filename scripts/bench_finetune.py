@@ -47,7 +47,7 @@ def run(condition: str, fraction: float, seed: int, args: argparse.Namespace) ->
                           // args.batch_size)
     full_epoch = TRAIN_SUBJECTS * args.samples_per_subject // args.batch_size
     cli = FinetuneCLI(HiVAFinetuner, AUDataModule, args=[
-        "fit", "-c", "conf/trainer/cpu.yaml", "-c", "conf/finetune/synthau.yaml",
+        "fit", "-c", f"conf/trainer/{args.trainer}.yaml", "-c", "conf/finetune/synthau.yaml",
         "--seed_everything", str(seed), "--trainer.max_epochs", "-1",
         "--trainer.max_steps", str(args.steps),
         "--trainer.check_val_every_n_epoch", str(max(1, round(full_epoch / steps_per_epoch))),
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage1",
                         default="runs/bench/pretrain/region+relation-seed{seed}/last.ckpt")
     parser.add_argument("--log-dir", default="runs/bench/finetune")
+    parser.add_argument("--trainer", default="cpu", help="preset under conf/trainer (gpu: bf16)")
     parser.add_argument("--out", default="docs/benchmarks.md")
     parser.add_argument("overrides", nargs="*", help="extra LightningCLI overrides (after --)")
     args = parser.parse_args(argv)
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"no stage-1 checkpoint for seeds {missing} at {args.stage1}; "
                  "run scripts/bench_pretrain.py first")
     started = time.time()
+    # a run on another preset (a GPU budget) gets its own section beside the CPU one
+    heading = HEADING + ("" if args.trainer == "cpu" else f" ({args.trainer})")
     scores = {(c, f): [] for c in args.conditions for f in args.fractions}
     ablation_seeds = args.seeds if args.seeds_ablations is None else args.seeds_ablations
     for seed in args.seeds:
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
                          f"({', '.join(f'{v:.1f}' for v in values)})")
         rows.append(f"| {condition} | " + " | ".join(cells) + " |")
     text = benchmark_section(
-        HEADING, "scripts/bench_finetune.py", argv if argv is not None else sys.argv[1:],
+        heading, "scripts/bench_finetune.py", argv if argv is not None else sys.argv[1:],
         started,
         f"Test-subject mean F1 (%) on SynthAU's 12 AUs, mean ± sd over seeds {args.seeds} "
         f"(ablations: {ablation_seeds}; per-seed values in brackets); best-on-validation "
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         f"subject. Stage-1 checkpoints: `{args.stage1}`.", "\n".join(rows))
     print(text)
     if args.out:
-        write_section(args.out, HEADING, text)
+        write_section(args.out, heading, text)
 
 
 if __name__ == "__main__":

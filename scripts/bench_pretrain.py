@@ -34,7 +34,7 @@ def pretrain(variant: str, seed: int, args: argparse.Namespace) -> RegionRelatio
     region, relation = VARIANTS[variant]
     folder = Path(args.ckpt_dir) / f"{variant.replace(' + ', '+').replace(' ', '-')}-seed{seed}"
     cli = AUCLI(RegionRelationPretrainer, UnlabeledFaceDataModule, args=[
-        "fit", "-c", "conf/trainer/cpu.yaml", "-c", "conf/pretrain/synthau.yaml",
+        "fit", "-c", f"conf/trainer/{args.trainer}.yaml", "-c", "conf/pretrain/synthau.yaml",
         "--seed_everything", str(seed), "--trainer.max_epochs", str(args.epochs),
         "--trainer.callbacks", "[]", "--trainer.logger", "false",
         "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
@@ -67,12 +67,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--cache", default="runs/cache/synthau", help="rendered-face cache")
     parser.add_argument("--ckpt-dir", default="runs/bench/pretrain")
+    parser.add_argument("--trainer", default="cpu", help="preset under conf/trainer (gpu: bf16)")
     parser.add_argument("--out", default="docs/benchmarks.md")
     parser.add_argument("overrides", nargs="*", help="extra LightningCLI overrides (after --)")
     args = parser.parse_args(argv)
     scores: dict[str, list[float]] = {"random init (no pretraining)": []}
     scores.update({v: [] for v in args.variants})
     started = time.time()
+    # a run on another preset (a GPU budget) gets its own section beside the CPU one
+    heading = HEADING + ("" if args.trainer == "cpu" else f" ({args.trainer})")
     for seed in args.seeds:
         L.seed_everything(seed)
         scores["random init (no pretraining)"].append(
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(f"| {name} | {statistics.mean(values):.1f} | {spread:.1f} | "
                     + ", ".join(f"{v:.1f}" for v in values) + " |")
     text = benchmark_section(
-        HEADING, "scripts/bench_pretrain.py", argv if argv is not None else sys.argv[1:],
+        heading, "scripts/bench_pretrain.py", argv if argv is not None else sys.argv[1:],
         started,
         f"Linear probe (one logistic regression per AU on its frozen AU region feature) on "
         f"SynthAU's 12 AUs: fitted on the train subjects ({args.probe_samples} faces each), "
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         "\n".join(rows))
     print(text)
     if args.out:
-        write_section(args.out, HEADING, text)
+        write_section(args.out, heading, text)
 
 
 if __name__ == "__main__":

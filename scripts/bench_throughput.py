@@ -60,14 +60,17 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def build(stage: str, backbone: str, size: int, text: bool) -> torch.nn.Module:
+def build(stage: str, backbone: str, size: int, text: bool,
+          text_weights: str | None = None) -> torch.nn.Module:
     if stage == "pretrain":
         return RegionRelationPretrainer(aus=AUS, backbone=backbone, image_size=size)
     module = HiVAFinetuner(aus=[f"AU{a}" for a in AUS], backbone=backbone, image_size=size,
                            use_text=text)
     if text:  # what setup() does from the data module: encode the description bank once
         bank = load_description_bank(None, module.au_numbers, min_per_au=4)
-        module.text = encode_bank(build_text_encoder("minilm"), bank, module.au_numbers)
+        encoder = build_text_encoder("minilm", **({"weights_path": text_weights}
+                                                  if text_weights else {}))
+        module.text = encode_bank(encoder, bank, module.au_numbers)
     return module
 
 
@@ -98,17 +101,19 @@ def train_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
     return step
 
 
-def prepared(stage: str, backbone: str, device: torch.device, text: bool, variant: str):
-    """The stage module on the device with ``variant``'s switches, its optimiser and step."""
+def prepared(stage: str, backbone: str, device: torch.device, text: bool | str, variant: str):
+    """The stage module on the device with ``variant``'s switches, its optimiser and step
+    (``text``: False, True, or a MiniLM model folder)."""
     size = IMAGE_SIZE.get(backbone, 224)
-    module = build(stage, backbone, size, text).to(device).train()
+    weights = text if isinstance(text, str) else None
+    module = build(stage, backbone, size, bool(text), weights).to(device).train()
     Performance(**VARIANTS[variant]).setup(None, module, "fit")
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
     return module, size, train_step(module, optimizer, device)
 
 
 def bench_step(stage: str, backbone: str, batch: int, steps: int, device: torch.device,
-               text: bool, peak_flops: float, variant: str = "plain",
+               text: bool | str, peak_flops: float, variant: str = "plain",
                flops_image: float | None = None) -> dict:
     """Median images/s of a training step, FLOPs per image, MFU, peak memory."""
     module, size, step = prepared(stage, backbone, device, text, variant)
@@ -157,7 +162,7 @@ def write_faces(folder: Path, count: int) -> dict[str, Path]:
 
 
 def bench_loader(backbone: str, batch: int, steps: int, workers: int, device: torch.device,
-                 text: bool, variant: str, faces: int = 512) -> dict:
+                 text: bool | str, variant: str, faces: int = 512) -> dict:
     """The finetune step fed by a DataLoader over a crop store (train augmentation, ``workers``
     processes, pinned memory): images/s and the share of the loop spent waiting for a batch."""
     module, size, step = prepared("finetune", backbone, device, text, variant)
@@ -232,7 +237,7 @@ def report(steps: list[dict], loaders: list[dict], data: list[tuple[str, float, 
              f"- date: {today()}; torch {torch.__version__}", "",
              f"Training step (uint8 batch on the device, normalised there, forward + backward + "
              f"AdamW; median of {steps[0]['steps']} timed steps; pretraining encodes 2 views per "
-             "image, counted as 2 images). GFLOP/image is FlopCounterMode's count of forward + "
+             "image, counted as 2 images, so its batch is halved). GFLOP/image is FlopCounterMode's count of forward + "
              "backward at 2 FLOPs per multiply-add (the issue's ~46 GFLOP for swin_base counts "
              "multiply-adds of the full 4-stage model; ours stops after stage 3 and adds the "
              f"HiVA heads). MFU = GFLOP/image x images/s / {args.peak_tflops:g} TFLOP/s:", "",
@@ -270,6 +275,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="per step (default 2 on CPU, 128 on a GPU)")
     parser.add_argument("--steps", type=int, help="timed steps (default 2 on CPU, 20 on a GPU)")
     parser.add_argument("--no-text", action="store_true", help="finetune HiVA without text")
+    parser.add_argument("--text-weights", help="MiniLM model folder (default: the package's)")
     parser.add_argument("--variants", nargs="+", default=["plain"], choices=list(VARIANTS),
                         help="speed switches compared on the last backbone's finetune step")
     parser.add_argument("--loader-workers", type=int, nargs="*", default=[],
@@ -288,15 +294,17 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
     batch, steps = args.batch or (128 if gpu else 2), args.steps or (20 if gpu else 2)
-    text = not args.no_text
+    text = False if args.no_text else (args.text_weights or True)
     results, loaders = [], []
     for backbone in args.backbones:  # small to large, so the cumulative peak RSS is per model
         last = backbone == args.backbones[-1]
         for stage in ("pretrain", "finetune"):
             variants = args.variants if last and stage == "finetune" else ["plain"]
             flops = None
+            # pretraining encodes 2 views: half the batch, the same images per step
+            size = batch // 2 if stage == "pretrain" else batch
             for variant in variants:
-                r = bench_step(stage, backbone, batch, steps, device, text,
+                r = bench_step(stage, backbone, size, steps, device, text,
                                args.peak_tflops * 1e12, variant, flops)
                 r["steps"], flops = steps, r["gflop_image"] * 1e9
                 results.append(r)
