@@ -41,7 +41,6 @@ from aukit.data.synthau import SynthAU, split_subjects
 from aukit.data.transforms import train_transform
 from aukit.performance import Performance
 from aukit.text.bank import load_description_bank
-from aukit.text.encoders import build_text_encoder
 from aukit.text.features import encode_bank
 from aukit.utils.report import machine, today, write_section
 from finetune.module import HiVAFinetuner
@@ -65,12 +64,10 @@ def build(stage: str, backbone: str, size: int, text: bool,
     if stage == "pretrain":
         return RegionRelationPretrainer(aus=AUS, backbone=backbone, image_size=size)
     module = HiVAFinetuner(aus=[f"AU{a}" for a in AUS], backbone=backbone, image_size=size,
-                           use_text=text)
+                           use_text=text, text_weights=text_weights)
     if text:  # what setup() does from the data module: encode the description bank once
         bank = load_description_bank(None, module.au_numbers, min_per_au=4)
-        encoder = build_text_encoder("minilm", **({"weights_path": text_weights}
-                                                  if text_weights else {}))
-        module.text = encode_bank(encoder, bank, module.au_numbers)
+        module.text = encode_bank(module._encoder[0], bank, module.au_numbers)
     return module
 
 
@@ -237,8 +234,9 @@ def report(steps: list[dict], loaders: list[dict], data: list[tuple[str, float, 
              f"- date: {today()}; torch {torch.__version__}", "",
              f"Training step (uint8 batch on the device, normalised there, forward + backward + "
              f"AdamW; median of {steps[0]['steps']} timed steps; pretraining encodes 2 views per "
-             "image, counted as 2 images, so its batch is halved). GFLOP/image is FlopCounterMode's count of forward + "
-             "backward at 2 FLOPs per multiply-add (the issue's ~46 GFLOP for swin_base counts "
+             "image, counted as 2 images, so its batch is halved). GFLOP/image is "
+             "FlopCounterMode's count of forward + backward at 2 FLOPs per multiply-add (the "
+             "issue's ~46 GFLOP for swin_base counts "
              "multiply-adds of the full 4-stage model; ours stops after stage 3 and adds the "
              f"HiVA heads). MFU = GFLOP/image x images/s / {args.peak_tflops:g} TFLOP/s:", "",
              f"| stage | backbone | switches | px | batch | images/s | GFLOP/image | MFU | "

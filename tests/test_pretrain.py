@@ -148,3 +148,39 @@ def test_tiny_images_are_not_faces(tmp_path):
         cv2.imwrite(str(folder / f"{i}.png"), np.zeros((16, 16, 3), np.uint8))
     with pytest.raises(ValueError, match="16x16 px"):
         run_pretrain(tmp_path, "--data.source", str(folder), "--trainer.callbacks", "[]")
+
+
+class PoisonWeights(L.Callback):
+    """Simulates divergence: sets one backbone weight to NaN before training step ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                module.backbone.model.patch_embed.proj.weight[0, 0, 0, 0] = float("nan")
+
+
+@pytest.mark.slow
+def test_a_diverged_run_stops_with_the_fix_and_keeps_its_finite_checkpoints(tmp_path):
+    with pytest.raises(FloatingPointError, match=r"loss became nan at step 3.*gradient_clip_val"):
+        run_pretrain(tmp_path, "--trainer.max_steps", "6", *checkpoint_callback_args(tmp_path),
+                     config=False, callbacks=[PoisonWeights(3)])
+    saved = sorted((tmp_path / "ckpt").glob("*.ckpt"))
+    assert saved  # the checkpoints written before the divergence are kept, all finite
+    for path in saved:
+        state = torch.load(path, weights_only=False)["state_dict"]
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+
+
+def test_a_non_finite_gradient_is_refused_and_named():
+    module = RegionRelationPretrainer(aus=[1, 2], backbone="swin_test", image_size=64,
+                                      embed_dim=16, proj_dim=8)
+    for p in module.parameters():
+        p.grad = torch.zeros_like(p)
+    module.on_before_optimizer_step(None)  # finite: no complaint
+    module.au_mass.weight.grad[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"non-finite gradients at step 0 in 1 "
+                                                 r"parameters: au_mass.weight;"):
+        module.on_before_optimizer_step(None)

@@ -1,6 +1,7 @@
 import torch
+import torch.nn.functional as F
 
-from aukit.models.region import AURegionEncoder
+from aukit.models.region import AURegionEncoder, RegionBlock
 
 
 def _inputs(b=2, n=16, d=24, a=3):
@@ -40,3 +41,25 @@ def test_pooling_without_bias_still_uses_the_maps():
     maps[0, 0, 0] = maps[0, 1, 9] = 1.0
     out = encoder(tokens, maps)
     assert not torch.allclose(out[0, 0], out[0, 1])
+
+
+def test_region_attention_equals_sdpa_and_stays_finite_for_very_negative_logits():
+    torch.manual_seed(0)
+    block = RegionBlock(32, num_heads=4)
+    queries, tokens = torch.randn(3, 5, 32), torch.randn(3, 64, 32)
+    bias = torch.rand(3, 5, 64).clamp_min(1e-4).log()
+    b, a, e = queries.shape
+    q = block.q(block.norm_q(queries)).view(b, a, 4, 8).transpose(1, 2)
+    k, v = block.kv(block.norm_kv(tokens)).view(b, -1, 2, 4, 8).permute(2, 0, 3, 1, 4)
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(1))
+    reference = queries + block.out(reference.transpose(1, 2).reshape(b, a, e))
+    reference = reference + block.mlp(block.norm_mlp(reference))
+    torch.testing.assert_close(block(queries, tokens, bias), reference, atol=1e-5, rtol=1e-5)
+    # every logit of a row far below ln(FLT_MIN): where SDPA's cuDNN backward gave NaN dq
+    with torch.no_grad():
+        block.q.weight.mul_(40.0)
+        block.kv.weight[:32].mul_(-40.0)
+    queries.requires_grad_(True)
+    block(queries, tokens, bias - 100.0).sum().backward()
+    assert torch.isfinite(queries.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in block.parameters())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -11,6 +12,8 @@ from lightning.pytorch.cli import LightningCLI
 from aukit.performance import Performance
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# StageModule normalises images in on_after_batch_transfer on purpose (one home for both stages)
+warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer`")
 
 OOM_HINT = ("the batch does not fit in device memory: lower --data.batch_size (keep the effective "
             "batch with --trainer.accumulate_grad_batches N), use --trainer.precision bf16-mixed, "

@@ -31,6 +31,9 @@ def extract_au_features(encode: Encoder, loader: DataLoader,
         images = normalize_images(batch["image"].to(device, non_blocking=True))
         out = encode(images, batch["landmarks"].to(device))
         features.append(out.float().cpu().numpy())
+        if not np.isfinite(features[-1]).all():
+            raise FloatingPointError("the encoder produced non-finite features: its weights hold "
+                                     "NaN/inf (did training diverge?); probe an earlier checkpoint")
         labels.append(batch["labels"].numpy())
         masks.append(batch["label_mask"].numpy())
     return {"features": np.concatenate(features), "labels": np.concatenate(labels),

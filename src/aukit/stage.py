@@ -36,6 +36,32 @@ class StageModule(L.LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        """Stop at the first non-finite loss, before it reaches the weights or a checkpoint."""
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the {self.stage} loss became {loss.item()} at step {self.global_step}; the "
+                "weights are still the last finite ones and earlier checkpoints are kept. Fix: "
+                "lower --model.lr, clip gradients (--trainer.gradient_clip_val 1.0), or run "
+                "--trainer.precision 32-true to see whether bf16 is the cause; resume with "
+                "--ckpt_path <last checkpoint>")
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop at the first non-finite gradient (clipping would turn it into NaN weights) and
+        name the parameters that hold it."""
+        named = [(n, p.grad) for n, p in self.named_parameters() if p.grad is not None]
+        if not named:
+            return
+        norms = torch._foreach_norm([g for _, g in named])
+        if torch.isfinite(torch.stack(norms).sum()):
+            return
+        bad = [n for (n, _), v in zip(named, norms, strict=True) if not torch.isfinite(v)]
+        raise FloatingPointError(
+            f"non-finite gradients at step {self.global_step} in {len(bad)} parameters: "
+            f"{', '.join(bad[:6])}{' ...' if len(bad) > 6 else ''}; the weights are still the "
+            "last finite ones. Fix: lower --model.lr or run --trainer.precision 32-true to see "
+            "whether bf16 is the cause; resume with --ckpt_path <last checkpoint>")
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Normalise uint8 ``batch["image"]`` on the device, one batched pass (the loaders'
         workers only decode and augment)."""

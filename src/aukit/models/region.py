@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 # floor for log-attention biases: a token at the far side of the face keeps a little weight
@@ -37,8 +36,13 @@ class RegionBlock(nn.Module):
         h = self.num_heads
         q = self.q(self.norm_q(queries)).view(b, a, h, e // h).transpose(1, 2)  # [B, h, A, E/h]
         k, v = self.kv(self.norm_kv(tokens)).view(b, -1, 2, h, e // h).permute(2, 0, 3, 1, 4)
-        mask = None if bias is None else bias.unsqueeze(1).to(q.dtype)  # [B, 1, A, N]
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # explicit softmax, not F.scaled_dot_product_attention: A x N is tiny, and with a mask
+        # SDPA's cuDNN backward on H100 (torch 2.11) returns NaN dq for key lengths of 64 mod
+        # 128 (pytorch#196678): our 8x8 grid at 128 px, which stopped bf16 runs here
+        logits = q @ k.transpose(-2, -1) * (e // h) ** -0.5  # [B, h, A, N]
+        if bias is not None:
+            logits = logits + bias.unsqueeze(1)
+        attended = logits.softmax(-1).to(v.dtype) @ v  # [B, h, A, E/h]
         queries = queries + self.out(attended.transpose(1, 2).reshape(b, a, e))
         return queries + self.mlp(self.norm_mlp(queries))
 
