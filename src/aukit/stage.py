@@ -48,7 +48,10 @@ class StageModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Stop at the first non-finite gradient (clipping would turn it into NaN weights) and
-        name the parameters that hold it."""
+        name the parameters that hold it. Under fp16 mixed precision the grad scaler owns
+        overflow (it skips such steps and lowers its scale), so nothing is checked there."""
+        if getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None) is not None:
+            return
         named = [(n, p.grad) for n, p in self.named_parameters() if p.grad is not None]
         if not named:
             return
