@@ -1,9 +1,10 @@
 """Plain baselines on SynthAU: how hard is the embedded data set?
 
 Trains on the "train" subjects and reports per-AU F1 on the subject-disjoint "test" subjects for
-(1) one logistic regression per AU on raw pixels and (2) a small CNN trained from scratch, next to
-the "all positive" chance reference. Prints a Markdown section and, with ``--out``, writes it into
-that file under ``## SynthAU baselines`` (replacing only that section).
+(1) one logistic regression per AU on raw pixels, (2) a small CNN trained from scratch and (3) the
+toolkit's smallest Swin (``swin_test`` + mean-pooled linear head) trained from scratch with the
+same recipe, next to the "all positive" chance reference. Prints a Markdown section and, with
+``--out``, writes it into that file under ``## SynthAU baselines`` (replacing only that section).
 
     python scripts/synthau_baselines.py --out docs/benchmarks.md
 """
@@ -28,6 +29,7 @@ from torch import nn
 
 from aukit.au import ALL_AUS, DATASET_AUS, au_keys
 from aukit.data.synthau import SynthAU, split_subjects
+from aukit.models.backbone import SwinBackbone
 from aukit.utils.report import machine, write_section
 
 HEADING = "## SynthAU baselines"
@@ -78,20 +80,32 @@ def small_cnn(num_aus: int, width: int = 16) -> nn.Module:
                          nn.Linear(channels[-1], num_aus))
 
 
+class SwinLinear(nn.Module):
+    """``swin_test`` tokens of its last stage, mean-pooled, then one linear layer."""
+
+    def __init__(self, num_aus: int, image_size: int) -> None:
+        super().__init__()
+        self.backbone = SwinBackbone("swin_test", image_size)
+        self.head = nn.Linear(self.backbone.out_dim, num_aus)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images).mean(1))
+
+
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """``[B, H, W, 3]`` uint8 -> ``[B, 3, H, W]`` float in about -1..1."""
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
-def train_cnn(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, epochs: int,
-              seed: int, batch_size: int = 32) -> np.ndarray:
-    """Train from scratch with BCE (pos_weight = negatives / positives) and horizontal flips
-    (AU labels are side-agnostic). Returns test predictions ``[B, A]`` 0/1 at p = 0.5."""
-    torch.manual_seed(seed)
+def train_from_scratch(model: nn.Module, train_x: np.ndarray, train_y: np.ndarray,
+                       test_x: np.ndarray, epochs: int, seed: int,
+                       batch_size: int = 32) -> np.ndarray:
+    """Train ``model`` (seeded before it is built) with BCE (pos_weight = negatives /
+    positives) and horizontal flips (AU labels are side-agnostic). Returns test predictions
+    ``[B, A]`` 0/1 at p = 0.5."""
     x, y = to_tensor(train_x), torch.from_numpy(train_y).float()
     positives = y.sum(0).clamp(min=1)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=(len(y) - positives) / positives)
-    model = small_cnn(y.shape[1])
     optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     steps = epochs * -(-len(x) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 2e-3, total_steps=steps)
@@ -138,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-per-subject", type=int, default=50)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cnn-size", type=int, default=64, help="CNN input size (64..96)")
+    parser.add_argument("--cnn-size", type=int, default=64,
+                        help="input size of the CNN and the Swin (swin_test: 64 or 128)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, help="Markdown file to write the section into")
     args = parser.parse_args(argv)
@@ -157,8 +172,15 @@ def main(argv: list[str] | None = None) -> None:
     lr_f1 = per_au_f1(test_y, logistic_regression(train_x, train_y, test_x))
     lr_s = time.perf_counter() - start
     start = time.perf_counter()
-    cnn_f1 = per_au_f1(test_y, train_cnn(train_x, train_y, test_x, args.epochs, args.seed))
+    torch.manual_seed(args.seed)
+    cnn_f1 = per_au_f1(test_y, train_from_scratch(small_cnn(len(aus)), train_x, train_y, test_x,
+                                                  args.epochs, args.seed))
     cnn_s = time.perf_counter() - start
+    start = time.perf_counter()
+    torch.manual_seed(args.seed)
+    swin_f1 = per_au_f1(test_y, train_from_scratch(SwinLinear(len(aus), args.cnn_size), train_x,
+                                                   train_y, test_x, args.epochs, args.seed))
+    swin_s = time.perf_counter() - start
     chance_f1 = per_au_f1(test_y, np.ones_like(test_y))
 
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
@@ -173,16 +195,19 @@ def main(argv: list[str] | None = None) -> None:
         + ", ".join(f"{k} {r * 100:.0f}" for k, r in zip(au_keys(aus), train_y.mean(0),
                                                           strict=True)) + ".  ",
         f"Wall time: data {data_s:.0f} s, logistic regression {lr_s:.0f} s, "
-        f"CNN {cnn_s:.0f} s.  ",
+        f"CNN {cnn_s:.0f} s, Swin {swin_s:.0f} s.  ",
         f"F1 (%) on the test subjects at threshold 0.5. *All positive*: predict every AU "
         f"everywhere (chance reference). *LogReg pixels*: one `LogisticRegression("
         f"class_weight='balanced', solver='liblinear')` per AU on standardised "
         f"{LR_SIZE}x{LR_SIZE} grayscale pixels. *Small CNN*: 4 conv blocks (16-128 channels), "
         f"{args.cnn_size} px RGB, "
-        f"{args.epochs} epochs AdamW + one-cycle, BCE with pos_weight, horizontal flips.",
+        f"{args.epochs} epochs AdamW + one-cycle, BCE with pos_weight, horizontal flips. "
+        f"*swin_test scratch*: the toolkit's smallest Swin (`SwinBackbone('swin_test')`, "
+        f"mean-pooled tokens, linear head) with the same data and recipe.",
     ]
     section = markdown(au_keys(aus), test_y.mean(0), {
-        "all positive F1": chance_f1, "LogReg pixels F1": lr_f1, "small CNN F1": cnn_f1}, notes)
+        "all positive F1": chance_f1, "LogReg pixels F1": lr_f1, "small CNN F1": cnn_f1,
+        "swin_test scratch F1": swin_f1}, notes)
     print(section)
     if args.out:
         write_section(args.out, HEADING, section)
