@@ -132,8 +132,9 @@ def test_class_weights_and_cooccurrence_by_hand(toy):
 
 def test_class_weights_stay_finite_for_an_absent_au():
     labels = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
-    weights, cooc = label_statistics(labels, torch.ones_like(labels, dtype=torch.bool))
+    weights, pos_weight, cooc = label_statistics(labels, torch.ones_like(labels, dtype=torch.bool))
     assert torch.isfinite(weights).all() and weights[1] > weights[0]
+    assert pos_weight.tolist() == [1.0, 3.0]  # an absent AU counts as half a positive
     assert weights.mean().item() == pytest.approx(1.0)
     assert cooc.tolist() == [[1.0, 0.0], [0.0, 0.0]]
 

@@ -7,6 +7,7 @@ configs can set them. Every split is subject-exclusive.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning as L
 import numpy as np
@@ -103,23 +104,27 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bo
     return DataLoader(dataset, shuffle=False, sampler=sampler, **common)
 
 
-def label_statistics(labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class weights ``[A]`` and co-occurrence ``[A, A]`` from labels and mask ``[N, A]``.
+class LabelStatistics(NamedTuple):
+    """What the training split's labels say, for the loss and the graph prior."""
 
-    Weights are inverse occurrence rates over known labels, normalised to mean 1; an AU never
-    present counts as half a positive so its weight stays finite. ``cooc[i, j]`` is
-    P(AU j present | AU i present) over frames where both labels are known (0 when undefined).
-    """
+    class_weights: torch.Tensor  # [A] inverse occurrence rates over known labels, mean 1
+    positive_weights: torch.Tensor  # [A] negatives / positives, BCE's pos_weight
+    cooccurrence: torch.Tensor  # [A, A] P(AU j present | AU i present), 0 when undefined
+
+
+def label_statistics(labels: torch.Tensor, mask: torch.Tensor) -> LabelStatistics:
+    """Statistics of labels and mask ``[N, A]``. An AU never present counts as half a positive,
+    so its weights stay finite; co-occurrence counts frames where both labels are known."""
     y = labels.double() * mask
     m = mask.double()
-    rate = y.sum(0) / m.sum(0).clamp(min=1)
-    rate = torch.maximum(rate, 0.5 / m.sum(0).clamp(min=1))
-    weights = 1 / rate
-    weights = weights / weights.mean()
+    known = m.sum(0)
+    positives = y.sum(0).clamp(min=0.5)
+    weights = known.clamp(min=1) / positives
     both = y.T @ y  # [A, A]: frames with i and j present
     given = y.T @ m  # [A, A]: frames with i present and j known
     cooc = torch.where(given > 0, both / given.clamp(min=1), torch.zeros_like(both))
-    return weights.float(), cooc.float()
+    return LabelStatistics((weights / weights.mean()).float(),
+                           ((known - positives).clamp(min=0) / positives).float(), cooc.float())
 
 
 class AUDataModule(L.LightningDataModule):
@@ -369,18 +374,16 @@ class AUDataModule(L.LightningDataModule):
 
     def class_weights(self) -> torch.Tensor:
         """``[A]`` inverse occurrence rate over the training split's known labels, mean 1."""
-        return label_statistics(*self.split_labels("train"))[0]
+        return label_statistics(*self.split_labels("train")).class_weights
 
     def positive_weights(self) -> torch.Tensor:
         """``[A]`` negatives / positives per AU over the (masked) train split, for BCE's
         ``pos_weight``; an AU never present counts as half a positive."""
-        labels, mask = self.split_labels("train")
-        positives = (labels * mask).sum(0).clamp(min=0.5)
-        return ((mask.sum(0) - positives).clamp(min=0) / positives).float()
+        return label_statistics(*self.split_labels("train")).positive_weights
 
     def cooccurrence(self) -> torch.Tensor:
         """``[A, A]``: P(AU j present | AU i present) over the training split's known labels."""
-        return label_statistics(*self.split_labels("train"))[1]
+        return label_statistics(*self.split_labels("train")).cooccurrence
 
     def summary(self) -> str:
         """Subjects, frames and per-AU base rates of each available split."""
