@@ -107,13 +107,14 @@ class HiVAFinetuner(StageModule):
             rank_zero_info(f"initialised from stage-1 checkpoint {self.stage1.path}"
                            if self.stage1 is not None else
                            "initialised from scratch (no stage-1 checkpoint given)")
+            stats = datamodule.train_label_statistics()
             if self.hparams.class_weighted:
-                self.class_weights.copy_(datamodule.class_weights())
+                self.class_weights.copy_(stats.class_weights)
             if self.hparams.balance_positives:
-                self.pos_weight.copy_(datamodule.positive_weights())
+                self.pos_weight.copy_(stats.positive_weights)
             graph = getattr(self.model, "graph", None)
             if self.hparams.cooccurrence_prior and graph is not None:
-                graph.set_prior(datamodule.cooccurrence())
+                graph.set_prior(stats.cooccurrence)
         if self.uses_text and self.text is None:
             bank = load_description_bank(self.hparams.descriptions, self.au_numbers,
                                          min_per_au=self.hparams.descriptions_per_step)

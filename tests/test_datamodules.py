@@ -120,13 +120,14 @@ def test_class_weights_and_cooccurrence_by_hand(toy):
     present = (labels == 1) & known
     rate = present.sum(0) / known.sum(0)
     expected = (1 / rate) / (1 / rate).mean()
-    torch.testing.assert_close(dm.class_weights(), torch.tensor(expected, dtype=torch.float32))
+    stats = dm.train_label_statistics()
+    torch.testing.assert_close(stats.class_weights, torch.tensor(expected, dtype=torch.float32))
     cooc = np.zeros((3, 3))
     for i in range(3):
         for j in range(3):
             both = present[:, i] & known[:, j]
             cooc[i, j] = (present[:, i] & present[:, j]).sum() / both.sum()
-    torch.testing.assert_close(dm.cooccurrence(), torch.tensor(cooc, dtype=torch.float32))
+    torch.testing.assert_close(stats.cooccurrence, torch.tensor(cooc, dtype=torch.float32))
     assert "train: 8 subjects, 16 frames" in dm.summary()
 
 
@@ -202,7 +203,7 @@ def test_synthau_datamodule_batches():
 
 def test_synthau_class_weights():
     dm = AUDataModule(image_size=S, synthau_samples_per_subject=1)
-    weights = dm.class_weights()
+    weights = dm.train_label_statistics().class_weights
     assert weights.shape == (12,) and torch.isfinite(weights).all()
     assert weights.mean().item() == pytest.approx(1.0, abs=1e-5)
 

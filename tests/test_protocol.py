@@ -53,11 +53,12 @@ def test_datamodule_fold_from_raw_root_weights_from_train_only(tmp_path):
     assert len(dm.manifest_hash) == 64
     train = splits["train"]
     expected = label_statistics(torch.from_numpy(train.labels), torch.from_numpy(train.mask))[0]
-    torch.testing.assert_close(dm.class_weights(), expected)
+    torch.testing.assert_close(dm.train_label_statistics().class_weights, expected)
     everything = AUDataModule(dataset="bp4d", data_root=str(root), image_size=32)
     full = everything.splits()["train"]  # no fold: carve only, weights differ
     assert set(full.subjects) < set(BP4D_SUBJECTS)
-    assert not np.allclose(dm.class_weights().numpy(), everything.class_weights().numpy())
+    assert not np.allclose(dm.train_label_statistics().class_weights.numpy(),
+                           everything.train_label_statistics().class_weights.numpy())
     batch = next(iter(dm.test_dataloader()))
     assert batch["label_mask"].shape == (4, 12) and not batch["label_mask"].all()  # 9 masked
 

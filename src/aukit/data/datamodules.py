@@ -372,18 +372,10 @@ class AUDataModule(L.LightningDataModule):
             self._labels[split] = (labels, mask)
         return self._labels[split]
 
-    def class_weights(self) -> torch.Tensor:
-        """``[A]`` inverse occurrence rate over the training split's known labels, mean 1."""
-        return label_statistics(*self.split_labels("train")).class_weights
-
-    def positive_weights(self) -> torch.Tensor:
-        """``[A]`` negatives / positives per AU over the (masked) train split, for BCE's
-        ``pos_weight``; an AU never present counts as half a positive."""
-        return label_statistics(*self.split_labels("train")).positive_weights
-
-    def cooccurrence(self) -> torch.Tensor:
-        """``[A, A]``: P(AU j present | AU i present) over the training split's known labels."""
-        return label_statistics(*self.split_labels("train")).cooccurrence
+    def train_label_statistics(self) -> LabelStatistics:
+        """Class weights, BCE positive weights and AU co-occurrence of the training split's
+        known labels (see ``label_statistics``)."""
+        return label_statistics(*self.split_labels("train"))
 
     def summary(self) -> str:
         """Subjects, frames and per-AU base rates of each available split."""
