@@ -140,12 +140,13 @@ def bench_step(stage: str, backbone: str, batch: int, steps: int, device: torch.
             "memory_mb": peak_memory_mb(device)}
 
 
-def write_faces(folder: Path, count: int) -> dict[str, Path]:
-    """``count`` SynthAU faces (256 px) as JPEG and PNG files -> manifest path per suffix."""
+def write_faces(folder: Path, count: int,
+                suffixes: tuple[str, ...] = (".png", ".jpg")) -> dict[str, Path]:
+    """``count`` SynthAU faces (256 px) as files of each suffix -> manifest path per suffix."""
     synth = SynthAU(seed=0)
     subjects = split_subjects("train")
     manifests = {}
-    for suffix in (".png", ".jpg"):
+    for suffix in suffixes:
         manifests[suffix] = folder / f"m{suffix}.csv"
         with manifests[suffix].open("w", newline="") as f:
             writer = csv.writer(f)
@@ -165,7 +166,7 @@ def bench_loader(backbone: str, batch: int, steps: int, workers: int, device: to
     module, size, step = prepared("finetune", backbone, device, text, variant)
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        manifest = read_manifest(write_faces(folder, faces)[".jpg"])
+        manifest = read_manifest(write_faces(folder, faces, (".jpg",))[".jpg"])
         store = CropStore(write_crop_store(manifest, folder / "store"))
         dataset = ManifestDataset(manifest, train_transform(size, seed=0, normalize=False),
                                   store=store)
