@@ -12,27 +12,31 @@ from torch import Tensor
 
 from aukit.au import au_keys, au_numbers
 from aukit.checkpoint import load_stage1_encoder
-from aukit.losses.alignment import alignment_loss
+from aukit.losses.alignment import ALIGNMENTS, alignment_loss, state_alignment_loss
 from aukit.losses.au_bce import au_bce_loss
 from aukit.metrics import AUMetrics, format_f1_table
 from aukit.models.hiva import HiVA
-from aukit.models.linear import LinearAUClassifier
+from aukit.models.linear import LinearAUClassifier, RegionAUClassifier
 from aukit.stage import StageModule
 from aukit.text.bank import load_description_bank
 from aukit.text.encoders import build_text_encoder
 from aukit.text.features import encode_bank
 from aukit.visualize import activation_grid
 
-ARCHITECTURES = ("hiva", "linear")
+ARCHITECTURES = ("hiva", "linear", "region")
 
 
 class HiVAFinetuner(StageModule):
-    """Trains HiVA (or the Swin + linear baseline) with masked class-weighted BCE plus a
+    """Trains HiVA (or a plain baseline: ``linear``, Swin + one linear head; ``region``, Swin + AU
+    region features + one linear head per AU) with masked class-weighted BCE plus a
     vision-text alignment loss; selects checkpoints on ``val/f1_mean`` only.
 
     ``pretrained`` is a stage-1 checkpoint whose backbone and AU region encoder initialise the
-    model; its backbone name and image size must match (``backbone: null`` adopts its backbone).
-    The text encoder is ``text_encoder`` ("minilm", the offline default, or "open_clip:<model>"
+    model; its backbone name, stem and image size must match (``backbone: null`` and
+    ``conv_stem: null`` adopt its own).
+    ``alignment`` is "state" (AU k's anchor scores faces with AU k above faces without it) or
+    "slots" (version 1: AU k's feature against the other AUs' anchors). The text encoder is
+    ``text_encoder`` ("minilm", the offline default, or "open_clip:<model>"
     with ``text_pretrained``, an open_clip tag); ``text_weights`` is local weights (an open_clip
     file, or a MiniLM model folder).
     """
@@ -42,7 +46,8 @@ class HiVAFinetuner(StageModule):
     def __init__(self, aus: list[str], image_size: int = 128, architecture: str = "hiva",
                  backbone: str | None = None, pretrained: str | None = None,
                  pretrained_backbone: bool = False, feature_stage: int = 3,
-                 embed_dim: int = 128, num_heads: int = 4, region_depth: int = 1,
+                 conv_stem: bool | None = None, embed_dim: int = 128, num_heads: int = 4,
+                 region_depth: int = 1,
                  attention_sigma: float = 0.3, dropout: float = 0.1,
                  use_graph: bool = True, use_ddca: bool = True, use_cdca: bool = True,
                  use_text: bool = True, graph_top_k: int | None = 4,
@@ -50,38 +55,48 @@ class HiVAFinetuner(StageModule):
                  text_pretrained: str | None = None, text_weights: str | None = None,
                  descriptions: str | None = None, descriptions_per_step: int = 4,
                  text_cache_dir: str | None = None, alignment_weight: float = 0.1,
+                 alignment: str = "state",
                  class_weighted: bool = True, balance_positives: bool = True,
                  lr: float = 5e-4, weight_decay: float = 0.05,
                  layer_decay: float = 0.75, warmup_epochs: float = 1.0):
         super().__init__()
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        if alignment not in ALIGNMENTS:
+            raise ValueError(f"alignment must be one of {ALIGNMENTS} (--model.alignment), got "
+                             f"{alignment!r}")
         self.save_hyperparameters()
         self.au_numbers = au_numbers(aus)
         self.au_names = au_keys(self.au_numbers)
         self.stage1 = None
         if pretrained:
             self.stage1 = load_stage1_encoder(pretrained, backbone, image_size, feature_stage,
-                                              self.au_numbers)
+                                              self.au_numbers, conv_stem)
             backbone = self.stage1.meta["backbone"]
+            conv_stem = self.stage1.meta["conv_stem"]
         backbone = backbone or "swin_test"
-        self.hparams.backbone = backbone
         self.uses_text = architecture == "hiva" and use_text
+        common = dict(au_numbers=self.au_numbers, backbone=backbone, image_size=image_size,
+                      pretrained_backbone=pretrained_backbone, feature_stage=feature_stage,
+                      conv_stem=conv_stem)
+        region = dict(embed_dim=embed_dim, num_heads=num_heads, region_depth=region_depth,
+                      attention_sigma=attention_sigma, dropout=dropout)
         if architecture == "linear":
-            self.model = LinearAUClassifier(self.au_numbers, backbone, image_size,
-                                            pretrained_backbone, feature_stage)
+            self.model = LinearAUClassifier(**common)
+        elif architecture == "region":
+            self.model = RegionAUClassifier(**common, **region)
         else:
-            self.model = HiVA(self.au_numbers, backbone, image_size, pretrained_backbone,
-                              feature_stage, embed_dim, num_heads=num_heads,
-                              region_depth=region_depth, attention_sigma=attention_sigma,
-                              use_graph=use_graph, use_ddca=use_ddca, use_cdca=use_cdca,
-                              use_text=use_text, graph_top_k=graph_top_k, dropout=dropout,
+            self.model = HiVA(**common, **region, use_graph=use_graph, use_ddca=use_ddca,
+                              use_cdca=use_cdca, use_text=use_text, graph_top_k=graph_top_k,
                               cooccurrence_prior=torch.eye(len(self.au_numbers))
                               if cooccurrence_prior else None,
                               text_dim=self._text_dim() if self.uses_text else 384)
+        # the resolved choices, so a checkpoint rebuilds exactly this model
+        self.hparams.backbone = backbone
+        self.hparams.conv_stem = self.model.backbone.conv_stem
         if self.stage1 is not None:
             self.model.backbone.load_state_dict(self.stage1.backbone)
-            if architecture == "hiva":
+            if hasattr(self.model, "region"):
                 self.model.region.load_state_dict(self.stage1.region)
         self.register_buffer("class_weights", torch.ones(len(self.au_numbers)))
         self.register_buffer("pos_weight", torch.ones(len(self.au_numbers)))
@@ -144,7 +159,8 @@ class HiVAFinetuner(StageModule):
         bce = au_bce_loss(out["logits"], labels, mask, self.class_weights, self.pos_weight)
         loss = bce
         if "text_anchors" in out and self.hparams.alignment_weight > 0:
-            align = alignment_loss(out["au_features"], out["text_anchors"], labels, mask)
+            loss_fn = state_alignment_loss if self.hparams.alignment == "state" else alignment_loss
+            align = loss_fn(out["au_features"], out["text_anchors"], labels, mask)
             loss = loss + self.hparams.alignment_weight * align
             self.log("train/align_loss", align, batch_size=len(labels))
         self.log("train/bce_loss", bce, batch_size=len(labels))
@@ -228,5 +244,6 @@ class HiVAFinetuner(StageModule):
         hp = self.hparams
         return {"architecture": hp.architecture, "backbone": hp.backbone,
                 "image_size": hp.image_size, "feature_stage": hp.feature_stage,
+                "conv_stem": hp.conv_stem,
                 "aus": list(self.au_numbers),
                 "pretrained": str(self.stage1.path) if self.stage1 is not None else None}

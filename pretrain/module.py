@@ -27,7 +27,8 @@ class RegionRelationPretrainer(StageModule):
 
     def __init__(self, aus: list[str] | str = "all", backbone: str = "swin_test",
                  image_size: int = 128, pretrained_backbone: bool = False, feature_stage: int = 3,
-                 embed_dim: int = 128, proj_dim: int = 64, num_heads: int = 4,
+                 conv_stem: bool | None = None, embed_dim: int = 128, proj_dim: int = 64,
+                 num_heads: int = 4,
                  region_depth: int = 1, attention_sigma: float = 0.3,
                  region_weight: float = 1.0, relation_weight: float = 1.0,
                  global_weight: float = 0.0, temperature: float = 0.1,
@@ -40,7 +41,8 @@ class RegionRelationPretrainer(StageModule):
             raise ValueError("all pretraining losses are switched off: set region_weight, "
                              "relation_weight or global_weight > 0")
         self.au_numbers = au_numbers(aus)
-        self.backbone = SwinBackbone(backbone, image_size, pretrained_backbone, feature_stage)
+        self.backbone = SwinBackbone(backbone, image_size, pretrained_backbone, feature_stage,
+                                     conv_stem)
         self.region = AURegionEncoder(self.backbone.out_dim, embed_dim, len(self.au_numbers),
                                       num_heads, region_depth)
         num_aus = len(self.au_numbers)
@@ -113,5 +115,6 @@ class RegionRelationPretrainer(StageModule):
     def checkpoint_meta(self) -> dict:
         hp = self.hparams
         return {"backbone": hp.backbone, "image_size": hp.image_size,
-                "feature_stage": hp.feature_stage, "embed_dim": hp.embed_dim,
+                "feature_stage": hp.feature_stage, "conv_stem": self.backbone.conv_stem,
+                "embed_dim": hp.embed_dim,
                 "aus": list(self.au_numbers)}

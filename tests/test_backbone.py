@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from aukit.models.backbone import SwinBackbone
+from aukit.models.backbone import ConvStem, SwinBackbone
 
 
 @pytest.mark.parametrize("image_size,grid", [(64, (4, 4)), (128, (8, 8))])
@@ -49,3 +49,20 @@ def test_pretrained_offline_fails_fast_with_a_hint(monkeypatch):
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(RuntimeError, match="pretrained_backbone: false"):
         SwinBackbone("swin_tiny", 224, pretrained=True)
+
+
+def test_conv_stem_is_the_default_for_swin_test_and_a_switch():
+    conv, patchify = SwinBackbone("swin_test", 64), SwinBackbone("swin_test", 64, conv_stem=False)
+    assert conv.conv_stem and not patchify.conv_stem
+    assert isinstance(conv.model.patch_embed, ConvStem)
+    assert not SwinBackbone("swin_tiny", 224).conv_stem  # ImageNet-sized presets keep patchify
+    images = torch.randn(2, 3, 64, 64)
+    tokens = conv(images)
+    assert tokens.shape == patchify(images).shape == (2, 16, conv.out_dim)
+    tokens.sum().backward()
+    assert all(p.grad is not None for p in conv.model.patch_embed.parameters())
+
+
+def test_conv_stem_refuses_imagenet_weights():
+    with pytest.raises(ValueError, match="--model.conv_stem false"):
+        SwinBackbone("swin_tiny", 224, pretrained=True, conv_stem=True)

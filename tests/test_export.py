@@ -110,3 +110,19 @@ def test_bad_input_is_refused_clearly(ckpt, tmp_path):
     stage1 = save_finetune(tmp_path / "s1.ckpt", stage="pretrain")
     with pytest.raises(ValueError, match="pretrain checkpoint.*no AU head"):
         export(stage1, "onnx", tmp_path)
+
+
+@pytest.mark.parametrize("kwargs", [{"architecture": "region"}, {"conv_stem": False}],
+                         ids=["region-baseline", "patchify-stem"])
+def test_other_models_and_stems_round_trip_through_onnx(tmp_path, kwargs):
+    ckpt = save_finetune(tmp_path / "model.ckpt", **kwargs)
+    predictor = load_predictor(ckpt)
+    assert predictor.model.backbone.conv_stem == kwargs.get("conv_stem", True)
+    path = export(ckpt, "onnx", tmp_path)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = torch.randn(2, 3, 64, 64)
+    expected = _reference(ckpt, images)
+    got = session.run(None, {"image": images.numpy()})
+    assert len(got) == 2  # probabilities and activation maps
+    for out, want in zip(got, expected, strict=True):
+        np.testing.assert_allclose(out, want.numpy(), atol=1e-4, rtol=0)

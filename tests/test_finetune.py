@@ -28,9 +28,10 @@ def run_finetune(tmp_path: Path, *extra: str, subcommand: str = "fit") -> Finetu
 
 
 def save_stage1(path: Path, image_size: int = 64, backbone: str = "swin_test",
-                embed_dim: int = 32, stage: str = "pretrain") -> RegionRelationPretrainer:
+                embed_dim: int = 32, stage: str = "pretrain",
+                conv_stem: bool | None = None) -> RegionRelationPretrainer:
     module = RegionRelationPretrainer(aus="all", backbone=backbone, image_size=image_size,
-                                      embed_dim=embed_dim)
+                                      embed_dim=embed_dim, conv_stem=conv_stem)
     checkpoint = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(checkpoint)
     checkpoint[META_KEY]["stage"] = stage
@@ -99,8 +100,22 @@ def test_stage1_checkpoint_initialises_backbone_and_region(tmp_path):
     assert module.hparams.backbone == "swin_test"
 
 
+@pytest.mark.parametrize("conv_stem", [True, False])
+def test_the_region_baseline_adopts_the_stage1_stem_and_weights(tmp_path, conv_stem):
+    stage1 = save_stage1(tmp_path / "s1.ckpt", conv_stem=conv_stem)
+    module = HiVAFinetuner(aus=["AU12", "AU1"], image_size=64, embed_dim=32,
+                           architecture="region", pretrained=str(tmp_path / "s1.ckpt"))
+    assert module.hparams.conv_stem is conv_stem
+    assert module.model.backbone.conv_stem is conv_stem
+    for name, value in stage1.backbone.state_dict().items():
+        assert torch.equal(module.model.backbone.state_dict()[name], value), name
+    rows = [list(stage1.au_numbers).index(a) for a in (12, 1)]
+    assert torch.equal(module.model.region.au_queries, stage1.region.au_queries[rows])
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"image_size": 128}, "image_size=64.*image_size=128"),
+    ({"image_size": 64, "conv_stem": False}, "conv_stem=True.*--model.conv_stem True"),
     ({"backbone": "swin_tiny", "image_size": 64}, "backbone='swin_test'"),
 ])
 def test_a_mismatched_stage1_checkpoint_is_refused(tmp_path, kwargs, message):

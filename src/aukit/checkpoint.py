@@ -53,15 +53,17 @@ class Stage1Encoder:
 
 
 def load_stage1_encoder(path: str | Path, backbone: str | None, image_size: int, feature_stage: int,
-                        aus: Sequence[int]) -> Stage1Encoder:
+                        aus: Sequence[int], conv_stem: bool | None = None) -> Stage1Encoder:
     """Read a stage-1 checkpoint for a stage-2 model built with these settings.
 
-    ``backbone=None`` adopts the checkpoint's backbone. The region encoder's AU queries are
-    selected (and reordered) to match ``aus``.
+    ``backbone=None`` / ``conv_stem=None`` adopt the checkpoint's. The region encoder's AU
+    queries are selected (and reordered) to match ``aus``.
     """
     checkpoint = read_checkpoint(path, "pretrain")
     meta = checkpoint[META_KEY]
-    wanted = {"backbone": backbone, "image_size": image_size, "feature_stage": feature_stage}
+    meta.setdefault("conv_stem", False)  # written before the conv stem existed
+    wanted = {"backbone": backbone, "image_size": image_size, "feature_stage": feature_stage,
+              "conv_stem": conv_stem}
     for key, value in wanted.items():
         if value is not None and meta[key] != value:
             raise ValueError(

@@ -21,7 +21,7 @@ from aukit.au import au_keys
 from aukit.checkpoint import META_KEY, read_checkpoint
 from aukit.data.attention import canonical_landmarks
 from aukit.models.hiva import HiVA
-from aukit.models.linear import LinearAUClassifier
+from aukit.models.linear import LinearAUClassifier, RegionAUClassifier
 from aukit.text.bank import load_description_bank
 from aukit.text.encoders import build_text_encoder
 from aukit.text.features import TextFeatures, encode_bank
@@ -37,13 +37,13 @@ class AUPredictor(nn.Module):
     ``text`` is (tokens [A, T, Dt], mask [A, T] bool, anchor vectors [A, Dt]) for a text model.
     """
 
-    def __init__(self, model: HiVA | LinearAUClassifier, image_size: int,
+    def __init__(self, model: HiVA | LinearAUClassifier | RegionAUClassifier, image_size: int,
                  text: tuple[Tensor, Tensor, Tensor] | None = None) -> None:
         super().__init__()
         self.model = model.eval()
         self.image_size = image_size
         self.au_names = au_keys(model.aus)
-        self.has_maps = isinstance(model, HiVA)
+        self.has_maps = not isinstance(model, LinearAUClassifier)
         # [1, 68, 2]: every aligned crop has the template's landmarks
         self.register_buffer("landmarks", torch.from_numpy(canonical_landmarks(image_size))[None])
         for name, value in zip(("text_tokens", "text_mask", "text_vec"), text or (None,) * 3,
@@ -61,20 +61,23 @@ class AUPredictor(nn.Module):
         return (probs, out["act_maps"].float()) if self.has_maps else (probs,)
 
 
-def build_model(meta: dict[str, Any], text_dim: int) -> HiVA | LinearAUClassifier:
+def build_model(meta: dict[str, Any], text_dim: int) -> nn.Module:
     """The untrained stage-2 model a finetune checkpoint's metadata describes."""
     cfg = meta["config"]
+    common = dict(au_numbers=meta["aus"], backbone=meta["backbone"],
+                  image_size=meta["image_size"], feature_stage=meta["feature_stage"],
+                  conv_stem=meta.get("conv_stem", False))
     if meta["architecture"] == "linear":
-        return LinearAUClassifier(meta["aus"], meta["backbone"], meta["image_size"],
-                                  feature_stage=meta["feature_stage"])
+        return LinearAUClassifier(**common)
+    region = {k: cfg[k] for k in ("embed_dim", "num_heads", "region_depth", "attention_sigma",
+                                  "dropout")}
+    if meta["architecture"] == "region":
+        return RegionAUClassifier(**common, **region)
     # an identity prior only creates the buffer; the checkpoint holds the trained one
     prior = torch.eye(len(meta["aus"])) if cfg["cooccurrence_prior"] else None
-    return HiVA(meta["aus"], meta["backbone"], meta["image_size"], False, meta["feature_stage"],
-                cfg["embed_dim"], text_dim, num_heads=cfg["num_heads"],
-                region_depth=cfg["region_depth"], attention_sigma=cfg["attention_sigma"],
-                use_graph=cfg["use_graph"], use_ddca=cfg["use_ddca"], use_cdca=cfg["use_cdca"],
-                use_text=cfg["use_text"], graph_top_k=cfg["graph_top_k"],
-                cooccurrence_prior=prior, dropout=cfg["dropout"])
+    return HiVA(**common, **region, text_dim=text_dim, use_graph=cfg["use_graph"],
+                use_ddca=cfg["use_ddca"], use_cdca=cfg["use_cdca"], use_text=cfg["use_text"],
+                graph_top_k=cfg["graph_top_k"], cooccurrence_prior=prior)
 
 
 def text_features(meta: dict[str, Any], cache_dir: str | Path | None = None) -> TextFeatures:

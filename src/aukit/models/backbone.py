@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import timm
 import torch
+from timm.layers import to_2tuple
 from torch import Tensor, nn
 
 # Short names for the sizes we use; any other timm Swin name is accepted as it is.
@@ -15,6 +16,48 @@ BACKBONE_PRESETS: dict[str, tuple[str, dict]] = {
     "swin_small": ("swin_small_patch4_window7_224", {}),
     "swin_base": ("swin_base_patch4_window7_224", {}),
 }
+
+
+# presets trained from scratch on a few thousand faces default to the convolutional stem: with
+# the 4x4 patchify stem they do not find SynthAU's AU cues (docs/benchmarks.md, "Backbone stem")
+CONV_STEM_DEFAULT = frozenset({"swin_test"})
+
+
+def default_conv_stem(name: str) -> bool:
+    """Whether backbone ``name`` uses ``ConvStem`` when ``conv_stem`` is not set."""
+    return name in CONV_STEM_DEFAULT
+
+
+class ConvStem(nn.Module):
+    """Swin's patch embedding as early convolutions: two 3x3 stride-2 conv + BatchNorm + GELU,
+    then a 1x1 projection ("Early convolutions help transformers see better", Xiao et al.
+    2021). A drop-in ``embed_layer`` for timm's Swin: stride 4 like the 4x4 patchify, NHWC out.
+    """
+
+    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 4,
+                 in_chans: int = 3, embed_dim: int = 96, norm_layer: type[nn.Module] | None = None,
+                 output_fmt: str = "NHWC", device=None, dtype=None, **_: object):
+        super().__init__()
+        if to_2tuple(patch_size) != (4, 4) or output_fmt != "NHWC":
+            raise ValueError(f"ConvStem replaces a 4x4 patch embedding with NHWC output, got "
+                             f"patch_size={patch_size}, output_fmt={output_fmt}")
+        dd = {"device": device, "dtype": dtype}
+        self.img_size = to_2tuple(img_size)
+        self.patch_size = (4, 4)
+        self.grid_size = (self.img_size[0] // 4, self.img_size[1] // 4)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        hidden = max(embed_dim // 2, 16)
+        self.convs = nn.Sequential(
+            nn.Conv2d(in_chans, hidden, 3, 2, 1, bias=False, **dd), nn.BatchNorm2d(hidden, **dd),
+            nn.GELU(),
+            nn.Conv2d(hidden, embed_dim, 3, 2, 1, bias=False, **dd),
+            nn.BatchNorm2d(embed_dim, **dd), nn.GELU())
+        self.proj = nn.Conv2d(embed_dim, embed_dim, 1, **dd)
+        self.norm = norm_layer(embed_dim, **dd) if norm_layer else nn.Identity()
+
+    def forward(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] -> [B, H / 4, W / 4, D]."""
+        return self.norm(self.proj(self.convs(images)).permute(0, 2, 3, 1))
 
 
 def resolve_backbone(name: str) -> tuple[str, dict]:
@@ -48,13 +91,24 @@ def check_window_fit(image_size: int, patch_size: int, window_size: int, num_sta
 
 
 class SwinBackbone(nn.Module):
-    """A timm Swin truncated after ``feature_stage`` (1-based), giving tokens of that stage."""
+    """A timm Swin truncated after ``feature_stage`` (1-based), giving tokens of that stage.
+
+    ``conv_stem`` swaps the 4x4 patchify for ``ConvStem`` (None: the preset's default,
+    ``default_conv_stem``); ImageNet weights exist for the patchify stem only.
+    """
 
     def __init__(self, name: str = "swin_test", image_size: int = 128, pretrained: bool = False,
-                 feature_stage: int = 3):
+                 feature_stage: int = 3, conv_stem: bool | None = None):
         super().__init__()
         timm_name, overrides = resolve_backbone(name)
         self.name = name
+        self.conv_stem = default_conv_stem(name) if conv_stem is None else conv_stem
+        if self.conv_stem:
+            if pretrained:
+                raise ValueError(f"ImageNet weights of {name!r} are for the 4x4 patchify stem; "
+                                 "set --model.conv_stem false to use them, or "
+                                 "--model.pretrained_backbone false to train the conv stem")
+            overrides = {**overrides, "embed_layer": ConvStem}
         model = self._create(timm_name, pretrained, img_size=image_size, **overrides)
         num_stages = len(model.layers)
         if not 1 <= feature_stage <= num_stages:

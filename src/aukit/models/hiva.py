@@ -16,11 +16,10 @@ from timm.optim import param_groups_layer_decay
 from torch import Tensor, nn
 
 from aukit.au import au_numbers as parse_aus
-from aukit.data.attention import au_attention_maps, canonical_landmarks
 from aukit.models.backbone import SwinBackbone
 from aukit.models.cross_attention import CDCA, DDCA
 from aukit.models.graph import AUDynamicGraph
-from aukit.models.region import AURegionEncoder
+from aukit.models.region import AURegionEncoder, landmark_maps
 
 # CLIP-style cap so the learned cosine scale cannot blow the logits up
 MAX_COSINE_SCALE = 100.0
@@ -42,13 +41,15 @@ class HiVA(nn.Module):
                  num_heads: int = 4, region_depth: int = 1, attention_sigma: float = 0.3,
                  use_graph: bool = True, use_ddca: bool = True, use_cdca: bool = True,
                  use_text: bool = True, graph_top_k: int | None = 4,
-                 cooccurrence_prior: Tensor | None = None, dropout: float = 0.1) -> None:
+                 cooccurrence_prior: Tensor | None = None, dropout: float = 0.1,
+                 conv_stem: bool | None = None) -> None:
         super().__init__()
         self.aus = parse_aus(au_numbers)
         num_aus = len(self.aus)
         self.attention_sigma = attention_sigma
         self.use_text = use_text
-        self.backbone = SwinBackbone(backbone, image_size, pretrained_backbone, feature_stage)
+        self.backbone = SwinBackbone(backbone, image_size, pretrained_backbone, feature_stage,
+                                     conv_stem)
         self.region = AURegionEncoder(self.backbone.out_dim, embed_dim, num_aus, num_heads,
                                       region_depth, dropout=dropout)
         self.graph = None
@@ -117,16 +118,9 @@ class HiVA(nn.Module):
         "text_anchors" [A, E]; "act_maps" [B, A, h, w] (rows sum to 1 over h * w); and
         "adjacency" [B, A, A] when the graph is on."""
         h, w = self.backbone.grid
-        # ints even under torch.jit.trace (export), where shapes are tensors; the backbone fixes
-        # the image size anyway
-        size = (int(images.shape[-2]), int(images.shape[-1]))
         tokens = self.backbone(images)  # [B, N, D]
-        if landmarks is None:
-            template = torch.from_numpy(canonical_landmarks(size))
-            landmarks = template.to(images.device).expand(len(images), -1, -1)  # [B, 68, 2]
-        maps = au_attention_maps(landmarks, size, (h, w), self.aus,
-                                 sigma=self.attention_sigma)  # [B, A, h, w]
-        maps = maps.flatten(2).to(tokens.dtype)  # [B, A, N]
+        maps = landmark_maps(landmarks, images, (h, w), self.aus,
+                             self.attention_sigma).to(tokens.dtype)  # [B, A, N]
         v = self.region(tokens, maps)
         out: dict[str, Tensor] = {}
         if self.graph is not None:

@@ -5,8 +5,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from aukit.data.attention import au_attention_maps, canonical_landmarks
+
 # floor for log-attention biases: a token at the far side of the face keeps a little weight
 MIN_ATTENTION = 1e-4
+
+
+def landmark_maps(landmarks: Tensor | None, images: Tensor, grid: tuple[int, int],
+                  aus: tuple[int, ...], sigma: float) -> Tensor:
+    """AU attention maps ``[B, A, N]`` (N = h * w) on the backbone ``grid`` from landmarks
+    ``[B, 68, 2]`` in the pixels of ``images`` ``[B, 3, H, W]``; None = the canonical face."""
+    # ints even under torch.jit.trace (export), where shapes are tensors
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    if landmarks is None:
+        template = torch.from_numpy(canonical_landmarks(size))
+        landmarks = template.to(images.device).expand(len(images), -1, -1)  # [B, 68, 2]
+    return au_attention_maps(landmarks, size, grid, aus, sigma=sigma).flatten(2)
 
 
 class Mlp(nn.Sequential):
