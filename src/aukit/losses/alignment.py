@@ -1,4 +1,11 @@
-"""Vision-text alignment: active AU features are pulled towards their own AU's text anchor."""
+"""Vision-text alignment losses between AU features and their AU's text anchor.
+
+``state_alignment_loss`` (the default) carries AU *state*: AU k's text anchor must score the
+faces where AU k is present above those where it is absent, so AU k's feature has to depend on
+the face. ``alignment_loss`` (version 1, kept for ablations) only contrasts AU slots: AU k's
+feature against the other AUs' anchors, which a learned per-AU query satisfies without looking
+at the face.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+ALIGNMENTS = ("state", "slots")
 
-def alignment_loss(au_features: Tensor, text_anchors: Tensor, labels: Tensor,
-                   mask: Tensor | None = None, temperature: float = 0.1) -> Tensor:
-    """InfoNCE over AU anchors for every known-active (b, k).
 
-    au_features [B, A, E]; text_anchors [A, E]; labels [B, A] in {0, 1}; mask [B, A] bool,
-    True = label known (None = all known). For each active (b, k) the target is anchor k and
-    the other A - 1 anchors are negatives, on cosine similarity / ``temperature``. Returns the
-    mean over active pairs; 0 (still differentiable) when nothing is active.
-    """
+def _check(au_features: Tensor, text_anchors: Tensor, labels: Tensor, mask: Tensor | None,
+           temperature: float) -> Tensor:
+    """Validate the shared inputs; returns the known-label mask [B, A] bool."""
     if au_features.dim() != 3 or text_anchors.shape != au_features.shape[1:]:
         raise ValueError(f"expected au_features [B, A, E] and text_anchors [A, E], got "
                          f"{tuple(au_features.shape)} and {tuple(text_anchors.shape)}")
@@ -24,12 +27,49 @@ def alignment_loss(au_features: Tensor, text_anchors: Tensor, labels: Tensor,
                          f"{tuple(labels.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    active = labels == 1
-    if mask is not None:
-        if mask.shape != labels.shape or mask.dtype != torch.bool:
-            raise ValueError(f"mask must be a bool tensor of shape {tuple(labels.shape)}, got "
-                             f"{mask.dtype} {tuple(mask.shape)}")
-        active = active & mask
+    if mask is None:
+        return torch.ones_like(labels, dtype=torch.bool)
+    if mask.shape != labels.shape or mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor of shape {tuple(labels.shape)}, got "
+                         f"{mask.dtype} {tuple(mask.shape)}")
+    return mask
+
+
+def state_alignment_loss(au_features: Tensor, text_anchors: Tensor, labels: Tensor,
+                         mask: Tensor | None = None, temperature: float = 0.1) -> Tensor:
+    """Per AU, each face where it is present against all faces of the batch where it is absent.
+
+    au_features [B, A, E]; text_anchors [A, E]; labels [B, A] in {0, 1}; mask [B, A] bool,
+    True = label known (None = all known). With ``s[b, k] = cos(feature[b, k], anchor[k]) /
+    temperature``, every known-present (b, k) is an InfoNCE query whose positive is ``s[b, k]``
+    and whose negatives are ``s[b', k]`` for the known-absent faces b' of AU k:
+    ``softplus(logsumexp_b' s[b', k] - s[b, k])``. A feature that ignores the face scores
+    present and absent faces alike and cannot go below ``log(1 + #absent)``. Returns the mean
+    over present (b, k) whose AU has an absent face in the batch; 0 (differentiable) if none.
+    """
+    known = _check(au_features, text_anchors, labels, mask, temperature)
+    features = F.normalize(au_features.float(), dim=-1)
+    anchors = F.normalize(text_anchors.float(), dim=-1)
+    scores = (features * anchors).sum(-1) / temperature  # [B, A]
+    present, absent = known & (labels == 1), known & (labels == 0)
+    negatives = scores.masked_fill(~absent, float("-inf")).logsumexp(0)  # [A]
+    queries = present & absent.any(0)  # [B, A]
+    if not queries.any():
+        return scores.sum() * 0.0
+    return F.softplus(negatives.expand_as(scores)[queries] - scores[queries]).mean()
+
+
+def alignment_loss(au_features: Tensor, text_anchors: Tensor, labels: Tensor,
+                   mask: Tensor | None = None, temperature: float = 0.1) -> Tensor:
+    """InfoNCE over AU anchors for every known-active (b, k) (version 1, "slots").
+
+    au_features [B, A, E]; text_anchors [A, E]; labels [B, A] in {0, 1}; mask [B, A] bool,
+    True = label known (None = all known). For each active (b, k) the target is anchor k and
+    the other A - 1 anchors are negatives, on cosine similarity / ``temperature``. Returns the
+    mean over active pairs; 0 (still differentiable) when nothing is active.
+    """
+    known = _check(au_features, text_anchors, labels, mask, temperature)
+    active = (labels == 1) & known
     features = F.normalize(au_features.float(), dim=-1)
     anchors = F.normalize(text_anchors.float(), dim=-1)
     logits = features @ anchors.T / temperature  # [B, A, A]: AU k's feature vs anchor j
