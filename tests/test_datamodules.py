@@ -3,6 +3,7 @@ statistics, and clear errors for bad folders and images."""
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,7 @@ from aukit.au import DATASET_AUS
 from aukit.data.datamodules import AUDataModule, UnlabeledFaceDataModule, label_statistics
 from aukit.data.datasets import ImageFolderDataset, ManifestDataset
 from aukit.data.manifest import read_manifest
+from aukit.data.synthau import split_subjects
 from aukit.data.transforms import eval_transform
 
 S = 64  # image_size everywhere: tiny keeps the tests fast
@@ -215,15 +217,64 @@ def check_views_batch(batch: dict, batch_size: int, views: int) -> None:
 
 
 def test_unlabeled_synthau_views():
-    dm = UnlabeledFaceDataModule(image_size=S, batch_size=3, synthau_samples_per_subject=1)
+    dm = UnlabeledFaceDataModule(image_size=S, batch_size=3, faces_per_subject=0,
+                                 synthau_subjects=3, synthau_samples_per_subject=1)
     batch = next(iter(dm.train_dataloader()))
     check_views_batch(batch, 3, 2)
     assert "labels" not in batch
     assert isinstance(dm.probe_datamodule(), AUDataModule)
 
 
+def test_unlabeled_synthau_batches_group_subjects_from_an_unlabelled_pool():
+    dm = UnlabeledFaceDataModule(image_size=S, batch_size=4, faces_per_subject=2,
+                                 synthau_subjects=70, synthau_samples_per_subject=2)
+    assert dm.subjects_per_batch == 2
+    # the default cache: under AUKIT_CACHE, a temp dir in tests (conftest)
+    assert dm.synthau_cache == str(Path(os.environ["AUKIT_CACHE"]) / "synthau")
+    loader = dm.train_dataloader()
+    assert len(loader) == 70 * 2 // 4
+    batch = next(iter(loader))
+    check_views_batch(batch, 4, 2)
+    subjects = batch["subject"]
+    assert subjects[0] == subjects[1] != subjects[2] == subjects[3]
+    pool = {f"S{s:03d}" for s in dm._train.subjects}
+    assert len(pool) == 70 and set(subjects) <= pool
+    labelled = dm.probe_datamodule().splits()
+    assert all(not pool & {f"S{s:03d}" for s in labelled[k]} for k in ("train", "val", "test"))
+    assert not pool & {f"S{s:03d}" for k in ("train", "val", "test") for s in split_subjects(k)}
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"batch_size": 30, "faces_per_subject": 4}, r"--data.batch_size 30 is not a multiple of "
+                                                 r"--data.faces_per_subject 4"),
+    ({"faces_per_subject": 4, "synthau_samples_per_subject": 2},
+     r"--data.faces_per_subject 4 is more than the 2 faces per subject"),
+    ({"batch_size": 32, "faces_per_subject": 2, "synthau_subjects": 10},
+     r"needs 16 distinct subjects; --data.synthau_subjects is 10"),
+    ({"faces_per_subject": -1}, "need faces_per_subject >= 0"),
+])
+def test_unlabeled_grouping_settings_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        UnlabeledFaceDataModule(image_size=S, **kwargs)
+
+
+def test_unlabeled_folder_groups_by_subfolder(tmp_path):
+    for subject in ("alice", "bob", "carol"):
+        for k in range(3):
+            write_image(tmp_path / subject / f"{k}.png", seed=k)
+    dm = UnlabeledFaceDataModule(source=str(tmp_path), image_size=S, batch_size=4,
+                                 faces_per_subject=2)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 3  # 2 chunks of 2 per subject; 6 chunks -> 3 batches of 2 subjects
+    for batch in batches:
+        assert batch["image"].shape == (4, 2, 3, S, S)
+
+
 def test_unlabeled_folder_and_probe_manifest(toy):
-    dm = UnlabeledFaceDataModule(source=str(toy.parent / "img"), image_size=S, batch_size=4,
+    source = str(toy.parent / "img")  # flat: random batches only
+    with pytest.raises(ValueError, match="subjects.csv .*--data.faces_per_subject 0"):
+        UnlabeledFaceDataModule(source=source, image_size=S, batch_size=4).train_dataloader()
+    dm = UnlabeledFaceDataModule(source=source, image_size=S, batch_size=4, faces_per_subject=0,
                                  views=2, probe_dataset="csv", probe_manifest=str(toy))
     check_views_batch(next(iter(dm.train_dataloader())), 4, 2)
     assert dm.probe_datamodule().au_names == ["AU1", "AU2", "AU12"]
@@ -254,6 +305,33 @@ def test_image_folder_landmarks(tmp_path):
     a = landmarks_of(tmp_path, "a.png")
     assert a.shape == (68, 2) and (a > 0).all() and (a < S).all()  # canonical template
     assert landmarks_of(tmp_path, "a.png", views=2).shape == (2, 68, 2)
+
+
+def test_image_folder_groups(tmp_path):
+    for name in ("v1/a.png", "v1/deep/b.png", "v2/c.png"):
+        write_image(tmp_path / "videos" / name)
+    assert ImageFolderDataset(tmp_path / "videos", eval_transform(S)).groups() == \
+        ["v1", "v1", "v2"]  # images sorted: v1/a, v1/deep/b, v2/c
+    flat = tmp_path / "flat"
+    for name in ("a.png", "b.png", "sub/c.png"):
+        write_image(flat / name)
+    dataset = ImageFolderDataset(flat, eval_transform(S))
+    with pytest.raises(ValueError, match=r"2 images lie directly in .*flat .*'a.png'.*subjects.csv"
+                                         r".*one sub-folder per subject.*faces_per_subject 0"):
+        dataset.groups()
+    (flat / "subjects.csv").write_text("image,subject\na.png,S1\nsub/c.png,S2\n")
+    with pytest.raises(ValueError, match=r"lists no subject for 1 of 3 images, e.g. \['b.png'\]"):
+        dataset.groups()
+    (flat / "subjects.csv").write_text("image,subject\na.png,S1\n./b.png,S1\nsub/c.png,S2\n")
+    assert dataset.groups() == ["S1", "S1", "S2"]
+    (flat / "subjects.csv").write_text("path,person\na.png,S1\n")
+    with pytest.raises(ValueError, match="needs the columns image,subject"):
+        dataset.groups()
+
+
+def test_manifest_groups_are_its_subjects(toy):
+    dataset = ManifestDataset(read_manifest(str(toy), (1, 2, 12)), eval_transform(S))
+    assert dataset.groups() == [f"S{i // 2}" for i in range(len(TOY))]
 
 
 def test_image_folder_errors(tmp_path):

@@ -17,7 +17,8 @@ from pretrain.module import RegionRelationPretrainer
 TINY = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--data.image_size", "64", "--data.batch_size", "4", "--data.num_workers", "0",
-        "--data.synthau_samples_per_subject", "1", "--data.probe_samples_per_subject", "2",
+        "--data.synthau_subjects", "8", "--data.synthau_samples_per_subject", "2",
+        "--data.faces_per_subject", "2", "--data.probe_samples_per_subject", "2",
         "--model.embed_dim", "32", "--model.proj_dim", "16", "--model.ot_iters", "10"]
 
 
@@ -148,7 +149,8 @@ def test_tiny_images_are_not_faces(tmp_path):
     for i in range(4):
         cv2.imwrite(str(folder / f"{i}.png"), np.zeros((16, 16, 3), np.uint8))
     with pytest.raises(ValueError, match="16x16 px"):
-        run_pretrain(tmp_path, "--data.source", str(folder), "--trainer.callbacks", "[]")
+        run_pretrain(tmp_path, "--data.source", str(folder), "--trainer.callbacks", "[]",
+                     "--data.faces_per_subject", "0")
 
 
 class PoisonWeights(L.Callback):

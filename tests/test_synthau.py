@@ -13,6 +13,7 @@ from aukit.data.synthau import (
     SynthAU,
     main,
     split_subjects,
+    unlabeled_subjects,
 )
 
 
@@ -65,6 +66,16 @@ def test_splits_are_subject_exclusive_and_cover_all_subjects():
     assert split_subjects("train") == list(range(60, 90))
     with pytest.raises(ValueError, match="unknown SynthAU split 'training'"):
         split_subjects("training")
+
+
+def test_the_unlabeled_pool_grows_past_the_labelled_subjects():
+    assert unlabeled_subjects(10) == list(range(10))
+    pool = unlabeled_subjects(300)
+    assert pool == list(range(60)) + list(range(120, 360))
+    labelled = {s for split in ("train", "val", "test") for s in split_subjects(split)}
+    assert not labelled & set(pool)
+    with pytest.raises(ValueError, match="at least one unlabeled SynthAU subject"):
+        unlabeled_subjects(0)
 
 
 def _centres(au: int, landmarks: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ configs can set them. Every split is subject-exclusive.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from aukit.au import DATASET_AUS, au_numbers
 from aukit.data.crop_store import CropStore
@@ -26,8 +27,8 @@ from aukit.data.datasets import (
 from aukit.data.manifest import Manifest, manifest_aus, read_manifest
 from aukit.data.protocol import PROTOCOL_DATASETS, choose_subjects, fold_split
 from aukit.data.readers import dataset_manifest, manifest_hash, manifest_summary
-from aukit.data.sampling import ResumableDataLoader
-from aukit.data.synthau import split_subjects
+from aukit.data.sampling import GroupedKeySampler, ResumableDataLoader
+from aukit.data.synthau import split_subjects, unlabeled_subjects
 from aukit.data.transforms import eval_transform, pretrain_transform, train_transform
 
 SPLITS = ("train", "val", "test")
@@ -85,9 +86,11 @@ def _replicas(datamodule: L.LightningDataModule) -> tuple[int, int]:
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool,
-                drop_last: bool = False, seed: int = 0,
-                replicas: tuple[int, int] = (1, 0)) -> DataLoader:
+                drop_last: bool = False, seed: int = 0, replicas: tuple[int, int] = (1, 0),
+                sampler: Sampler | None = None) -> DataLoader:
     """Shuffled (training) loaders are resumable mid-epoch; evaluation loaders are plain.
+    A shuffled loader draws from ``sampler`` when given (e.g. a ``GroupedKeySampler`` made for
+    the same ``replicas``), else from an ``EpochKeySampler``.
 
     ``replicas`` = (processes, rank) shards both under DDP with samplers Lightning keeps as they
     are: training pads the epoch so every rank steps equally often; evaluation gives every
@@ -98,7 +101,7 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bo
                   persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
     if shuffle:
         return ResumableDataLoader(dataset, seed=seed, num_replicas=replicas[0],
-                                   rank=replicas[1], **common)
+                                   rank=replicas[1], sampler=sampler, **common)
     sampler = (UnrepeatedDistributedSampler(dataset, *replicas, shuffle=False)
                if replicas[0] > 1 else None)
     return DataLoader(dataset, shuffle=False, sampler=sampler, **common)
@@ -389,20 +392,36 @@ class AUDataModule(L.LightningDataModule):
         return "\n".join(lines)
 
 
+def synthau_cache_dir(cache: str | None) -> str | None:
+    """The folder where SynthAU keeps rendered faces: ``"auto"`` is ``$AUKIT_CACHE/synthau``
+    (the variable the text feature cache also reads) or else ``~/.cache/aukit/synthau``; ``None``
+    renders every face every time."""
+    if cache != "auto":
+        return cache
+    root = os.environ.get("AUKIT_CACHE")
+    return str((Path(root).expanduser() if root else Path.home() / ".cache" / "aukit") / "synthau")
+
+
 class UnlabeledFaceDataModule(L.LightningDataModule):
     """Unlabeled faces for pretraining, ``views`` augmented views each, plus probe data.
 
-    ``source="synthau"`` renders SynthAU's unlabeled subjects; anything else is a folder of face
-    images (see ``ImageFolderDataset``). The ``probe_*`` arguments describe the labelled set the
-    linear probe uses (an ``AUDataModule``). Batches hold ``image`` uint8 ``[B, V, 3, S, S]``
-    and ``landmarks`` ``[B, V, 68, 2]``.
+    ``source="synthau"`` renders ``synthau_subjects`` SynthAU identities that are never labelled
+    (``unlabeled_subjects``), ``synthau_samples_per_subject`` faces each, kept in
+    ``synthau_cache`` so only the first epoch renders; anything else is a folder of face images
+    (see ``ImageFolderDataset``). With ``faces_per_subject`` ``M > 0`` every training batch holds
+    ``batch_size / M`` distinct subjects x ``M`` faces of each (``GroupedKeySampler``), so a
+    contrastive loss must tell apart expressions of one person, not just people; ``0`` draws
+    random batches. The ``probe_*`` arguments describe the labelled set the linear probe uses
+    (an ``AUDataModule``, sharing the SynthAU cache). Batches hold ``image`` uint8
+    ``[B, V, 3, S, S]`` and ``landmarks`` ``[B, V, 68, 2]``.
     """
 
     def __init__(self, source: str = "synthau", image_size: int = 224, views: int = 2,
-                 batch_size: int = 32, num_workers: int = 0, synthau_samples_per_subject: int = 40,
+                 batch_size: int = 32, faces_per_subject: int = 4, num_workers: int = 0,
+                 synthau_subjects: int = 300, synthau_samples_per_subject: int = 8,
                  seed: int = 0, probe_dataset: str = "synthau", probe_manifest: str | None = None,
                  probe_aus: list[str] | str | None = None,
-                 probe_samples_per_subject: int = 20, synthau_cache: str | None = None) -> None:
+                 probe_samples_per_subject: int = 20, synthau_cache: str | None = "auto") -> None:
         super().__init__()
         self.save_hyperparameters()
         if source != "synthau" and not Path(source).expanduser().is_dir():
@@ -411,30 +430,40 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
         if views < 1 or batch_size < 1 or image_size < 32:
             raise ValueError(f"need views >= 1, batch_size >= 1 and image_size >= 32; got "
                              f"{views}, {batch_size}, {image_size}")
+        _check_grouping(source, batch_size, faces_per_subject, synthau_subjects,
+                        synthau_samples_per_subject)
         self.source = source
         self.image_size = image_size
         self.views = views
         self.batch_size = batch_size
+        self.faces_per_subject = faces_per_subject
+        self.subjects_per_batch = batch_size // faces_per_subject if faces_per_subject else 0
         self.num_workers = num_workers
+        self.synthau_subjects = synthau_subjects
         self.samples_per_subject = synthau_samples_per_subject
         self.seed = seed
+        self.synthau_cache = synthau_cache_dir(synthau_cache)
         # built now so that a bad probe configuration fails before pretraining starts
         self._probe = AUDataModule(
             dataset=probe_dataset, aus=probe_aus, manifest=probe_manifest, image_size=image_size,
             batch_size=batch_size, num_workers=num_workers,
             synthau_samples_per_subject=probe_samples_per_subject,
             synthau_eval_samples_per_subject=probe_samples_per_subject, seed=seed,
-            synthau_cache=synthau_cache)
-        self._train: Dataset | None = None
+            synthau_cache=self.synthau_cache)
+        self._train: SynthAUDataset | ImageFolderDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self._train is not None:
             return
         transform = pretrain_transform(self.image_size, _transform_seed(self), normalize=False)
         if self.source == "synthau":
-            self._train = SynthAUDataset(split_subjects("unlabeled"), self.samples_per_subject,
-                                         None, transform, seed=self.seed, views=self.views,
-                                         cache_dir=self.hparams.synthau_cache)
+            self._train = SynthAUDataset(unlabeled_subjects(self.synthau_subjects),
+                                         self.samples_per_subject, None, transform,
+                                         seed=self.seed, views=self.views,
+                                         cache_dir=self.synthau_cache)
+            rank_zero_info(f"pretraining pool: SynthAU {self.synthau_subjects} subjects x "
+                           f"{self.samples_per_subject} faces, rendered faces kept in "
+                           f"{self.synthau_cache or '(nowhere: synthau_cache is null)'}")
         else:
             self._train = ImageFolderDataset(self.source, transform, views=self.views)
         if len(self._train) < self.batch_size:
@@ -442,13 +471,54 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
                              f"{self.batch_size}; lower batch_size or add images")
 
     def train_dataloader(self) -> DataLoader:
-        """Batches with image ``[B, V, 3, S, S]`` and landmarks ``[B, V, 68, 2]``."""
+        """Batches with image ``[B, V, 3, S, S]`` and landmarks ``[B, V, 68, 2]``; with
+        grouping on, the ``B`` faces are ``subjects_per_batch`` runs of ``faces_per_subject``
+        faces of one subject each."""
         self.setup()
         assert self._train is not None
+        replicas = _replicas(self)
+        sampler = self._grouped_sampler(replicas) if self.faces_per_subject else None
         # contrastive losses want full batches of negatives; a ragged last batch is dropped
         return make_loader(self._train, self.batch_size, self.num_workers, shuffle=True,
-                           drop_last=True, seed=self.seed, replicas=_replicas(self))
+                           drop_last=True, seed=self.seed, replicas=replicas, sampler=sampler)
+
+    def _grouped_sampler(self, replicas: tuple[int, int]) -> GroupedKeySampler:
+        assert self._train is not None
+        try:
+            return GroupedKeySampler(self._train.groups(), self.subjects_per_batch,
+                                     self.faces_per_subject, self.seed, *replicas)
+        except ValueError as err:
+            raise ValueError(f"subject-grouped batches of {self.source}: {err}. Change "
+                             "--data.batch_size / --data.faces_per_subject, or set "
+                             "--data.faces_per_subject 0 for random batches") from err
 
     def probe_datamodule(self) -> AUDataModule:
         """Labelled data for the linear probe (use its ``split_dataloader``: eval transforms)."""
         return self._probe
+
+
+def _check_grouping(source: str, batch_size: int, faces_per_subject: int, synthau_subjects: int,
+                    synthau_samples_per_subject: int) -> None:
+    """Fail at construction on a grouping or SynthAU pool that cannot make a batch."""
+    if faces_per_subject < 0 or synthau_subjects < 1 or synthau_samples_per_subject < 1:
+        raise ValueError(f"need faces_per_subject >= 0, synthau_subjects >= 1 and "
+                         f"synthau_samples_per_subject >= 1; got {faces_per_subject}, "
+                         f"{synthau_subjects}, {synthau_samples_per_subject}")
+    if not faces_per_subject:
+        return
+    if batch_size % faces_per_subject:
+        raise ValueError(f"--data.batch_size {batch_size} is not a multiple of "
+                         f"--data.faces_per_subject {faces_per_subject}: a batch holds "
+                         "batch_size / faces_per_subject subjects x faces_per_subject faces; "
+                         "change either, or set --data.faces_per_subject 0 for random batches")
+    if source != "synthau":
+        return
+    if faces_per_subject > synthau_samples_per_subject:
+        raise ValueError(f"--data.faces_per_subject {faces_per_subject} is more than the "
+                         f"{synthau_samples_per_subject} faces per subject SynthAU renders "
+                         "(--data.synthau_samples_per_subject); raise that or lower "
+                         "faces_per_subject")
+    if batch_size // faces_per_subject > synthau_subjects:
+        raise ValueError(f"a batch of --data.batch_size {batch_size} at --data.faces_per_subject "
+                         f"{faces_per_subject} needs {batch_size // faces_per_subject} distinct "
+                         f"subjects; --data.synthau_subjects is {synthau_subjects}")

@@ -8,6 +8,7 @@ and ``subject`` str. The default collate turns these into a batch.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ Transform = Callable[[np.ndarray, np.ndarray], dict[str, torch.Tensor]]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 MIN_FACE_SIZE = 32
 LANDMARKS_SIDECAR = "landmarks.json"
+SUBJECTS_SIDECAR = "subjects.csv"
 
 
 def read_rgb(path: Path, where: str) -> np.ndarray:
@@ -86,6 +88,11 @@ class SynthAUDataset(Dataset):
     def __len__(self) -> int:
         return len(self.subjects) * self.samples_per_subject
 
+    def groups(self) -> list[str]:
+        """The subject id of every item (e.g. ``"S007"``), for subject-grouped batches."""
+        return [self.synth.subject_id(s) for s in self.subjects
+                for _ in range(self.samples_per_subject)]
+
     def locate(self, i: int) -> tuple[int, int]:
         """(subject, index within subject) of item ``i``."""
         return self.subjects[i // self.samples_per_subject], i % self.samples_per_subject
@@ -123,6 +130,10 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.manifest)
 
+    def groups(self) -> list[str]:
+        """The manifest's ``subject`` of every row, for subject-grouped batches."""
+        return list(self.manifest.subjects)
+
     def __getitem__(self, key: int) -> dict:
         m, i = self.manifest, key % len(self)
         if self.store is not None:
@@ -142,7 +153,9 @@ class ImageFolderDataset(Dataset):
     """Every image under ``root`` (recursive, sorted), unlabelled, for pretraining.
 
     Landmarks come from ``root/landmarks.json`` (``{relative image path: [[x, y] * 68]}``), else
-    from ``<image stem>.npy`` / ``.json`` next to the image, else the canonical template.
+    from ``<image stem>.npy`` / ``.json`` next to the image, else the canonical template. Each
+    image's group (subject or video, see ``groups``) comes from ``root/subjects.csv`` (columns
+    ``image,subject``, image paths relative to the root), else from its first-level sub-folder.
     """
 
     def __init__(self, root: str | os.PathLike, transform: Transform, views: int = 2) -> None:
@@ -179,6 +192,28 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def groups(self) -> list[str]:
+        """The subject (or video) of every image: its ``subjects.csv`` row, else its first-level
+        sub-folder. Raises if an image has neither: it cannot be put in a subject group."""
+        relative = [p.relative_to(self.root).as_posix() for p in self.images]
+        sidecar = self.root / SUBJECTS_SIDECAR
+        if sidecar.is_file():
+            listed = _read_subjects(sidecar)
+            missing = [r for r in relative if r not in listed]
+            if missing:
+                raise ValueError(f"{sidecar} lists no subject for {len(missing)} of "
+                                 f"{len(relative)} images, e.g. {missing[:3]}; add a row "
+                                 "'<image path relative to the folder>,<subject>' for each")
+            return [listed[r] for r in relative]
+        loose = [r for r in relative if "/" not in r]
+        if loose:
+            raise ValueError(
+                f"{len(loose)} images lie directly in {self.root} (e.g. {loose[:3]}), so their "
+                f"subject is unknown; subject-grouped batches need {SUBJECTS_SIDECAR} there "
+                "(columns image,subject) or one sub-folder per subject or video; or turn grouping "
+                "off with --data.faces_per_subject 0")
+        return [r.split("/", 1)[0] for r in relative]
+
     def landmarks_for(self, path: Path, height: int, width: int) -> np.ndarray:
         """``[68, 2]`` landmarks of one image: sidecar, per-image file or template."""
         key = path.relative_to(self.root).as_posix()
@@ -198,3 +233,15 @@ class ImageFolderDataset(Dataset):
                              "px: not a face-sized crop; remove it or re-crop the face larger")
         return apply_views(self.transform, image, self.landmarks_for(path, height, width),
                            self.views, key)
+
+
+def _read_subjects(path: Path) -> dict[str, str]:
+    """``{image path relative to the folder: subject}`` from a ``subjects.csv`` sidecar."""
+    with path.open(newline="") as file:
+        rows = csv.DictReader(file)
+        if not {"image", "subject"} <= set(rows.fieldnames or ()):
+            raise ManifestError(f"{path} needs the columns image,subject (a header row); it has "
+                                f"{rows.fieldnames}")
+        # a row without a subject counts as unlisted
+        return {Path(row["image"].strip()).as_posix(): row["subject"].strip() for row in rows
+                if row["image"] and row["subject"] and row["subject"].strip()}

@@ -747,6 +747,16 @@ def split_subjects(split: str) -> list[int]:
     return list(SYNTHAU_SPLITS[split])
 
 
+def unlabeled_subjects(count: int) -> list[int]:
+    """``count`` subjects for unlabeled pretraining: the ``"unlabeled"`` split first, then the
+    subjects after every labelled one (never a train / val / test subject)."""
+    if count < 1:
+        raise ValueError(f"need at least one unlabeled SynthAU subject, got {count}")
+    first = split_subjects("unlabeled")
+    after = max(s for split in SYNTHAU_SPLITS for s in SYNTHAU_SPLITS[split]) + 1
+    return (first + list(range(after, after + count - len(first))))[:count]
+
+
 # ------------------------------------------------------------------------------ sample grid
 def sample_grid(dataset: SynthAU, subjects: list[int], rows: int, cols: int,
                 landmarks: bool = False) -> np.ndarray:
