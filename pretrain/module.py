@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from aukit.au import au_numbers
 from aukit.data.attention import au_attention_maps
 from aukit.losses.region_contrastive import global_contrastive_loss, region_contrastive_loss
-from aukit.losses.relation_ot import relation_ot_loss
+from aukit.losses.relation_ot import RELATIONS, relation_ot_loss
 from aukit.models.backbone import SwinBackbone
 from aukit.models.region import AURegionEncoder, Mlp
 from aukit.stage import StageModule
@@ -18,9 +18,12 @@ from aukit.stage import StageModule
 class RegionRelationPretrainer(StageModule):
     """Swin -> AU attention pooling -> region transformer -> per-AU projections.
 
-    Losses on two augmented views: per-AU InfoNCE (region), InfoNCE over images on the entropic
-    OT cost between the views' AU embedding sets (relation), and optionally a global InfoNCE.
-    A loss with weight 0 is switched off, so ablations are config changes.
+    Losses on two augmented views: per-AU InfoNCE (region), InfoNCE over images on a transport
+    distance between the views' AU embedding sets (relation: ``relation="fgw"``, fused
+    Gromov-Wasserstein that compares how each face's AUs relate to each other, weight
+    ``fgw_alpha``; ``"ot"``, version 1's entropic OT with AU-saliency marginals and an identity
+    prior), and optionally a global InfoNCE. A loss with weight 0 is switched off, so ablations
+    are config changes.
     """
 
     stage = "pretrain"
@@ -32,6 +35,7 @@ class RegionRelationPretrainer(StageModule):
                  region_depth: int = 1, attention_sigma: float = 0.3,
                  region_weight: float = 1.0, relation_weight: float = 1.0,
                  global_weight: float = 0.0, temperature: float = 0.1,
+                 relation: str = "fgw", fgw_alpha: float = 0.5, gw_iters: int = 5,
                  ot_temperature: float = 0.1, ot_epsilon: float = 0.05, ot_iters: int = 30,
                  identity_prior: float = 0.5, ot_solver: str = "torch", lr: float = 1e-3,
                  weight_decay: float = 0.05, warmup_epochs: float = 1.0):
@@ -40,6 +44,9 @@ class RegionRelationPretrainer(StageModule):
         if region_weight <= 0 and relation_weight <= 0 and global_weight <= 0:
             raise ValueError("all pretraining losses are switched off: set region_weight, "
                              "relation_weight or global_weight > 0")
+        if relation not in RELATIONS:
+            raise ValueError(f"relation must be one of {RELATIONS} (--model.relation), got "
+                             f"{relation!r}")
         self.au_numbers = au_numbers(aus)
         self.backbone = SwinBackbone(backbone, image_size, pretrained_backbone, feature_stage,
                                      conv_stem)
@@ -49,7 +56,8 @@ class RegionRelationPretrainer(StageModule):
         # per-AU projection heads, stored as one [A, E, P] weight
         self.projector = Mlp(embed_dim, 2 * embed_dim, embed_dim)
         self.au_proj = nn.Parameter(torch.randn(num_aus, embed_dim, proj_dim) * embed_dim ** -0.5)
-        self.au_mass = nn.Linear(embed_dim, 1)  # AU saliency logits -> OT marginals
+        # AU saliency logits -> OT marginals; FGW transports uniform marginals
+        self.au_mass = nn.Linear(embed_dim, 1) if relation == "ot" else None
         self.global_proj = Mlp(self.backbone.out_dim, 2 * embed_dim, proj_dim) \
             if global_weight > 0 else None
 
@@ -69,11 +77,13 @@ class RegionRelationPretrainer(StageModule):
         return self._features(images, landmarks)[1]
 
     def forward(self, images: Tensor, landmarks: Tensor) -> dict[str, Tensor]:
-        """-> ``z`` [B, A, P] unit AU embeddings, ``mass`` [B, A], ``g`` [B, P] or absent."""
+        """-> ``z`` [B, A, P] unit AU embeddings; ``mass`` [B, A] (relation "ot") and ``g``
+        [B, P] (global loss on) or absent."""
         tokens, features = self._features(images, landmarks)
         hidden = features + self.projector(features)
-        out = {"z": F.normalize(torch.einsum("bae,aep->bap", hidden, self.au_proj), dim=-1),
-               "mass": self.au_mass(features).squeeze(-1)}
+        out = {"z": F.normalize(torch.einsum("bae,aep->bap", hidden, self.au_proj), dim=-1)}
+        if self.au_mass is not None:
+            out["mass"] = self.au_mass(features).squeeze(-1)
         if self.global_proj is not None:
             out["g"] = F.normalize(self.global_proj(tokens.mean(1)), dim=-1)
         return out
@@ -92,9 +102,12 @@ class RegionRelationPretrainer(StageModule):
             losses["region"] = region_contrastive_loss(out["z"][:, 0], out["z"][:, 1],
                                                        hp.temperature)
         if hp.relation_weight > 0:
+            mass = out.get("mass")
             losses["relation"] = relation_ot_loss(
-                out["z"][:, 0], out["z"][:, 1], out["mass"][:, 0], out["mass"][:, 1],
+                out["z"][:, 0], out["z"][:, 1], *((mass[:, 0], mass[:, 1]) if mass is not None
+                                                  else (None, None)),
                 temperature=hp.ot_temperature, epsilon=hp.ot_epsilon, iters=hp.ot_iters,
+                formulation=hp.relation, alpha=hp.fgw_alpha, gw_iters=hp.gw_iters,
                 identity_prior=hp.identity_prior, solver=hp.ot_solver)
         if hp.global_weight > 0:
             losses["global"] = global_contrastive_loss(out["g"][:, 0], out["g"][:, 1],

@@ -94,17 +94,20 @@ def test_resume_from_a_mid_epoch_checkpoint_gives_the_same_weights(tmp_path):
 def test_every_loss_switch_trains_and_gradients_reach_the_encoder():
     batch = {"image": torch.randn(4, 2, 3, 64, 64),
              "landmarks": torch.from_numpy(np.tile(_template(64), (4, 2, 1, 1)))}
-    for weights in [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1)]:
+    for weights, relation in [((1, 0, 0), "fgw"), ((0, 1, 0), "fgw"), ((0, 1, 0), "ot"),
+                              ((0, 0, 1), "fgw"), ((1, 1, 1), "ot")]:
         module = RegionRelationPretrainer(
-            aus="bp4d", image_size=64, embed_dim=32, proj_dim=16, ot_iters=10,
+            aus="bp4d", image_size=64, embed_dim=32, proj_dim=16, ot_iters=10, relation=relation,
             region_weight=weights[0], relation_weight=weights[1], global_weight=weights[2])
         loss = module.training_step(batch, 0)
         assert torch.isfinite(loss)
         loss.backward()
         grads = [p.grad for p in module.backbone.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
-        if weights[1]:
+        if relation == "ot":
             assert module.au_mass.weight.grad.abs().sum() > 0
+        else:  # FGW transports uniform marginals: no saliency head to leave untrained
+            assert module.au_mass is None
 
 
 def _template(size: int) -> np.ndarray:
@@ -179,7 +182,7 @@ def test_a_diverged_run_stops_with_the_fix_and_keeps_its_finite_checkpoints(tmp_
 
 def test_a_non_finite_gradient_is_refused_and_named():
     module = RegionRelationPretrainer(aus=[1, 2], backbone="swin_test", image_size=64,
-                                      embed_dim=16, proj_dim=8)
+                                      embed_dim=16, proj_dim=8, relation="ot")
     for p in module.parameters():
         p.grad = torch.zeros_like(p)
     module.on_before_optimizer_step(None)  # finite: no complaint

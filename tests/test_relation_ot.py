@@ -4,12 +4,16 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 from aukit.losses import relation_ot
 from aukit.losses.region_contrastive import region_contrastive_loss
 from aukit.losses.relation_ot import (
+    au_structure,
+    entropic_fgw,
     entropic_ot,
     ot_cost_matrix,
+    pairwise_fgw_costs,
     pairwise_ot_costs,
     relation_ot_loss,
     sinkhorn_log,
@@ -17,6 +21,7 @@ from aukit.losses.relation_ot import (
 
 P, A, D = 5, 4, 8
 BATCHED = ["torch", "pot"]
+FORMULATIONS = ["fgw", "ot"]
 
 
 def random_problem(scale: str, dtype=torch.float64) -> tuple[torch.Tensor, ...]:
@@ -103,17 +108,189 @@ def test_cost_matrix_definition():
     torch.testing.assert_close(cost[:, 0, 1], 1 - cos + 0.5)
 
 
-def test_autocast_bfloat16_gives_float32_finite_costs():
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+def test_autocast_bfloat16_gives_float32_finite_costs(formulation):
     layer = torch.nn.Linear(D, D)
     z1, z2 = torch.randn(3, A, D), torch.randn(3, A, D)
+    mass1, mass2 = torch.randn(3, A), torch.randn(3, A)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         e1, e2 = layer(z1), layer(z2)
         assert e1.dtype == torch.bfloat16
-        costs = pairwise_ot_costs(e1, e2, torch.randn(3, A), torch.randn(3, A))
-        loss = relation_ot_loss(e1, e2, torch.randn(3, A), torch.randn(3, A))
+        if formulation == "ot":
+            costs = pairwise_ot_costs(e1, e2, mass1, mass2)
+        else:
+            costs = pairwise_fgw_costs(e1, e2)
+        loss = relation_ot_loss(e1, e2, mass1, mass2, formulation=formulation)
         value = entropic_ot(*(t.bfloat16() for t in random_problem("unit")), 0.05, 20)
+    loss.backward()
     assert costs.dtype == value.dtype == torch.float32
     assert torch.isfinite(costs).all() and torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+    # the same bfloat16 embeddings without autocast: autocast must not round the cosines
+    if formulation == "ot":
+        reference = pairwise_ot_costs(e1.detach(), e2.detach(), mass1, mass2)
+    else:
+        reference = pairwise_fgw_costs(e1.detach(), e2.detach())
+    torch.testing.assert_close(costs, reference, atol=1e-6, rtol=1e-5)
+
+
+def random_fgw_problem(n: int = A, m: int = A + 1, num: int = 3) -> tuple[torch.Tensor, ...]:
+    """``num`` FGW problems with ``n x m`` couplings: cosine structures, as in the loss, and
+    Euclidean ones, so the test is not tied to one kind of matrix. Both in ``[-1, 1]``: for
+    larger structures (costs / epsilon in the hundreds) POT's Sinkhorn, scaling rather than
+    log-domain, no longer converges in any number of iterations the test can afford."""
+    x1, x2 = (torch.randn(num, k, 3, dtype=torch.float64) for k in (n, m))
+    struct1, struct2 = au_structure(x1), au_structure(x2)
+    for struct, x in ((struct1, x1), (struct2, x2)):
+        dist = torch.cdist(x[::2], x[::2])
+        struct[::2] = dist / dist.amax(dim=(1, 2), keepdim=True)
+    return 2 * torch.rand(num, n, m, dtype=torch.float64), struct1, struct2
+
+
+# enough iterations for the column marginals to converge, which POT's entropic FGW value assumes
+FGW_SOLVE = dict(epsilon=0.1, iters=300, gw_iters=20)
+
+
+def fgw_value_and_grads(value_fn, inputs):
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    value = value_fn(*leaves)
+    # unequal weights so that a gradient mixing up problems would show
+    (value * torch.arange(1, len(value) + 1, dtype=value.dtype)).sum().backward()
+    return value.detach(), *(leaf.grad for leaf in leaves)
+
+
+def pot_fgw_loop(feature_cost, struct1, struct2, alpha: float, epsilon: float, iters: int,
+                 gw_iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """POT's entropic FGW, one problem at a time: the value at the plan of
+    ``entropic_fused_gromov_wasserstein`` by POT's ``loss_quadratic_batch`` (differentiable,
+    with the plan held fixed), and ``entropic_fused_gromov_wasserstein2``'s value."""
+    import ot
+
+    values, values2 = [], []
+    for cost, s1, s2 in zip(feature_cost, struct1, struct2, strict=True):
+        p = torch.full((len(s1),), 1 / len(s1), dtype=cost.dtype)
+        q = torch.full((len(s2),), 1 / len(s2), dtype=cost.dtype)
+        solve = dict(loss_fun="square_loss", epsilon=epsilon, alpha=alpha, max_iter=gw_iters,
+                     tol=0.0, numItermax=iters, stopThr=0.0, warn=False)
+        fixed = (cost.detach(), s1.detach(), s2.detach(), p, q)
+        plan = ot.gromov.entropic_fused_gromov_wasserstein(*fixed, **solve)
+        values.append(ot.batch.loss_quadratic_batch(
+            p[None], q[None], s1[None], s2[None], plan[None], M=cost[None], alpha=alpha,
+            recompute_const=True)[0])
+        values2.append(ot.gromov.entropic_fused_gromov_wasserstein2(*fixed, **solve))
+    return torch.stack(values), torch.stack(values2)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_fgw_matches_pot_in_value_and_gradient(alpha):
+    problem = random_fgw_problem()
+    got = fgw_value_and_grads(
+        lambda *leaves: entropic_fgw(*leaves, alpha=alpha, **FGW_SOLVE), problem)
+    pot_fgw2 = []
+
+    def pot(*leaves):
+        values, values2 = pot_fgw_loop(*leaves, alpha, **FGW_SOLVE)
+        pot_fgw2.append(values2)
+        return values
+
+    reference = fgw_value_and_grads(pot, problem)
+    # the same plans: the same values and envelope gradients up to rounding
+    for name, g, r in zip(("value", "d M", "d C1", "d C2"), got, reference, strict=True):
+        assert torch.isfinite(g).all(), name
+        torch.testing.assert_close(g, r, atol=1e-12, rtol=1e-10, msg=name)
+    # POT's own FGW value takes the column marginals to be q, which holds once converged
+    torch.testing.assert_close(got[0], pot_fgw2[0], atol=0, rtol=1e-4)
+
+
+def test_pairwise_fgw_matches_pot_in_value_and_gradient_wrt_z():
+    z1, z2 = torch.randn(2, A, D, dtype=torch.float64), torch.randn(3, A, D, dtype=torch.float64)
+
+    def pot_pairwise(z1, z2):  # the same M, C1, C2, built for every pair, then POT one by one
+        pairs = [(i, j) for i in range(len(z1)) for j in range(len(z2))]
+        feature_cost = torch.stack([ot_cost_matrix(z1[i], z2[j], 0.0) for i, j in pairs])
+        struct1 = torch.stack([au_structure(z1[i]) for i, _ in pairs])
+        struct2 = torch.stack([au_structure(z2[j]) for _, j in pairs])
+        return pot_fgw_loop(feature_cost, struct1, struct2, 0.5, **solve)[0]
+
+    # the plans match whether or not Sinkhorn converged: few iterations do
+    solve = dict(epsilon=0.05, iters=30, gw_iters=5)
+    got = fgw_value_and_grads(
+        lambda *z: pairwise_fgw_costs(*z, alpha=0.5, **solve).flatten(), (z1, z2))
+    reference = fgw_value_and_grads(pot_pairwise, (z1, z2))
+    for name, g, r in zip(("value", "d z1", "d z2"), got, reference, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-12, rtol=1e-10, msg=name)
+
+
+def test_fgw_proximal_matches_pot_batched_solver():
+    import ot
+
+    if not hasattr(ot.batch, "solve_gromov_batch"):
+        pytest.skip(f"POT {ot.__version__} has no ot.batch.solve_gromov_batch (POT >= 0.9.6)")
+
+    def pot_batch(feature_cost, struct1, struct2):
+        # ot.batch updates the row potential first and our Sinkhorn the column one: solving the
+        # transposed problem makes the iterations identical
+        return ot.batch.solve_gromov_batch(
+            struct2, struct1, reg=0.05, M=feature_cost.mT, alpha=0.5, max_iter=10, tol=0.0,
+            max_iter_inner=30, tol_inner=0.0, grad="envelope").value
+
+    problem = random_fgw_problem()
+    got = fgw_value_and_grads(lambda *leaves: entropic_fgw(
+        *leaves, alpha=0.5, epsilon=0.05, iters=30, gw_iters=10, proximal=True), problem)
+    reference = fgw_value_and_grads(pot_batch, problem)
+    for name, g, r in zip(("value", "d M", "d C1", "d C2"), got, reference, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-10, rtol=1e-8, msg=name)
+
+
+def test_fgw_cpu_chunks_and_broadcasting_do_not_change_results(monkeypatch):
+    z1, z2 = torch.randn(2, A, D, dtype=torch.float64), torch.randn(3, A, D, dtype=torch.float64)
+    whole = pairwise_fgw_costs(z1, z2, iters=20, gw_iters=3)
+    monkeypatch.setattr(relation_ot, "_CPU_CHUNK", 4)  # 6 problems -> chunks of 4, 2
+    torch.testing.assert_close(pairwise_fgw_costs(z1, z2, iters=20, gw_iters=3), whole,
+                               atol=1e-12, rtol=0)
+    # every pair solved on its own
+    for i in range(2):
+        for j in range(3):
+            alone = entropic_fgw(ot_cost_matrix(z1[i], z2[j], 0.0), au_structure(z1[i]),
+                                 au_structure(z2[j]), iters=20, gw_iters=3)
+            torch.testing.assert_close(alone, whole[i, j], atol=1e-12, rtol=0)
+
+
+def views_with_equal_au_matches(structure_kept: bool, batch: int = 4, theta: float = 0.5
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """View 1 has unit AU embeddings ``u_k`` in the first half of the channels; view 2 has
+    ``cos(theta) u_k + sin(theta) w_k`` with ``w_k`` in the second half, so every cosine between
+    view 1 and view 2, of this face or another, is ``cos(theta) <u_k, u'_l>`` either way: the same
+    OT costs. Only the relations between a view-2 face's AUs differ: ``w_k = u_k`` moved to the
+    second half keeps them; orthonormal ``w_k`` makes the AUs of each view-2 face less alike."""
+    gen = torch.Generator().manual_seed(0)
+    u = F.normalize(torch.randn(batch, A, D, generator=gen, dtype=torch.float64), dim=-1)
+    if structure_kept:
+        w = u
+    else:
+        w = torch.linalg.qr(torch.randn(batch, D, A, generator=gen, dtype=torch.float64))[0].mT
+    z1 = torch.cat([u, torch.zeros_like(u)], dim=-1)  # [B, A, 2D]
+    z2 = torch.cat([math.cos(theta) * u, math.sin(theta) * w], dim=-1)  # [B, A, 2D]
+    return z1, z2
+
+
+def test_fgw_sees_au_relations_that_ot_does_not():
+    (z1, kept), (_, changed) = (views_with_equal_au_matches(k) for k in (True, False))
+    # every per-AU match is the same in both cases, and so is every OT cost
+    torch.testing.assert_close(torch.cosine_similarity(z1, kept, dim=-1),
+                               torch.cosine_similarity(z1, changed, dim=-1))
+    mass = torch.zeros(len(z1), A, dtype=torch.float64)
+    ot_kept, ot_changed = (pairwise_ot_costs(z1, z2, mass, mass) for z2 in (kept, changed))
+    torch.testing.assert_close(ot_kept, ot_changed, atol=1e-12, rtol=0)
+    torch.testing.assert_close(*(relation_ot_loss(z1, z2, mass, mass, formulation="ot")
+                                 for z2 in (kept, changed)), atol=1e-7, rtol=0)
+    # FGW: the same without the structure term, and farther apart where the relations changed
+    fgw_kept, fgw_changed = (pairwise_fgw_costs(z1, z2, alpha=0.0) for z2 in (kept, changed))
+    torch.testing.assert_close(fgw_kept, fgw_changed, atol=1e-12, rtol=0)
+    fgw_kept, fgw_changed = (pairwise_fgw_costs(z1, z2) for z2 in (kept, changed))
+    assert (fgw_changed.diag() > fgw_kept.diag() + 1e-3).all()
+    loss_kept, loss_changed = (relation_ot_loss(z1, z2) for z2 in (kept, changed))
+    assert loss_changed > loss_kept + 1e-3
 
 
 def structured_views(batch: int = 8) -> tuple[torch.Tensor, ...]:
@@ -122,11 +299,13 @@ def structured_views(batch: int = 8) -> tuple[torch.Tensor, ...]:
     return z1, z1 + 0.1 * torch.randn_like(z1), torch.randn(batch, A), torch.randn(batch, A)
 
 
-def test_matched_relations_give_lower_loss():
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+def test_matched_relations_give_lower_loss(formulation):
     z1, z2, mass1, mass2 = structured_views()
-    matched = relation_ot_loss(z1, z2, mass1, mass2)
+    matched = relation_ot_loss(z1, z2, mass1, mass2, formulation=formulation)
     shuffled = torch.roll(torch.arange(len(z2)), 1)
-    mismatched = relation_ot_loss(z1, z2[shuffled], mass1, mass2[shuffled])
+    mismatched = relation_ot_loss(z1, z2[shuffled], mass1, mass2[shuffled],
+                                  formulation=formulation)
     chance = math.log(len(z1))
     assert matched < 0.5 * chance and mismatched > 2 * chance
 
@@ -138,7 +317,22 @@ def test_loss_decreases_and_gradients_reach_z_and_mass():
     losses = []
     for _ in range(8):
         optimiser.zero_grad()
-        loss = relation_ot_loss(*leaves, iters=20)
+        loss = relation_ot_loss(*leaves, iters=20, formulation="ot")
+        loss.backward()
+        for leaf in leaves:
+            assert torch.isfinite(leaf.grad).all() and leaf.grad.abs().sum() > 0
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_fgw_loss_decreases_and_gradients_reach_both_views():
+    leaves = [torch.randn(6, A, D).requires_grad_() for _ in range(2)]
+    optimiser = torch.optim.SGD(leaves, lr=2.0)
+    losses = []
+    for _ in range(8):
+        optimiser.zero_grad()
+        loss = relation_ot_loss(*leaves, iters=20, gw_iters=3)
         loss.backward()
         for leaf in leaves:
             assert torch.isfinite(leaf.grad).all() and leaf.grad.abs().sum() > 0
@@ -158,6 +352,26 @@ def test_bad_input_is_explained():
     with pytest.raises(ValueError, match=r"mass1 \[B, A\]"):
         pairwise_ot_costs(torch.randn(2, A, D), torch.randn(2, A, D), torch.randn(2, A + 1),
                           torch.randn(2, A))
+    z = torch.randn(2, A, D)
+    for alpha in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"alpha \(the FGW structure weight\) must be in "
+                                             r"\[0, 1\], got"):
+            relation_ot_loss(z, z, alpha=alpha)
+    with pytest.raises(ValueError, match="unknown relation formulation 'gw'; choose one of"):
+        relation_ot_loss(z, z, formulation="gw")
+    with pytest.raises(ValueError, match="formulation 'ot' needs AU saliency logits"):
+        relation_ot_loss(z, z, formulation="ot")
+    with pytest.raises(ValueError, match="gw_iters >= 1"):
+        relation_ot_loss(z, z, gw_iters=0)
+    with pytest.raises(ValueError, match=r"struct2 \[\.\.\., A', A'\]"):
+        entropic_fgw(torch.rand(P, A, A + 1), torch.rand(P, A, A), torch.rand(P, A, A))
+
+
+def _ddp_losses(leaves: list[torch.Tensor]) -> dict[str, tuple[torch.Tensor, list]]:
+    """Each loss under test with the inputs it depends on."""
+    return {"region": (region_contrastive_loss(*leaves[:2]), leaves[:2]),
+            "relation_ot": (relation_ot_loss(*leaves, iters=20, formulation="ot"), leaves),
+            "relation_fgw": (relation_ot_loss(*leaves[:2], iters=20, gw_iters=3), leaves[:2])}
 
 
 def _ddp_worker(worker: int, init_file: str, inputs: list[torch.Tensor], out: str) -> None:
@@ -167,10 +381,8 @@ def _ddp_worker(worker: int, init_file: str, inputs: list[torch.Tensor], out: st
         half = len(inputs[0]) // 2
         local = [t[worker * half:(worker + 1) * half].clone().requires_grad_() for t in inputs]
         result = {}
-        for name, loss in (("region", region_contrastive_loss(*local[:2])),
-                           ("relation", relation_ot_loss(*local, iters=20))):
-            grads = torch.autograd.grad(loss, local, allow_unused=True)
-            result[name] = (loss.detach(), [g for g in grads if g is not None])
+        for name, (loss, used) in _ddp_losses(local).items():
+            result[name] = (loss.detach(), torch.autograd.grad(loss, used))
         torch.save(result, f"{out}.{worker}")
     finally:
         dist.destroy_process_group()
@@ -186,9 +398,7 @@ def test_ddp_two_ranks_equal_single_process(tmp_path):
                        start_method="fork")
     ranks = [torch.load(f"{out}.{r}") for r in range(2)]
     leaves = [t.clone().requires_grad_() for t in inputs]
-    for name, loss in (("region", region_contrastive_loss(*leaves[:2])),
-                       ("relation", relation_ot_loss(*leaves, iters=20))):
-        used = leaves[:2] if name == "region" else leaves
+    for name, (loss, used) in _ddp_losses(leaves).items():
         grads = torch.autograd.grad(loss, used)
         torch.testing.assert_close((ranks[0][name][0] + ranks[1][name][0]) / 2, loss.detach())
         for k, grad in enumerate(grads):
