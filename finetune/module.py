@@ -101,7 +101,10 @@ class HiVAFinetuner(StageModule):
         self.register_buffer("class_weights", torch.ones(len(self.au_numbers)))
         self.register_buffer("pos_weight", torch.ones(len(self.au_numbers)))
         self.text = None
-        self.metrics = torch.nn.ModuleDict({s: AUMetrics(self.au_names) for s in ("val", "test")})
+        # "train": F1 on the augmented training batches as they pass, so the gap to val/f1_mean
+        # shows memorisation (e.g. of identities) epoch by epoch
+        self.metrics = torch.nn.ModuleDict({s: AUMetrics(self.au_names)
+                                            for s in ("train", "val", "test")})
         self._shown_images: tuple[Tensor, Tensor, Tensor] | None = None  # for TensorBoard
 
     def _text_dim(self) -> int:
@@ -157,6 +160,7 @@ class HiVAFinetuner(StageModule):
         out = self(batch["image"], batch["landmarks"])
         labels, mask = batch["labels"], batch["label_mask"]
         bce = au_bce_loss(out["logits"], labels, mask, self.class_weights, self.pos_weight)
+        self.metrics["train"].update(out["logits"].detach().sigmoid(), labels, mask)
         loss = bce
         if "text_anchors" in out and self.hparams.alignment_weight > 0:
             loss_fn = state_alignment_loss if self.hparams.alignment == "state" else alignment_loss
@@ -166,6 +170,9 @@ class HiVAFinetuner(StageModule):
         self.log("train/bce_loss", bce, batch_size=len(labels))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self._log_split("train")
 
     def _eval_step(self, batch: dict, split: str) -> dict[str, Tensor]:
         out = self(batch["image"], batch["landmarks"])

@@ -1,19 +1,19 @@
 """Representation quality of stage 1: linear-probe mean F1 on SynthAU after pretraining.
 
-For each seed: a randomly initialised encoder (no training) and three pretraining variants
-(region loss only, relation loss only, both), each trained with the same budget through the
-real CLI (``conf/pretrain/synthau.yaml``), then probed: one logistic regression per AU on its
-frozen AU region feature, fitted on the SynthAU train subjects and scored on the test subjects
-(nothing is tuned on them). Writes ``## Pretraining: linear probe`` into ``--out`` and keeps
-each variant's final checkpoint in ``--ckpt-dir`` (the finetune benchmark starts from them).
+For each seed: a randomly initialised encoder (no training) and four pretraining variants
+(region loss only, relation loss only, both, on person-aware batches; both on random batches),
+each trained with the same budget through the real CLI (``conf/pretrain/synthau.yaml``), then
+probed: one logistic regression per AU on its frozen AU region feature, fitted on the SynthAU
+train subjects and scored on the test subjects (nothing is tuned on them). Writes
+``## Pretraining: linear probe`` into ``--out``, the figures into ``--json``, and keeps each
+variant's final checkpoint in ``--ckpt-dir`` (the finetune benchmark starts from them).
 
-    python scripts/bench_pretrain.py --seeds 0 1 2 --epochs 3 --out docs/benchmarks.md
+    python scripts/bench_pretrain.py --seeds 0 1 2
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,26 +23,31 @@ import lightning as L
 from aukit.cli import AUCLI
 from aukit.data.datamodules import AUDataModule, UnlabeledFaceDataModule
 from aukit.probe import run_probe
-from aukit.utils.report import benchmark_section, write_section
+from aukit.utils.report import benchmark_section, mean_sd, update_json, write_section
 from pretrain.module import RegionRelationPretrainer
 
 HEADING = "## Pretraining: linear probe"
-VARIANTS = {"region only": (1.0, 0.0), "relation only": (0.0, 1.0), "region + relation": (1.0, 1.0)}
+RANDOM_INIT = "random init (no pretraining)"
+# name -> (checkpoint folder tag, overrides)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "region only": ("region", ["--model.relation_weight", "0"]),
+    "relation only": ("relation", ["--model.region_weight", "0"]),
+    "region + relation": ("both", []),
+    "region + relation, random batches": ("both-random", ["--data.faces_per_subject", "0"]),
+}
 
 
 def pretrain(variant: str, seed: int, args: argparse.Namespace) -> RegionRelationPretrainer:
-    region, relation = VARIANTS[variant]
-    folder = Path(args.ckpt_dir) / f"{variant.replace(' + ', '+').replace(' ', '-')}-seed{seed}"
+    tag, overrides = VARIANTS[variant]
+    folder = Path(args.ckpt_dir) / f"{tag}-seed{seed}"
     cli = AUCLI(RegionRelationPretrainer, UnlabeledFaceDataModule, args=[
         "fit", "-c", f"conf/trainer/{args.trainer}.yaml", "-c", "conf/pretrain/synthau.yaml",
         "--seed_everything", str(seed), "--trainer.max_epochs", str(args.epochs),
         "--trainer.callbacks", "[]", "--trainer.logger", "false",
         "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(folder),
-        "--model.region_weight", str(region), "--model.relation_weight", str(relation),
-        "--data.synthau_samples_per_subject", str(args.samples_per_subject),
         "--data.num_workers", str(args.workers), "--data.image_size", str(args.image_size),
-        "--data.synthau_cache", args.cache, *args.overrides])
+        "--data.synthau_cache", args.cache, *overrides, *args.overrides])
     cli.trainer.save_checkpoint(folder / "last.ckpt")
     return cli.model
 
@@ -60,47 +65,53 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--samples-per-subject", type=int, default=16)
     parser.add_argument("--probe-samples", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--cache", default="runs/cache/synthau", help="rendered-face cache")
     parser.add_argument("--ckpt-dir", default="runs/bench/pretrain")
     parser.add_argument("--trainer", default="cpu", help="preset under conf/trainer (gpu: bf16)")
     parser.add_argument("--out", default="docs/benchmarks.md")
+    parser.add_argument("--json", default="docs/results/synthau_benchmark.json")
     parser.add_argument("overrides", nargs="*", help="extra LightningCLI overrides (after --)")
     args = parser.parse_args(argv)
-    scores: dict[str, list[float]] = {"random init (no pretraining)": []}
+    scores: dict[str, list[float]] = {RANDOM_INIT: []}
     scores.update({v: [] for v in args.variants})
     started = time.time()
     # a run on another preset (a GPU budget) gets its own section beside the CPU one
     heading = HEADING + ("" if args.trainer == "cpu" else f" ({args.trainer})")
     for seed in args.seeds:
         L.seed_everything(seed)
-        scores["random init (no pretraining)"].append(
+        scores[RANDOM_INIT].append(
             probe(RegionRelationPretrainer(image_size=args.image_size), args))
         for variant in args.variants:
             scores[variant].append(probe(pretrain(variant, seed, args), args))
         print({k: v[-1] for k, v in scores.items()}, flush=True)
-    rows = ["| encoder | probe mean F1 (%) | spread (sd) | per seed |", "|---|---:|---:|---|"]
-    for name, values in scores.items():
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        rows.append(f"| {name} | {statistics.mean(values):.1f} | {spread:.1f} | "
-                    + ", ".join(f"{v:.1f}" for v in values) + " |")
+    rows = ["| encoder | probe mean F1 (%), mean ± sd (per seed) |", "|---|---:|"]
+    rows += [f"| {name} | {mean_sd(values)} |" for name, values in scores.items()]
+    minutes = (time.time() - started) / 60
     text = benchmark_section(
         heading, "scripts/bench_pretrain.py", argv if argv is not None else sys.argv[1:],
         started,
         f"Linear probe (one logistic regression per AU on its frozen AU region feature) on "
         f"SynthAU's 12 AUs: fitted on the train subjects ({args.probe_samples} faces each), "
         f"mean F1 on the unseen test subjects. Each pretraining variant: "
-        f"`conf/pretrain/synthau.yaml` (swin_test, {args.image_size} px, 17 AU regions), "
-        f"{args.epochs} epochs over {args.samples_per_subject} faces x 60 unlabeled subjects, "
-        f"seeds {args.seeds}; the random-init row probes the same architecture untrained.",
-        "\n".join(rows))
+        f"`conf/pretrain/synthau.yaml` (swin_test with conv stem, {args.image_size} px, 17 AU "
+        f"regions, its unlabeled pool of identities disjoint from the labelled ones, batches of "
+        f"subjects x faces unless 'random batches'), {args.epochs} epochs, seeds {args.seeds}; "
+        f"the random-init row probes the same architecture untrained.", "\n".join(rows))
     print(text)
     if args.out:
         write_section(args.out, heading, text)
+    if args.json:
+        key = "" if args.trainer == "cpu" else f"_{args.trainer}"
+        update_json(args.json, {
+            f"probe{key}": scores,
+            "budget": {f"pretrain{key}": {"epochs": args.epochs, "image_size": args.image_size,
+                                          "seeds": args.seeds, "wall_minutes": round(minutes, 1)}},
+            "command": {f"pretrain{key}": "python scripts/bench_pretrain.py " + " ".join(
+                argv if argv is not None else sys.argv[1:])}})
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import shlex
+import statistics
 import time
 from pathlib import Path
 
@@ -50,3 +52,26 @@ def benchmark_section(heading: str, script: str, argv: list[str], started: float
     command = f"python {script} {shlex.join(argv)}".strip()
     return (f"{heading}\n\n{description}\n\n- command: `{command}`\n- machine: {machine()}\n"
             f"- date: {today()}, wall time {(time.time() - started) / 60:.0f} min\n\n{table}\n")
+
+
+def update_json(path: str | Path, updates: dict) -> None:
+    """Merge ``updates`` into a JSON results file one level deep (a benchmark replaces only its
+    own entries of each top-level key), writing atomically."""
+    path = Path(path)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(partial, path)
+
+
+def mean_sd(values: list[float]) -> str:
+    """``"mean ± sd (v1, v2, ...)"`` of per-seed values (sd 0 for one value)."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return (f"{statistics.mean(values):.1f} ± {spread:.1f} "
+            f"({', '.join(f'{v:.1f}' for v in values)})")
