@@ -50,7 +50,7 @@ class HiVAFinetuner(StageModule):
                  region_depth: int = 1,
                  attention_sigma: float = 0.3, dropout: float = 0.1,
                  use_graph: bool = True, use_ddca: bool = True, use_cdca: bool = True,
-                 use_text: bool = True, graph_top_k: int | None = 4,
+                 use_text: bool = True, map_prior: bool = True, graph_top_k: int | None = 4,
                  cooccurrence_prior: bool = True, text_encoder: str = "minilm",
                  text_pretrained: str | None = None, text_weights: str | None = None,
                  descriptions: str | None = None, descriptions_per_step: int = 4,
@@ -87,7 +87,8 @@ class HiVAFinetuner(StageModule):
             self.model = RegionAUClassifier(**common, **region)
         else:
             self.model = HiVA(**common, **region, use_graph=use_graph, use_ddca=use_ddca,
-                              use_cdca=use_cdca, use_text=use_text, graph_top_k=graph_top_k,
+                              use_cdca=use_cdca, use_text=use_text, map_prior=map_prior,
+                              graph_top_k=graph_top_k,
                               cooccurrence_prior=torch.eye(len(self.au_numbers))
                               if cooccurrence_prior else None,
                               text_dim=self._text_dim() if self.uses_text else 384)

@@ -106,3 +106,25 @@ def test_parameter_groups_cover_everything_once_with_layer_decay():
     assert stem < deep < lr
     assert deep == pytest.approx(lr * 0.5)
     torch.optim.AdamW(groups, lr=lr)  # the groups are ready for a torch optimizer
+
+
+def test_the_landmark_prior_ties_each_activation_map_to_its_au_region():
+    """Untrained, DDCA's maps start from the landmark maps with the prior (distinct per AU, mass
+    inside each AU's region) and from a near-uniform, AU-agnostic map without it."""
+    from aukit.map_quality import au_regions, map_quality
+
+    torch.manual_seed(0)
+    size = 64
+    landmarks = torch.from_numpy(canonical_landmarks(size)).expand(B, -1, -1)
+    text = inputs()
+    scores = {}
+    for prior in (True, False):
+        model = HiVA(AUS, image_size=size, embed_dim=E, text_dim=DT, num_heads=2,
+                     map_prior=prior).eval()
+        with torch.no_grad():
+            maps = model(torch.randn(B, 3, size, size), landmarks, text["text_tokens"],
+                         text["text_mask"], text["text_vec"])["act_maps"]
+        regions = au_regions(landmarks, (size, size), maps.shape[-2:], AUS)
+        scores[prior] = map_quality(maps, regions)
+    assert scores[True]["mass_ratio_mean"] > 2 > scores[False]["mass_ratio_mean"]
+    assert scores[True]["map_distinctness"] > 5 * scores[False]["map_distinctness"]

@@ -77,6 +77,7 @@ def build_model(meta: dict[str, Any], text_dim: int) -> nn.Module:
     prior = torch.eye(len(meta["aus"])) if cfg["cooccurrence_prior"] else None
     return HiVA(**common, **region, text_dim=text_dim, use_graph=cfg["use_graph"],
                 use_ddca=cfg["use_ddca"], use_cdca=cfg["use_cdca"], use_text=cfg["use_text"],
+                map_prior=cfg.get("map_prior", False),  # False: written before the prior
                 graph_top_k=cfg["graph_top_k"], cooccurrence_prior=prior)
 
 

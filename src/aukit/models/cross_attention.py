@@ -27,14 +27,18 @@ class CrossAttentionBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(4 * dim, dim), nn.Dropout(dropout))
 
-    def forward(self, q: Tensor, ctx: Tensor,
-                ctx_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """q [B, Q, D], ctx [B, K, D], ctx_mask [B, K] bool (True = attend) ->
-        (out [B, Q, D], attention weights averaged over heads [B, Q, K])."""
+    def forward(self, q: Tensor, ctx: Tensor, ctx_mask: Tensor | None = None,
+                bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """q [B, Q, D], ctx [B, K, D], ctx_mask [B, K] bool (True = attend), bias [B, Q, K]
+        added to every head's attention logits -> (out [B, Q, D], attention weights averaged
+        over heads [B, Q, K])."""
         padding = None if ctx_mask is None else ~ctx_mask
+        if bias is not None:  # [B * heads, Q, K], batch-major as MultiheadAttention wants
+            bias = bias.to(q.dtype).repeat_interleave(self.attn.num_heads, dim=0)
         ctx = self.norm_ctx(ctx)
         attended, weights = self.attn(self.norm_q(q), ctx, ctx, key_padding_mask=padding,
-                                      need_weights=True, average_attn_weights=True)
+                                      attn_mask=bias, need_weights=True,
+                                      average_attn_weights=True)
         out = q + attended
         return out + self.mlp(self.norm_mlp(out)), weights
 
@@ -46,8 +50,10 @@ class DDCA(nn.Module):
     is folded into the attention batch, so AU k cannot see AU j's text by construction.
     text->vision: the query for AU k is ``text_vec_k + v_k`` -- AU k's language prior
     conditioned on this image's AU k feature, so the map can follow the individual face
-    (e.g. an asymmetric AU) -- and attends over the patch tokens. Its attention weights
-    (mean over heads) are AU k's activation map.
+    (e.g. an asymmetric AU) -- and attends over the patch tokens, its logits optionally
+    biased by ``log`` of AU k's landmark map (``map_bias``) so it starts from where AU k acts
+    and learns where to look within and around it. Its attention weights (mean over heads) are
+    AU k's activation map.
     """
 
     def __init__(self, dim: int, num_heads: int = 4, dropout: float = 0.0) -> None:
@@ -56,15 +62,15 @@ class DDCA(nn.Module):
         self.text_to_vision = CrossAttentionBlock(dim, num_heads, dropout)
 
     def forward(self, v: Tensor, patches: Tensor, text_tokens: Tensor, text_mask: Tensor,
-                text_vec: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                text_vec: Tensor, map_bias: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """v [B, A, E], patches [B, N, E], text_tokens [A, T, E], text_mask [A, T] bool
-        (True = real token), text_vec [A, E] ->
+        (True = real token), text_vec [A, E], map_bias [B, A, N] or None ->
         (v_out [B, A, E], t_out [B, A, E], act_maps [B, A, N], rows summing to 1)."""
         _check_ddca_inputs(v, patches, text_tokens, text_mask, text_vec)
         # AUs as the attention batch, images as its queries: [A, B, E] over [A, T, E]
         v_out, _ = self.vision_to_text(v.transpose(0, 1), text_tokens, text_mask)
         t_query = text_vec.unsqueeze(0) + v  # [B, A, E]
-        t_out, act_maps = self.text_to_vision(t_query, patches)
+        t_out, act_maps = self.text_to_vision(t_query, patches, bias=map_bias)
         return v_out.transpose(0, 1), t_out, act_maps
 
 

@@ -19,7 +19,7 @@ from aukit.au import au_numbers as parse_aus
 from aukit.models.backbone import SwinBackbone
 from aukit.models.cross_attention import CDCA, DDCA
 from aukit.models.graph import AUDynamicGraph
-from aukit.models.region import AURegionEncoder, landmark_maps
+from aukit.models.region import MIN_ATTENTION, AURegionEncoder, landmark_maps
 
 # CLIP-style cap so the learned cosine scale cannot blow the logits up
 MAX_COSINE_SCALE = 100.0
@@ -32,7 +32,9 @@ class HiVA(nn.Module):
     Each of ``use_graph``, ``use_ddca``, ``use_cdca`` and ``use_text`` switches one component
     for ablations; a switched-off component has no parameters. ``use_text=False`` replaces the
     language prior with one learnable embedding per AU (used as its single text token and as
-    its anchor), so DDCA and CDCA still run without any text.
+    its anchor), so DDCA and CDCA still run without any text. ``map_prior`` biases DDCA's
+    text->vision attention (the activation maps) by the log landmark AU maps, as the region
+    encoder's attention is; without it the maps start uniform and nothing ties them to an AU.
     """
 
     def __init__(self, au_numbers: Sequence[int | str] | str, backbone: str = "swin_test",
@@ -42,12 +44,13 @@ class HiVA(nn.Module):
                  use_graph: bool = True, use_ddca: bool = True, use_cdca: bool = True,
                  use_text: bool = True, graph_top_k: int | None = 4,
                  cooccurrence_prior: Tensor | None = None, dropout: float = 0.1,
-                 conv_stem: bool | None = None) -> None:
+                 conv_stem: bool | None = None, map_prior: bool = True) -> None:
         super().__init__()
         self.aus = parse_aus(au_numbers)
         num_aus = len(self.aus)
         self.attention_sigma = attention_sigma
         self.use_text = use_text
+        self.map_prior = map_prior
         self.backbone = SwinBackbone(backbone, image_size, pretrained_backbone, feature_stage,
                                      conv_stem)
         self.region = AURegionEncoder(self.backbone.out_dim, embed_dim, num_aus, num_heads,
@@ -130,7 +133,9 @@ class HiVA(nn.Module):
         # without DDCA the landmark maps, normalised like attention, are the activation maps
         act_maps = maps / maps.sum(-1, keepdim=True).clamp_min(1e-6)
         if self.ddca is not None:
-            v, t, act_maps = self.ddca(v, self.patch_proj(tokens), text_tokens, text_mask, anchors)
+            bias = maps.clamp_min(MIN_ATTENTION).log() if self.map_prior else None
+            v, t, act_maps = self.ddca(v, self.patch_proj(tokens), text_tokens, text_mask, anchors,
+                                       bias)
         if self.cdca is not None:
             v, t = self.cdca(v, t)
         if self.fuse is not None:
