@@ -102,10 +102,10 @@ class HiVAFinetuner(StageModule):
         self.register_buffer("class_weights", torch.ones(len(self.au_numbers)))
         self.register_buffer("pos_weight", torch.ones(len(self.au_numbers)))
         self.text = None
-        # "train": F1 on the augmented training batches as they pass, so the gap to val/f1_mean
-        # shows memorisation (e.g. of identities) epoch by epoch
+        # "fit": F1 on the augmented training batches as they pass, logged as train/f1_*, so the
+        # gap to val/f1_mean shows memorisation (e.g. of identities) epoch by epoch
         self.metrics = torch.nn.ModuleDict({s: AUMetrics(self.au_names)
-                                            for s in ("train", "val", "test")})
+                                            for s in ("fit", "val", "test")})
         self._shown_images: tuple[Tensor, Tensor, Tensor] | None = None  # for TensorBoard
 
     def _text_dim(self) -> int:
@@ -161,7 +161,7 @@ class HiVAFinetuner(StageModule):
         out = self(batch["image"], batch["landmarks"])
         labels, mask = batch["labels"], batch["label_mask"]
         bce = au_bce_loss(out["logits"], labels, mask, self.class_weights, self.pos_weight)
-        self.metrics["train"].update(out["logits"].detach().sigmoid(), labels, mask)
+        self.metrics["fit"].update(out["logits"].detach().sigmoid(), labels, mask)
         loss = bce
         if "text_anchors" in out and self.hparams.alignment_weight > 0:
             loss_fn = state_alignment_loss if self.hparams.alignment == "state" else alignment_loss
@@ -173,7 +173,8 @@ class HiVAFinetuner(StageModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self._log_split("train")
+        if self.metrics["fit"].update_count:  # a resumed run may start at an epoch's end
+            self._log_split("fit", "train")
 
     def _eval_step(self, batch: dict, split: str) -> dict[str, Tensor]:
         out = self(batch["image"], batch["landmarks"])
@@ -189,9 +190,11 @@ class HiVAFinetuner(StageModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def _log_split(self, split: str) -> dict[str, float]:
+    def _log_split(self, split: str, name: str | None = None) -> dict[str, float]:
+        """Compute, reset and log ``metrics[split]`` under ``name/`` (default ``split``)."""
         values = {k: float(v) for k, v in self.metrics[split].compute().items()}
         self.metrics[split].reset()
+        split = name or split
         # the values are already synced (equal on every rank); sync_dist averages equal numbers,
         # which leaves them unchanged and tells Lightning they are global
         self.log_dict({f"{split}/{k}": v for k, v in values.items()
