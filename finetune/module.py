@@ -34,9 +34,11 @@ class HiVAFinetuner(StageModule):
     ``pretrained`` is a stage-1 checkpoint whose backbone and AU region encoder initialise the
     model; its backbone name, stem and image size must match (``backbone: null`` and
     ``conv_stem: null`` adopt its own).
-    ``alignment`` is "state" (AU k's anchor scores faces with AU k above faces without it) or
-    "slots" (version 1: AU k's feature against the other AUs' anchors). The text encoder is
-    ``text_encoder`` ("minilm", the offline default, or "open_clip:<model>"
+    ``region_supervision`` weighs a BCE on HiVA's per-AU linear head over the region features
+    (deep supervision, 0 = off), so the encoder gets the plain region baseline's signal under
+    HiVA's components. ``alignment`` is "state" (AU k's anchor scores faces with AU k above
+    faces without it) or "slots" (version 1: AU k's feature against the other AUs' anchors).
+    The text encoder is ``text_encoder`` ("minilm", the offline default, or "open_clip:<model>"
     with ``text_pretrained``, an open_clip tag); ``text_weights`` is local weights (an open_clip
     file, or a MiniLM model folder).
     """
@@ -55,7 +57,7 @@ class HiVAFinetuner(StageModule):
                  text_pretrained: str | None = None, text_weights: str | None = None,
                  descriptions: str | None = None, descriptions_per_step: int = 4,
                  text_cache_dir: str | None = None, alignment_weight: float = 0.1,
-                 alignment: str = "state",
+                 alignment: str = "state", region_supervision: float = 1.0,
                  class_weighted: bool = True, balance_positives: bool = True,
                  lr: float = 5e-4, weight_decay: float = 0.05,
                  layer_decay: float = 0.75, warmup_epochs: float = 1.0):
@@ -88,6 +90,7 @@ class HiVAFinetuner(StageModule):
         else:
             self.model = HiVA(**common, **region, use_graph=use_graph, use_ddca=use_ddca,
                               use_cdca=use_cdca, use_text=use_text, map_prior=map_prior,
+                              region_head=region_supervision > 0,
                               graph_top_k=graph_top_k,
                               cooccurrence_prior=torch.eye(len(self.au_numbers))
                               if cooccurrence_prior else None,
@@ -163,6 +166,11 @@ class HiVAFinetuner(StageModule):
         bce = au_bce_loss(out["logits"], labels, mask, self.class_weights, self.pos_weight)
         self.metrics["fit"].update(out["logits"].detach().sigmoid(), labels, mask)
         loss = bce
+        if "region_logits" in out:  # deep supervision of the AU region features
+            region = au_bce_loss(out["region_logits"], labels, mask, self.class_weights,
+                                 self.pos_weight)
+            loss = loss + self.hparams.region_supervision * region
+            self.log("train/region_bce_loss", region, batch_size=len(labels))
         if "text_anchors" in out and self.hparams.alignment_weight > 0:
             loss_fn = state_alignment_loss if self.hparams.alignment == "state" else alignment_loss
             align = loss_fn(out["au_features"], out["text_anchors"], labels, mask)

@@ -43,7 +43,8 @@ def test_forward_backward_for_every_switch_combination(flags):
     assert all(torch.isfinite(v).all() for v in out.values())
     torch.testing.assert_close(out["logits"], (out["mlp_logits"] + out["cos_logits"]) / 2)
 
-    out["logits"].sum().backward()
+    assert out["region_logits"].shape == (B, A)
+    (out["logits"].sum() + out["region_logits"].sum()).backward()  # as the training loss does
     names = {n for n, p in model.named_parameters()}
     for switch, parts in PARTS.items():
         for part in parts:

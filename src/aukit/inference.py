@@ -77,7 +77,9 @@ def build_model(meta: dict[str, Any], text_dim: int) -> nn.Module:
     prior = torch.eye(len(meta["aus"])) if cfg["cooccurrence_prior"] else None
     return HiVA(**common, **region, text_dim=text_dim, use_graph=cfg["use_graph"],
                 use_ddca=cfg["use_ddca"], use_cdca=cfg["use_cdca"], use_text=cfg["use_text"],
-                map_prior=cfg.get("map_prior", False),  # False: written before the prior
+                # False: checkpoints written before these existed
+                map_prior=cfg.get("map_prior", False),
+                region_head=cfg.get("region_supervision", 0) > 0,
                 graph_top_k=cfg["graph_top_k"], cooccurrence_prior=prior)
 
 

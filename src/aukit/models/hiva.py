@@ -19,7 +19,7 @@ from aukit.au import au_numbers as parse_aus
 from aukit.models.backbone import SwinBackbone
 from aukit.models.cross_attention import CDCA, DDCA
 from aukit.models.graph import AUDynamicGraph
-from aukit.models.region import MIN_ATTENTION, AURegionEncoder, landmark_maps
+from aukit.models.region import MIN_ATTENTION, AURegionEncoder, PerAUHead, landmark_maps
 
 # CLIP-style cap so the learned cosine scale cannot blow the logits up
 MAX_COSINE_SCALE = 100.0
@@ -35,6 +35,8 @@ class HiVA(nn.Module):
     its anchor), so DDCA and CDCA still run without any text. ``map_prior`` biases DDCA's
     text->vision attention (the activation maps) by the log landmark AU maps, as the region
     encoder's attention is; without it the maps start uniform and nothing ties them to an AU.
+    ``region_head`` adds one linear classifier per AU on the region features before the graph
+    ("region_logits", for deep supervision in training; the prediction is "logits").
     """
 
     def __init__(self, au_numbers: Sequence[int | str] | str, backbone: str = "swin_test",
@@ -44,7 +46,8 @@ class HiVA(nn.Module):
                  use_graph: bool = True, use_ddca: bool = True, use_cdca: bool = True,
                  use_text: bool = True, graph_top_k: int | None = 4,
                  cooccurrence_prior: Tensor | None = None, dropout: float = 0.1,
-                 conv_stem: bool | None = None, map_prior: bool = True) -> None:
+                 conv_stem: bool | None = None, map_prior: bool = True,
+                 region_head: bool = True) -> None:
         super().__init__()
         self.aus = parse_aus(au_numbers)
         num_aus = len(self.aus)
@@ -55,6 +58,7 @@ class HiVA(nn.Module):
                                      conv_stem)
         self.region = AURegionEncoder(self.backbone.out_dim, embed_dim, num_aus, num_heads,
                                       region_depth, dropout=dropout)
+        self.region_head = PerAUHead(num_aus, embed_dim, dropout) if region_head else None
         self.graph = None
         if use_graph:
             self.graph = AUDynamicGraph(embed_dim, num_aus, top_k=graph_top_k,
@@ -118,14 +122,17 @@ class HiVA(nn.Module):
         """images [B, 3, H, W], landmarks [B, 68, 2] (pixels; None = the canonical aligned face),
         text as in ``text_inputs`` ->
         dict with "logits", "mlp_logits", "cos_logits" [B, A]; "au_features" [B, A, E];
-        "text_anchors" [A, E]; "act_maps" [B, A, h, w] (rows sum to 1 over h * w); and
-        "adjacency" [B, A, A] when the graph is on."""
+        "text_anchors" [A, E]; "act_maps" [B, A, h, w] (rows sum to 1 over h * w);
+        "adjacency" [B, A, A] when the graph is on; "region_logits" [B, A] with the region
+        head."""
         h, w = self.backbone.grid
         tokens = self.backbone(images)  # [B, N, D]
         maps = landmark_maps(landmarks, images, (h, w), self.aus,
                              self.attention_sigma).to(tokens.dtype)  # [B, A, N]
         v = self.region(tokens, maps)
         out: dict[str, Tensor] = {}
+        if self.region_head is not None:
+            out["region_logits"] = self.region_head(v)
         if self.graph is not None:
             v, out["adjacency"] = self.graph(v)
         text_tokens, text_mask, anchors = self.text_inputs(text_tokens, text_mask, text_vec)

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from aukit.au import au_numbers as parse_aus
 from aukit.models.backbone import SwinBackbone
-from aukit.models.region import AURegionEncoder, landmark_maps
+from aukit.models.region import AURegionEncoder, PerAUHead, landmark_maps
 
 
 class LinearAUClassifier(nn.Module):
@@ -49,9 +48,7 @@ class RegionAUClassifier(nn.Module):
                                      conv_stem)
         self.region = AURegionEncoder(self.backbone.out_dim, embed_dim, len(self.aus), num_heads,
                                       region_depth, dropout=dropout)
-        self.dropout = nn.Dropout(dropout)
-        self.au_classifier = nn.Parameter(torch.randn(len(self.aus), embed_dim) * embed_dim ** -0.5)
-        self.au_classifier_bias = nn.Parameter(torch.zeros(len(self.aus)))
+        self.head = PerAUHead(len(self.aus), embed_dim, dropout)
 
     def forward(self, images: Tensor, landmarks: Tensor | None,
                 *text: Tensor | None) -> dict[str, Tensor]:
@@ -61,7 +58,7 @@ class RegionAUClassifier(nn.Module):
         maps = landmark_maps(landmarks, images, self.backbone.grid, self.aus,
                              self.attention_sigma).to(tokens.dtype)  # [B, A, N]
         v = self.region(tokens, maps)
-        logits = (self.dropout(v) * self.au_classifier).sum(-1) + self.au_classifier_bias
+        logits = self.head(v)
         act_maps = maps / maps.sum(-1, keepdim=True).clamp_min(1e-6)
         return {"logits": logits, "au_features": v,
                 "act_maps": act_maps.unflatten(-1, self.backbone.grid)}

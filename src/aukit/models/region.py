@@ -23,6 +23,19 @@ def landmark_maps(landmarks: Tensor | None, images: Tensor, grid: tuple[int, int
     return au_attention_maps(landmarks, size, grid, aus, sigma=sigma).flatten(2)
 
 
+class PerAUHead(nn.Module):
+    """One linear classifier per AU: AU features [B, A, E] -> logits [B, A]."""
+
+    def __init__(self, num_aus: int, dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.weight = nn.Parameter(torch.randn(num_aus, dim) * dim ** -0.5)
+        self.bias = nn.Parameter(torch.zeros(num_aus))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return (self.dropout(features) * self.weight).sum(-1) + self.bias
+
+
 class Mlp(nn.Sequential):
     """Two-layer GELU MLP ``dim -> hidden -> out``."""
 
