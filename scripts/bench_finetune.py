@@ -68,6 +68,7 @@ def run(condition: str, fraction: float, seed: int, args: argparse.Namespace) ->
     steps_per_epoch = max(1, math.ceil(TRAIN_SUBJECTS * fraction) * args.samples_per_subject
                           // args.batch_size)
     full_epoch = TRAIN_SUBJECTS * args.samples_per_subject // args.batch_size
+    started = time.time()
     cli = FinetuneCLI(HiVAFinetuner, AUDataModule, args=[
         "fit", "-c", f"conf/trainer/{args.trainer}.yaml", "-c", "conf/finetune/synthau.yaml",
         "--seed_everything", str(seed), "--trainer.max_epochs", "-1",
@@ -85,6 +86,7 @@ def run(condition: str, fraction: float, seed: int, args: argparse.Namespace) ->
               "curves": curves(cli.trainer.logger.log_dir)}
     if condition.startswith(MAPPED):  # the best-on-validation weights, on the test subjects
         result["maps"] = evaluate_maps(cli.model, cli.datamodule.test_dataloader())
+    result["minutes"] = round((time.time() - started) / 60, 2)
     return result
 
 
@@ -93,14 +95,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--seeds-ablations", type=int, nargs="+", default=[0],
                         help="seeds for the (d) ablations")
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1])
-    parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS))
+    parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS),
+                        choices=list(CONDITIONS))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--samples-per-subject", type=int, default=60)
     parser.add_argument("--eval-samples", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--cache", default="runs/cache/synthau", help="rendered-face cache")
     parser.add_argument("--stage1", default="runs/bench/pretrain/both-seed{seed}/last.ckpt")
     parser.add_argument("--stage1-no-relation",
@@ -108,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-dir", default="runs/bench/finetune")
     parser.add_argument("--trainer", default="cpu", help="preset under conf/trainer (gpu: bf16)")
     parser.add_argument("--out", default="docs/benchmarks.md")
-    parser.add_argument("--json", default="docs/results/synthau_benchmark.json")
+    parser.add_argument("--json", default="docs/results/synthau_benchmark.json",
+                        help="results file; every finished run is added at once, so processes "
+                             "running other --conditions side by side fill one table")
     parser.add_argument("overrides", nargs="*", help="extra LightningCLI overrides (after --)")
     args = parser.parse_args(argv)
     needed = [p for c in args.conditions for p in CONDITIONS[c] if p.startswith("STAGE1")]
@@ -117,74 +122,77 @@ def main(argv: list[str] | None = None) -> None:
                       if not Path(paths[p].format(seed=s)).is_file()})
     if missing:
         sys.exit(f"no stage-1 checkpoints {missing}; run scripts/bench_pretrain.py first")
-    started = time.time()
-    # a run on another preset (a GPU budget) gets its own section beside the CPU one
-    heading = HEADING + ("" if args.trainer == "cpu" else f" ({args.trainer})")
-    results: dict[tuple[str, float], list[dict]] = {
-        (c, f): [] for c in args.conditions for f in args.fractions}
+    key = "" if args.trainer == "cpu" else f"_{args.trainer}"
+    argv = argv if argv is not None else sys.argv[1:]
     for seed in args.seeds:
         for fraction in args.fractions:
             for condition in args.conditions:
                 if condition.startswith("(d)") and seed not in args.seeds_ablations:
                     continue
-                results[condition, fraction].append(run(condition, fraction, seed, args))
-                print(f"{condition} | labels {fraction:.0%} | seed {seed}: "
-                      f"{results[condition, fraction][-1]['f1']:.1f}", flush=True)
-    write_report(results, args, argv if argv is not None else sys.argv[1:], started, heading)
+                result = run(condition, fraction, seed, args)
+                print(f"{condition} | labels {fraction:.0%} | seed {seed}: {result['f1']:.1f}",
+                      flush=True)
+                data = update_json(args.json, {f"runs{key}": {"finetune": {
+                    condition: {str(fraction): {str(seed): result}}}}})
+                write_report(data[f"runs{key}"]["finetune"], args, argv, key)
 
 
-def write_report(results: dict[tuple[str, float], list[dict]], args: argparse.Namespace,
-                 argv: list[str], started: float, heading: str) -> None:
-    fractions = args.fractions
-    header = "| condition | " + " | ".join(f"{f:.0%} labelled subjects" for f in fractions)
-    rows = [header + " |", "|---|" + "---:|" * len(fractions)]
-    scores = {c: {str(f): [r["f1"] for r in results[c, f]] for f in fractions}
-              for c in args.conditions}
-    for condition in args.conditions:
-        rows.append(f"| {condition} | " + " | ".join(
-            mean_sd(scores[condition][str(f)]) for f in fractions) + " |")
-    maps = {c: {str(f): _mean_maps([r["maps"] for r in results[c, f]]) for f in fractions}
-            for c in args.conditions if c.startswith(MAPPED)}
+def write_report(runs: dict, args: argparse.Namespace, argv: list[str], key: str) -> None:
+    """The table, map scores and curves of every run in the results file so far."""
+    conditions = [c for c in CONDITIONS if c in runs]
+    fractions = sorted({f for c in conditions for f in runs[c]}, key=float, reverse=True)
+
+    def seeds(c: str, f: str) -> list[dict]:
+        return [runs[c][f][s] for s in sorted(runs[c].get(f, {}), key=int)]
+
+    scores = {c: {f: [r["f1"] for r in seeds(c, f)] for f in fractions} for c in conditions}
+    rows = ["| condition | " + " | ".join(f"{float(f):.0%} labelled subjects" for f in fractions)
+            + " |", "|---|" + "---:|" * len(fractions)]
+    rows += [f"| {c} | " + " | ".join(mean_sd(scores[c][f]) if scores[c][f] else "not run"
+                                      for f in fractions) + " |" for c in conditions]
+    maps = {c: {f: _mean_maps([r["maps"] for r in seeds(c, f)]) for f in fractions}
+            for c in conditions if c.startswith(MAPPED)}
     map_rows = ["| condition | labels | mass in AU region / uniform | pointing game | "
                 "map distinctness (regions: upper bound) |", "|---|---:|---:|---:|---:|"]
-    for condition, by_fraction in maps.items():
-        for fraction, m in by_fraction.items():
-            map_rows.append(f"| {condition} | {float(fraction):.0%} | {m['mass_ratio_mean']:.2f} "
-                            f"| {m['pointing_mean']:.2f} | {m['map_distinctness']:.2f} "
-                            f"({m['region_distinctness']:.2f}) |")
-    minutes = (time.time() - started) / 60
+    map_rows += [f"| {c} | {float(f):.0%} | {m['mass_ratio_mean']:.2f} | {m['pointing_mean']:.2f}"
+                 f" | {m['map_distinctness']:.2f} ({m['region_distinctness']:.2f}) |"
+                 for c, by_fraction in maps.items() for f, m in by_fraction.items() if m]
+    curve_rows = ["| condition | labels | train F1 per validation | val F1 per validation |",
+                  "|---|---:|---|---|"]
+    curve_rows += [f"| {c} | {float(f):.0%} | {', '.join(map(str, r['curves'].get('train', [])))}"
+                   f" | {', '.join(map(str, r['curves'].get('val', [])))} |"
+                   for c in conditions for f in fractions for r in seeds(c, f)[:1]]
+    minutes = sum(r["minutes"] for c in conditions for f in fractions for r in seeds(c, f))
     budget = {"steps": args.steps, "batch_size": args.batch_size, "image_size": args.image_size,
-              "samples_per_subject": args.samples_per_subject, "seeds": args.seeds,
-              "seeds_ablations": args.seeds_ablations, "wall_minutes": round(minutes, 1)}
+              "samples_per_subject": args.samples_per_subject,
+              "cpu_minutes_of_runs": round(minutes, 1)}
+    heading = HEADING + ("" if args.trainer == "cpu" else f" ({args.trainer})")
     text = benchmark_section(
-        heading, "scripts/bench_finetune.py", argv, started,
-        f"Test-subject mean F1 (%) on SynthAU's 12 AUs, mean ± sd over seeds {args.seeds} "
-        f"((d): {args.seeds_ablations}; per-seed values in brackets); best-on-validation "
-        f"checkpoint, {args.steps} steps of batch {args.batch_size} for every condition, "
-        f"swin_test (conv stem) at {args.image_size} px, {args.samples_per_subject} faces per "
-        f"training subject. Stage-1 checkpoints: `{args.stage1}` (both losses) and "
-        f"`{args.stage1_no_relation}` (region loss only).",
-        "\n".join(rows) + "\n\nActivation maps on the test subjects (best checkpoint; mean over "
-        "AUs and seeds): the map's mass inside the AU's landmark region relative to a uniform "
-        "map (1 = uniform, >= 2 wanted), the share of faces whose map peaks inside the region, "
-        "and how different the AUs' maps of one face are (total variation; 0 = all alike).\n\n"
-        + "\n".join(map_rows))
-    print(text)
+        heading, "scripts/bench_finetune.py", argv, time.time() - 60 * minutes,
+        f"Test-subject mean F1 (%) on SynthAU's 12 AUs, mean ± sd over seeds (per-seed values "
+        f"in brackets); best-on-validation checkpoint, {args.steps} steps of batch "
+        f"{args.batch_size} for every condition, swin_test (conv stem) at {args.image_size} px, "
+        f"{args.samples_per_subject} faces per training subject. Stage-1 checkpoints: "
+        f"`{args.stage1}` (both losses) and `{args.stage1_no_relation}` (region loss only). "
+        f"Wall time is the sum of the runs' own times.",
+        "\n".join(rows) + "\n\nActivation maps on the test subjects (best checkpoint; mean "
+        "over AUs and seeds): the map's mass inside the AU's landmark region relative to a "
+        "uniform map (1 = uniform, >= 2 wanted), the share of faces whose map peaks inside the "
+        "region, and how different the AUs' maps of one face are (total variation; 0 = all "
+        "alike).\n\n" + "\n".join(map_rows) + "\n\nLearning curves of the first seed (mean "
+        "F1 %: train on the augmented batches as they pass, val on the unseen validation "
+        "subjects):\n\n" + "\n".join(curve_rows))
     if args.out:
         write_section(args.out, heading, text)
     if args.json:
-        seed0 = {c: {str(f): results[c, f][0]["curves"] for f in fractions if results[c, f]}
-                 for c in args.conditions}
-        key = "" if args.trainer == "cpu" else f"_{args.trainer}"
         update_json(args.json, {f"finetune{key}": scores, f"maps{key}": maps,
-                                f"curves{key}": seed0, "budget": {f"finetune{key}": budget},
+                                "budget": {f"finetune{key}": budget},
                                 "command": {f"finetune{key}": "python scripts/bench_finetune.py "
                                             + " ".join(argv)}})
 
 
 def _mean_maps(values: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.mean(v[k] for v in values) for k in values[0]} if values else {}
-
 
 if __name__ == "__main__":
     main()

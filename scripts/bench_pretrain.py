@@ -66,53 +66,60 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--probe-samples", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--variants", nargs="+", default=[RANDOM_INIT, *VARIANTS],
+                        choices=[RANDOM_INIT, *VARIANTS])
     parser.add_argument("--cache", default="runs/cache/synthau", help="rendered-face cache")
     parser.add_argument("--ckpt-dir", default="runs/bench/pretrain")
     parser.add_argument("--trainer", default="cpu", help="preset under conf/trainer (gpu: bf16)")
     parser.add_argument("--out", default="docs/benchmarks.md")
-    parser.add_argument("--json", default="docs/results/synthau_benchmark.json")
+    parser.add_argument("--json", default="docs/results/synthau_benchmark.json",
+                        help="results file; every probe is added at once, so processes running "
+                             "other --variants side by side fill one table")
     parser.add_argument("overrides", nargs="*", help="extra LightningCLI overrides (after --)")
     args = parser.parse_args(argv)
-    scores: dict[str, list[float]] = {RANDOM_INIT: []}
-    scores.update({v: [] for v in args.variants})
-    started = time.time()
-    # a run on another preset (a GPU budget) gets its own section beside the CPU one
-    heading = HEADING + ("" if args.trainer == "cpu" else f" ({args.trainer})")
+    key = "" if args.trainer == "cpu" else f"_{args.trainer}"
+    argv = argv if argv is not None else sys.argv[1:]
     for seed in args.seeds:
-        L.seed_everything(seed)
-        scores[RANDOM_INIT].append(
-            probe(RegionRelationPretrainer(image_size=args.image_size), args))
         for variant in args.variants:
-            scores[variant].append(probe(pretrain(variant, seed, args), args))
-        print({k: v[-1] for k, v in scores.items()}, flush=True)
+            started = time.time()
+            L.seed_everything(seed)
+            module = (RegionRelationPretrainer(image_size=args.image_size)
+                      if variant == RANDOM_INIT else pretrain(variant, seed, args))
+            result = {"f1": probe(module, args), "minutes": round((time.time() - started) / 60, 2)}
+            print(f"{variant} | seed {seed}: probe F1 {result['f1']:.1f}", flush=True)
+            data = update_json(args.json, {f"runs{key}": {"probe": {variant: {str(seed): result}}}})
+            write_report(data[f"runs{key}"]["probe"], args, argv, key)
+
+
+def write_report(runs: dict, args: argparse.Namespace, argv: list[str], key: str) -> None:
+    """The probe table of every run in the results file so far."""
+    variants = [v for v in [RANDOM_INIT, *VARIANTS] if v in runs]
+    scores = {v: [runs[v][s]["f1"] for s in sorted(runs[v], key=int)] for v in variants}
+    minutes = sum(r["minutes"] for v in variants for r in runs[v].values())
     rows = ["| encoder | probe mean F1 (%), mean ± sd (per seed) |", "|---|---:|"]
     rows += [f"| {name} | {mean_sd(values)} |" for name, values in scores.items()]
-    minutes = (time.time() - started) / 60
+    # a run on another preset (a GPU budget) gets its own section beside the CPU one
+    heading = HEADING + ("" if args.trainer == "cpu" else f" ({args.trainer})")
     text = benchmark_section(
-        heading, "scripts/bench_pretrain.py", argv if argv is not None else sys.argv[1:],
-        started,
+        heading, "scripts/bench_pretrain.py", argv, time.time() - 60 * minutes,
         f"Linear probe (one logistic regression per AU on its frozen AU region feature) on "
         f"SynthAU's 12 AUs: fitted on the train subjects ({args.probe_samples} faces each), "
         f"mean F1 on the unseen test subjects. Each pretraining variant: "
         f"`conf/pretrain/synthau.yaml` (swin_test with conv stem, {args.image_size} px, 17 AU "
-        f"regions, its unlabeled pool of identities disjoint from the labelled ones, batches of "
-        f"subjects x faces unless 'random batches'), {args.epochs} epochs, seeds {args.seeds}; "
-        f"the random-init row probes the same architecture untrained.", "\n".join(rows))
-    print(text)
+        f"regions, the unlabeled pool of identities disjoint from the labelled ones, batches of "
+        f"subjects x faces unless 'random batches', relation loss = fused Gromov-Wasserstein), "
+        f"{args.epochs} epochs; the random-init row probes the same architecture untrained. "
+        f"Wall time is the sum of the runs' own times.", "\n".join(rows))
     if args.out:
         write_section(args.out, heading, text)
     if args.json:
-        key = "" if args.trainer == "cpu" else f"_{args.trainer}"
         update_json(args.json, {
             f"probe{key}": scores,
             "budget": {f"pretrain{key}": {"epochs": args.epochs, "image_size": args.image_size,
-                                          "seeds": args.seeds, "wall_minutes": round(minutes, 1)}},
-            "command": {f"pretrain{key}": "python scripts/bench_pretrain.py " + " ".join(
-                argv if argv is not None else sys.argv[1:])}})
-
+                                          "cpu_minutes_of_runs": round(minutes, 1)}},
+            "command": {f"pretrain{key}": "python scripts/bench_pretrain.py " + " ".join(argv)}})
 
 if __name__ == "__main__":
     main()

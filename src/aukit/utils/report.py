@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import os
 import platform
@@ -54,20 +55,28 @@ def benchmark_section(heading: str, script: str, argv: list[str], started: float
             f"- date: {today()}, wall time {(time.time() - started) / 60:.0f} min\n\n{table}\n")
 
 
-def update_json(path: str | Path, updates: dict) -> None:
-    """Merge ``updates`` into a JSON results file one level deep (a benchmark replaces only its
-    own entries of each top-level key), writing atomically."""
+def update_json(path: str | Path, updates: dict) -> dict:
+    """Merge ``updates`` into a JSON results file, dictionaries recursively (a benchmark run
+    replaces only its own entries), and return the whole file. Atomic, and serialised by a lock
+    file so benchmark processes running side by side can share one results file."""
     path = Path(path)
-    data = json.loads(path.read_text()) if path.exists() else {}
-    for key, value in updates.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(partial, path)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        _merge(data, updates)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(partial, path)
+    return data
+
+
+def _merge(into: dict, updates: dict) -> None:
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def mean_sd(values: list[float]) -> str:
