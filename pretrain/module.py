@@ -7,11 +7,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aukit.au import au_numbers
-from aukit.data.attention import au_attention_maps
 from aukit.losses.region_contrastive import global_contrastive_loss, region_contrastive_loss
 from aukit.losses.relation_ot import RELATIONS, relation_ot_loss
 from aukit.models.backbone import SwinBackbone
-from aukit.models.region import AURegionEncoder, Mlp
+from aukit.models.region import AURegionEncoder, Mlp, landmark_maps
 from aukit.stage import StageModule
 
 
@@ -61,16 +60,12 @@ class RegionRelationPretrainer(StageModule):
         self.global_proj = Mlp(self.backbone.out_dim, 2 * embed_dim, proj_dim) \
             if global_weight > 0 else None
 
-    def attention_maps(self, landmarks: Tensor, image_size: tuple[int, int]) -> Tensor:
-        """landmarks [B, 68, 2] -> AU maps [B, A, N] on the backbone grid."""
-        maps = au_attention_maps(landmarks, image_size, self.backbone.grid, self.au_numbers,
-                                 sigma=self.hparams.attention_sigma)
-        return maps.flatten(2)
-
     def _features(self, images: Tensor, landmarks: Tensor) -> tuple[Tensor, Tensor]:
         """-> backbone tokens [B, N, D] and AU region features [B, A, E]."""
         tokens = self.backbone(images)
-        return tokens, self.region(tokens, self.attention_maps(landmarks, images.shape[-2:]))
+        maps = landmark_maps(landmarks, images, self.backbone.grid, self.au_numbers,
+                             self.hparams.attention_sigma)  # [B, A, N]
+        return tokens, self.region(tokens, maps)
 
     def encode(self, images: Tensor, landmarks: Tensor) -> Tensor:
         """images [B, 3, H, W], landmarks [B, 68, 2] -> AU region features [B, A, E]."""
