@@ -144,7 +144,8 @@ class AUDataModule(L.LightningDataModule):
     synthau) applies the 3-fold protocol: test on part ``fold``, train on the other two parts,
     validation carved from those by ``val_subjects`` (``aukit.data.protocol``).
     ``manifest_hash`` (sha256 of the manifest) is logged with every run. ``synthau_cache`` (a
-    folder) keeps rendered SynthAU faces on disk so later epochs and runs only read them.
+    folder; ``"auto"`` the shared one of ``synthau_cache_dir``) keeps rendered SynthAU faces on disk
+    so later epochs and runs only read them.
 
     Batches hold ``image`` uint8 ``[B, 3, S, S]``, ``landmarks`` ``[B, 68, 2]``, ``labels`` and
     ``label_mask`` ``[B, A]``; the stage modules normalise images on the device
@@ -309,7 +310,8 @@ class AUDataModule(L.LightningDataModule):
                 ManifestDataset(source, transform, store=self.crop_store)
                 if isinstance(source, Manifest)
                 else SynthAUDataset(source, self.samples_per_subject[split], self.aus, transform,
-                                    seed=self.seed, cache_dir=self.hparams.synthau_cache))
+                                    seed=self.seed,
+                                    cache_dir=synthau_cache_dir(self.hparams.synthau_cache)))
         return self._datasets[key]
 
     def setup(self, stage: str | None = None) -> None:
