@@ -347,3 +347,63 @@ def test_image_folder_errors(tmp_path):
         dataset[0]
     with pytest.raises(OSError, match="cannot read image .*zz_corrupt.jpg"):
         dataset[1]
+
+
+def test_synthau_clip_frames_keep_the_expression_and_change_the_view(tmp_path):
+    from aukit.data.synthau import SynthAU
+    synth = SynthAU(image_size=S, cache_dir=tmp_path)
+    first, second = synth.sample(120, 3), synth.sample(120, 3, frame=1)
+    np.testing.assert_array_equal(first["labels"], second["labels"])
+    np.testing.assert_array_equal(first["intensity"], second["intensity"])
+    assert np.abs(first["image"].astype(float) - second["image"]).mean() > 5  # new pose / light
+    again = SynthAU(image_size=S, cache_dir=tmp_path).sample(120, 3, frame=1)  # from the cache
+    np.testing.assert_array_equal(again["image"], second["image"])
+    np.testing.assert_array_equal(SynthAU(image_size=S).sample(120, 3, frame=1)["image"],
+                                  second["image"])  # cached == rendered
+
+
+def test_unlabeled_synthau_clip_positives_are_two_frames():
+    dm = UnlabeledFaceDataModule(image_size=S, batch_size=2, faces_per_subject=0,
+                                 synthau_subjects=2, synthau_samples_per_subject=1,
+                                 positives="clip", synthau_cache=None)
+    dm.setup()
+    dataset = dm._train
+    dataset.transform = eval_transform(S)  # deterministic: each view is its frame, resized
+    item = dataset[1]
+    frames = [dataset.synth.sample(*dataset.locate(1), frame=v)["image"] for v in range(2)]
+    for view, frame in zip(item["image"], frames):
+        expected = eval_transform(S)(frame, np.zeros((68, 2), np.float32))["image"]
+        torch.testing.assert_close(view, expected)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"positives": "video"}, r"--data.positives must be one of \('augment', 'clip'\)"),
+    ({"positives": "clip", "views": 1}, r"--data.positives clip needs --data.views >= 2"),
+])
+def test_unlabeled_positives_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        UnlabeledFaceDataModule(image_size=S, **kwargs)
+
+
+def test_image_folder_clip_views_come_from_neighbouring_frames(tmp_path):
+    def write_flat(path: Path, value: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), np.full((40, 40, 3), value, np.uint8))
+
+    for i in range(5):
+        write_flat(tmp_path / "v1" / f"{i:02d}.png", 10 * (i + 1))
+    write_flat(tmp_path / "v2" / "a.png", 200)
+
+    def first_pixel(image, landmarks):  # a transform stub: which frame did a view come from?
+        return {"image": torch.tensor(float(image[0, 0, 0])), "landmarks": torch.tensor(0.0)}
+
+    dataset = ImageFolderDataset(tmp_path, first_pixel, views=3, clip_window=1)
+    seen = set()
+    for key in (2, 2 + 6, 2 + 12, 2 + 18):  # image v1/02 in several epochs
+        views = dataset[key]["image"].tolist()
+        assert views[0] == 30 and set(views[1:]) <= {20, 40}
+        seen |= set(views[1:])
+    assert seen == {20, 40}
+    assert dataset[2]["image"].tolist() == dataset[2]["image"].tolist()  # keyed: reproducible
+    assert set(dataset[0]["image"].tolist()) == {10, 20}
+    assert dataset[5]["image"].tolist() == [200, 200, 200]  # alone in its video: itself

@@ -404,6 +404,9 @@ def synthau_cache_dir(cache: str | None) -> str | None:
     return str((Path(root).expanduser() if root else Path.home() / ".cache" / "aukit") / "synthau")
 
 
+POSITIVES = ("augment", "clip")
+
+
 class UnlabeledFaceDataModule(L.LightningDataModule):
     """Unlabeled faces for pretraining, ``views`` augmented views each, plus probe data.
 
@@ -413,7 +416,11 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
     (see ``ImageFolderDataset``). With ``faces_per_subject`` ``M > 0`` every training batch holds
     ``batch_size / M`` distinct subjects x ``M`` faces of each (``GroupedKeySampler``), so a
     contrastive loss must tell apart expressions of one person, not just people; ``0`` draws
-    random batches. The ``probe_*`` arguments describe the labelled set the linear probe uses
+    random batches. ``positives`` says what a positive pair is: ``"augment"``, two augmentations
+    of one image; ``"clip"``, two frames of one clip (the same expression under other pose and
+    light: SynthAU renders them; a folder takes a neighbouring image of the same sub-folder or
+    ``subjects.csv`` group, within ``clip_window`` images in sorted order), each augmented. The
+    ``probe_*`` arguments describe the labelled set the linear probe uses
     (an ``AUDataModule``, sharing the SynthAU cache). Batches hold ``image`` uint8
     ``[B, V, 3, S, S]`` and ``landmarks`` ``[B, V, 68, 2]``.
     """
@@ -423,9 +430,15 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
                  synthau_subjects: int = 300, synthau_samples_per_subject: int = 8,
                  seed: int = 0, probe_dataset: str = "synthau", probe_manifest: str | None = None,
                  probe_aus: list[str] | str | None = None,
-                 probe_samples_per_subject: int = 20, synthau_cache: str | None = "auto") -> None:
+                 probe_samples_per_subject: int = 20, synthau_cache: str | None = "auto",
+                 positives: str = "augment", clip_window: int = 2) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if positives not in POSITIVES:
+            raise ValueError(f"--data.positives must be one of {POSITIVES}, got {positives!r}")
+        if positives == "clip" and (views < 2 or clip_window < 1):
+            raise ValueError("--data.positives clip needs --data.views >= 2 and "
+                             f"--data.clip_window >= 1; got {views} and {clip_window}")
         if source != "synthau" and not Path(source).expanduser().is_dir():
             raise FileNotFoundError(f"source {source} is neither 'synthau' nor an existing "
                                     "folder of face images")
@@ -444,6 +457,8 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
         self.synthau_subjects = synthau_subjects
         self.samples_per_subject = synthau_samples_per_subject
         self.seed = seed
+        self.positives = positives
+        self.clip_window = clip_window
         self.synthau_cache = synthau_cache_dir(synthau_cache)
         # built now so that a bad probe configuration fails before pretraining starts
         self._probe = AUDataModule(
@@ -462,12 +477,15 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
             self._train = SynthAUDataset(unlabeled_subjects(self.synthau_subjects),
                                          self.samples_per_subject, None, transform,
                                          seed=self.seed, views=self.views,
-                                         cache_dir=self.synthau_cache)
+                                         cache_dir=self.synthau_cache,
+                                         clip_views=self.positives == "clip")
             rank_zero_info(f"pretraining pool: SynthAU {self.synthau_subjects} subjects x "
                            f"{self.samples_per_subject} faces, rendered faces kept in "
                            f"{self.synthau_cache or '(nowhere: synthau_cache is null)'}")
         else:
-            self._train = ImageFolderDataset(self.source, transform, views=self.views)
+            self._train = ImageFolderDataset(
+                self.source, transform, views=self.views,
+                clip_window=self.clip_window if self.positives == "clip" else 0)
         if len(self._train) < self.batch_size:
             raise ValueError(f"{len(self._train)} images is fewer than one batch of "
                              f"{self.batch_size}; lower batch_size or add images")

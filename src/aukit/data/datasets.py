@@ -46,18 +46,20 @@ def read_rgb(path: Path, where: str) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def apply_views(transform: Transform, image: np.ndarray, landmarks: np.ndarray,
+def apply_views(transform: Transform, frames: Sequence[tuple[np.ndarray, np.ndarray]],
                 views: int, key: int | None = None) -> dict[str, torch.Tensor]:
     """``views`` independent transform draws, stacked on a view axis only when ``views > 1``.
 
-    A sample ``key`` (from ``aukit.data.sampling.EpochKeySampler``) seeds the draws, so the same
-    key always gives the same views.
+    ``frames`` are ``(image, landmarks)`` pairs: one image, or frames of one clip (view ``v``
+    transforms frame ``v % len(frames)``). A sample ``key`` (from
+    ``aukit.data.sampling.EpochKeySampler``) seeds the draws, so the same key always gives the
+    same views.
     """
     if key is not None and hasattr(transform, "reseed_for"):
         transform.reseed_for(key)
     if views == 1:
-        return dict(transform(image, landmarks))
-    draws = [transform(image, landmarks) for _ in range(views)]
+        return dict(transform(*frames[0]))
+    draws = [transform(*frames[v % len(frames)]) for v in range(views)]
     return {key: torch.stack([d[key] for d in draws]) for key in ("image", "landmarks")}
 
 
@@ -69,11 +71,13 @@ def _check_views(views: int) -> int:
 
 class SynthAUDataset(Dataset):
     """Rendered SynthAU faces: item ``i`` is sample ``i % samples_per_subject`` of subject
-    ``subjects[i // samples_per_subject]``. ``aus=None`` leaves labels out (pretraining)."""
+    ``subjects[i // samples_per_subject]``. ``aus=None`` leaves labels out (pretraining).
+    ``clip_views`` makes view ``v`` frame ``v`` of the sample's clip (same expression, new pose
+    and light) instead of another augmentation of one image."""
 
     def __init__(self, subjects: Sequence[int], samples_per_subject: int,
                  aus: Sequence[int] | None, transform: Transform, seed: int = 0,
-                 views: int = 1, cache_dir: str | None = None) -> None:
+                 views: int = 1, cache_dir: str | None = None, clip_views: bool = False) -> None:
         if not subjects or samples_per_subject < 1:
             raise ValueError(f"SynthAUDataset needs subjects and samples_per_subject >= 1, got "
                              f"{len(subjects)} subjects x {samples_per_subject} samples")
@@ -83,6 +87,7 @@ class SynthAUDataset(Dataset):
         self.columns = None if self.aus is None else [ALL_AUS.index(a) for a in self.aus]
         self.transform = transform
         self.views = _check_views(views)
+        self.clip_views = clip_views
         self.synth = SynthAU(seed=seed, cache_dir=cache_dir)
 
     def __len__(self) -> int:
@@ -106,7 +111,12 @@ class SynthAUDataset(Dataset):
 
     def __getitem__(self, key: int) -> dict:
         sample = self.synth.sample(*self.locate(key % len(self)))
-        item = apply_views(self.transform, sample["image"], sample["landmarks"], self.views, key)
+        frames = [(sample["image"], sample["landmarks"])]
+        if self.clip_views:
+            subject, index = self.locate(key % len(self))
+            frames += [(f["image"], f["landmarks"]) for f in
+                       (self.synth.sample(subject, index, v) for v in range(1, self.views))]
+        item = apply_views(self.transform, frames, self.views, key)
         if self.columns is not None:
             item["labels"] = torch.from_numpy(self._labels(sample))
             item["label_mask"] = torch.ones(len(self.columns), dtype=torch.bool)
@@ -142,7 +152,7 @@ class ManifestDataset(Dataset):
             image = read_rgb(m.images[i], f"listed in {m.row_label(i)}")
             landmarks = (load_landmarks(m.landmarks[i]) if m.landmarks[i] is not None
                          else canonical_landmarks(image.shape[:2]))
-        item = apply_views(self.transform, image, landmarks, self.views, key)
+        item = apply_views(self.transform, [(image, landmarks)], self.views, key)
         item["labels"] = torch.from_numpy(m.labels[i])
         item["label_mask"] = torch.from_numpy(m.mask[i])
         item["subject"] = m.subjects[i]
@@ -156,9 +166,12 @@ class ImageFolderDataset(Dataset):
     from ``<image stem>.npy`` / ``.json`` next to the image, else the canonical template. Each
     image's group (subject or video, see ``groups``) comes from ``root/subjects.csv`` (columns
     ``image,subject``, image paths relative to the root), else from its first-level sub-folder.
+    With ``clip_window`` ``w > 0`` the views after the first come from a neighbouring image of
+    the same group, at most ``w`` images away in sorted order (a nearby video frame).
     """
 
-    def __init__(self, root: str | os.PathLike, transform: Transform, views: int = 2) -> None:
+    def __init__(self, root: str | os.PathLike, transform: Transform, views: int = 2,
+                 clip_window: int = 0) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root} does not exist or is not a folder; "
@@ -171,6 +184,22 @@ class ImageFolderDataset(Dataset):
         self.sidecar = self._read_sidecar()
         self.transform = transform
         self.views = _check_views(views)
+        self.clip_window = clip_window
+        self._neighbours = self._clip_neighbours() if clip_window > 0 else None
+
+    def _clip_neighbours(self) -> list[list[int]]:
+        """For each image, the indices of the other images of its group within ``clip_window``
+        places of it (itself when it is alone)."""
+        members: dict[str, list[int]] = {}
+        for i, group in enumerate(self.groups()):
+            members.setdefault(group, []).append(i)
+        neighbours: list[list[int]] = [[] for _ in self.images]
+        w = self.clip_window
+        for run in members.values():
+            for pos, i in enumerate(run):
+                near = run[max(0, pos - w):pos] + run[pos + 1:pos + 1 + w]
+                neighbours[i] = near or [i]
+        return neighbours
 
     def _read_sidecar(self) -> dict[str, np.ndarray]:
         path = self.root / LANDMARKS_SIDECAR
@@ -224,15 +253,24 @@ class ImageFolderDataset(Dataset):
                 return load_landmarks(path.with_suffix(suffix))
         return canonical_landmarks((height, width))
 
-    def __getitem__(self, key: int) -> dict:
-        path = self.images[key % len(self)]
+    def _frame(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image ``[H, W, 3]`` uint8 RGB, landmarks ``[68, 2]``) of image ``index``."""
+        path = self.images[index]
         image = read_rgb(path, f"found under {self.root}")
         height, width = image.shape[:2]
         if min(height, width) < MIN_FACE_SIZE:
             raise ValueError(f"image {path} is {width}x{height} px, smaller than {MIN_FACE_SIZE} "
                              "px: not a face-sized crop; remove it or re-crop the face larger")
-        return apply_views(self.transform, image, self.landmarks_for(path, height, width),
-                           self.views, key)
+        return image, self.landmarks_for(path, height, width)
+
+    def __getitem__(self, key: int) -> dict:
+        index = key % len(self)
+        frames = [self._frame(index)]
+        if self._neighbours is not None:
+            rng = np.random.default_rng(key)
+            frames += [self._frame(int(rng.choice(self._neighbours[index])))
+                       for _ in range(1, self.views)]
+        return apply_views(self.transform, frames, self.views, key)
 
 
 def _read_subjects(path: Path) -> dict[str, str]:

@@ -38,7 +38,7 @@ _FLIP = np.array(FLIP_PERMUTATION)
 _SHIFT = 4  # OpenCV fixed-point bits: sub-pixel drawing keeps landmarks exact
 _IOD_FRACTION = 0.23  # inter-ocular distance as a fraction of the render size
 _EYE_LEVEL = 0.37  # eye height as a fraction of the render size
-_TAG_IDENTITY, _TAG_SAMPLE = 1, 2  # keep identity and sample random streams apart
+_TAG_IDENTITY, _TAG_SAMPLE, _TAG_FRAME = 1, 2, 3  # keep the random streams apart
 
 # dlib / OpenFace mean face (iBUG-68, min-max normalised); symmetrised in _mean_face
 _TEMPLATE = np.array([
@@ -682,17 +682,25 @@ class SynthAU:
         """``[len(ALL_AUS)]`` uint8 labels of a sample, without rendering it (fast statistics)."""
         return (self._expression(subject, index)[1] >= INTENSITY_THRESHOLD).astype(np.uint8)
 
-    def sample(self, subject: int, index: int) -> dict:
+    def sample(self, subject: int, index: int, frame: int = 0) -> dict:
         """One labelled face: image ``[H, W, 3]`` uint8 RGB, landmarks ``[68, 2]`` (x, y) pixels,
-        intensity ``[len(ALL_AUS)]`` float32 0..5, labels ``[len(ALL_AUS)]`` uint8, subject id."""
-        cached = None if self.cache_dir is None else \
-            self.cache_dir / f"{subject:04d}" / f"{index:05d}.npz"
+        intensity ``[len(ALL_AUS)]`` float32 0..5, labels ``[len(ALL_AUS)]`` uint8, subject id.
+
+        ``frame > 0`` gives another frame of the sample's clip: the same expression (same
+        labels) under freshly drawn pose, light and camera nuisances, the pair of frames a video
+        hands a self-supervised method for free. Frame 0 is the sample itself.
+        """
+        name = f"{index:05d}.npz" if _check_index("frame", frame) == 0 else \
+            f"{index:05d}-{frame}.npz"
+        cached = None if self.cache_dir is None else self.cache_dir / f"{subject:04d}" / name
         if cached is not None and cached.exists():
             with np.load(cached) as stored:
                 image, landmarks = stored["image"], stored["landmarks"]
                 intensity = stored["intensity"]
         else:
             rng, intensity, side_gain = self._expression(subject, index)
+            if frame:
+                rng = np.random.default_rng([_TAG_FRAME, self.seed, subject, index, frame])
             image, landmarks = self.render(subject, intensity, Nuisance.random(rng), side_gain)
             if cached is not None:
                 _save_atomically(cached, image=image, landmarks=landmarks, intensity=intensity)
