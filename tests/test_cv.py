@@ -3,32 +3,82 @@ fold on a tiny BP4D tree through the real ``finetune`` subprocesses."""
 
 import csv
 import json
+import math
 
 import pytest
 from test_readers import make_bp4d
 
 from aukit.cv import PUBLISHED, main, results_table
+from aukit.data.protocol import dataset_parts
 
 AUS = ["AU1", "AU2"]
+DISFA = [s for part in dataset_parts("disfa") for s in part]
 
 
 def report(f1: tuple[float, float]) -> dict:
     return {"aus": AUS, "metrics": {"f1_AU1": f1[0], "f1_AU2": f1[1]}}
 
 
+def three_folds() -> dict[int, dict[str, dict]]:
+    return {k: {"last": report((0.1 * k, 0.5)), "best": report((0.2 * k, 0.3))}
+            for k in (1, 2, 3)}
+
+
 def test_table_has_folds_fold_means_and_published_numbers():
-    reports = {k: {"last": report((0.1 * k, 0.5)), "best": report((0.2 * k, 0.3))}
-               for k in (1, 2, 3)}
-    rows, markdown = results_table("disfa", AUS, reports)
-    assert rows[0] == ["checkpoint", "fold", "AU1", "AU2", "mean"]
+    reports = three_folds()
+    rows, markdown = results_table("disfa", AUS, reports, set(DISFA))
+    assert rows[0] == ["checkpoint", "fold", "AU1", "AU2", "mean", "subjects_found",
+                       "subjects_listed"]
     last = {r[1]: r[2:] for r in rows[1:] if r[0] == "last"}
-    assert last["fold 2 (test part2)"] == ["20.00", "50.00", "35.00"]
-    assert last["mean of 3 folds"] == ["20.00", "50.00", "35.00"]
+    assert last["fold 2 (test part2)"] == ["20.00", "50.00", "35.00", "9", "9"]
+    assert last["mean of 3 folds"] == ["20.00", "50.00", "35.00", "27", "27"]
     best = {r[1]: r[2:] for r in rows[1:] if r[0] == "best"}
-    assert best["mean of 3 folds"] == ["40.00", "30.00", "35.00"]
+    assert best["mean of 3 folds"] == ["40.00", "30.00", "35.00", "27", "27"]
+    assert markdown.splitlines()[0] == "All 27 of 27 fold-list subjects found, all 3 folds run."
+    assert "| fold 2 (test part2) | 9 of 9 | 20.0 | 50.0 | 35.0 |" in markdown
+    assert "### Published average F1 (3-fold, same part lists)" in markdown
     assert "| ME-GraphAU | 63.1 |" in markdown and "60.6" in markdown
-    assert all(f"| {m} |" in markdown for m in PUBLISHED)
-    assert "not a public benchmark" in results_table("synthau", AUS, reports)[1]
+    assert all(f"| {m} |" in markdown for m in PUBLISHED) and "NOT" not in markdown
+    synthau = {s for part in dataset_parts("synthau") for s in part}
+    assert "not a public benchmark" in results_table("synthau", AUS, reports, synthau)[1]
+
+
+def test_missing_subjects_are_counted_and_published_numbers_marked_not_comparable():
+    missing = ["SN001", "SN009", "SN016", "SN021", "SN003", "SN004"]  # 3 of part1, 1, 2
+    rows, markdown = results_table("disfa", AUS, three_folds(), set(DISFA) - set(missing))
+    lines = markdown.splitlines()
+    assert lines[0] == ("**NOT comparable with published results: 21 of 27 fold-list subjects "
+                        f"found (missing {', '.join(sorted(missing, key=DISFA.index))}).**")
+    assert "| fold 1 (test part1) | 6 of 9 | 10.0 |" in markdown
+    assert "| fold 3 (test part3) | 7 of 9 |" in markdown
+    assert "| mean of 3 folds | 21 of 27 (all parts) |" in markdown
+    assert "same part lists" not in markdown
+    assert ("### Published average F1 (3-fold, full part lists): NOT comparable with the "
+            "numbers above") in lines
+    assert lines.count(lines[0]) == 2  # at the top and under the published numbers
+    found = {(r[0], r[1]): r[-2:] for r in rows[1:]}
+    assert found["last", "fold 2 (test part2)"] == ["8", "9"]
+    assert found["best", "mean of 3 folds"] == ["21", "27"]
+
+
+def test_fewer_folds_than_three_are_not_comparable():
+    reports = {1: three_folds()[1]}
+    markdown = results_table("disfa", AUS, reports, set(DISFA))[1]
+    assert markdown.splitlines()[0] == ("**NOT comparable with published results: 1 of 3 folds "
+                                        "run.**")
+    assert "same part lists" not in markdown
+
+
+def test_an_au_without_labels_in_a_fold_is_na_and_left_out_of_the_means():
+    reports = three_folds()
+    reports[2]["last"] = report((0.2, math.nan))  # AU2: no known label in part2
+    rows, markdown = results_table("disfa", AUS, reports, set(DISFA))
+    last = {r[1]: r[2:5] for r in rows[1:] if r[0] == "last"}
+    assert last["fold 2 (test part2)"] == ["20.00", "n/a", "20.00"]
+    assert last["mean of 3 folds"] == ["20.00", "50.00", "30.00"]  # avg: (30 + 20 + 40) / 3
+    assert "| fold 2 (test part2) | 9 of 9 | 20.0 | n/a | 20.0 |" in markdown
+    assert ("n/a: no known labels for that AU in that fold's test part; the fold's avg leaves "
+            "it out") in markdown
 
 
 @pytest.mark.slow
@@ -46,8 +96,10 @@ def test_one_epoch_fold_on_a_tiny_bp4d_tree(tmp_path, monkeypatch):
     with (out / "results.csv").open() as f:
         rows = list(csv.reader(f))
     assert [r[1] for r in rows[1:]] == ["fold 1 (test part1)", "mean of 1 folds"] * 2
+    assert rows[1][-2:] == ["2", "14"] and rows[2][-2:] == ["6", "41"]
     text = (out / "results.md").read_text()
     assert "manifest sha256" in text and "| ME-GraphAU | 65.5 |" in text
+    assert "NOT comparable with published results: 6 of 41 fold-list subjects found" in text
     fit_log = (out / "fold1" / "fit.log").read_text()
     assert "fold 1 (tests on part1)" in fit_log and "'F001', 'F018'" in fit_log
 

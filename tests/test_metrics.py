@@ -80,6 +80,24 @@ def test_zero_division_follows_sklearn():
     assert math.isnan(float(result["auc_AU1"])) and math.isnan(float(result["auc_mean"]))
 
 
+def test_an_au_without_known_labels_is_na_and_left_out_of_the_means():
+    batches = random_batches()
+    for _, _, mask in batches:
+        mask[:, 2] = False  # AU4: no known label in this split
+    result = accumulate(AUMetrics(AUS), batches).compute()
+    for name in ("f1", "precision", "recall", "accuracy", "auc"):
+        assert math.isnan(float(result[f"{name}_AU4"])), name
+    labelled = [k for k in range(len(AUS)) if k != 2]
+    f1 = [sklearn_metrics(batches, k)["f1"] for k in labelled]
+    for k, value in zip(labelled, f1, strict=True):
+        assert float(result[f"f1_{AUS[k]}"]) == pytest.approx(value, abs=1e-6)
+    assert float(result["f1_mean"]) == pytest.approx(sum(f1) / len(f1), abs=1e-9)
+    table = format_f1_table(result, AUS)
+    assert "| AU4 | n/a | n/a | n/a | n/a |" in table
+    assert (f"n/a: no known labels for that AU in this split; the means are over the "
+            f"{len(AUS) - 1} of {len(AUS)} AUs that have some.") in table
+
+
 def test_ddp_style_merge_equals_single_object():
     batches = random_batches(n_batches=6)
     single = accumulate(AUMetrics(AUS), batches).compute()
@@ -110,8 +128,10 @@ def test_format_f1_table():
     table = format_f1_table({f"val/{k}": v for k, v in result.items()}, AUS, prefix="val/")
     lines = table.splitlines()
     assert lines[0] == "| AU | F1 | Precision | Recall | AUC |"
-    assert len(lines) == 2 + len(AUS) + 1
+    assert len(lines) == 2 + len(AUS) + 1 + 2  # + a blank line and the AUC footnote
     assert lines[2].startswith(f"| AU1 | {100 * float(result['f1_AU1']):.1f} |")
     assert "n/a" in lines[2 + 4]  # AU9's AUC
+    assert lines[-1] == f"AUC n/a: the AU's known labels hold one class only; the AUC mean is " \
+                        f"over {len(AUS) - 1} AUs."
     with pytest.raises(KeyError, match="prefix"):
         format_f1_table(result, AUS, prefix="val/")

@@ -8,8 +8,10 @@ Each fold runs ``python -m finetune fit`` in a subprocess (GPUs, DDP and precisi
 overrides), then ``test`` on the last and on the best-on-validation checkpoint (validation is a
 subject-disjoint carve of the training parts; nothing is selected on test). The table lists
 per-AU F1 per fold, the fold means and the 3-fold mean for both checkpoints, as Markdown and
-CSV, next to published averages (DESIGN section 4). ``--dataset synthau`` runs the same code on
-three folds of SynthAU's labelled subjects (``aukit.data.protocol.dataset_parts``).
+CSV, with how many fold-list subjects the data has, next to published averages (DESIGN section
+4), which are comparable only when every subject is there and all three folds ran.
+``--dataset synthau`` runs the same code on three folds of SynthAU's labelled subjects
+(``aukit.data.protocol.dataset_parts``).
 """
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import subprocess
 import sys
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import torch
 
 from aukit.au import au_keys
-from aukit.data.protocol import FOLDS, PROTOCOL_DATASETS
+from aukit.data.manifest import read_manifest
+from aukit.data.protocol import FOLDS, PROTOCOL_DATASETS, dataset_parts
 from aukit.data.readers import dataset_manifest, manifest_hash
 
 CHECKPOINTS = ("last", "best")
@@ -111,43 +116,89 @@ def run_fold(dataset: str, fold: int, data_root: str | None, config: str, traine
     return reports
 
 
-def results_table(dataset: str, aus: list[str],
-                  reports: dict[int, dict[str, dict]]) -> tuple[list[list[str]], str]:
-    """CSV rows and Markdown of per-AU F1 (%) per fold, fold means and the mean over folds."""
-    rows = [["checkpoint", "fold", *aus, "mean"]]
-    markdown = []
+def subject_coverage(dataset: str, present: Collection[str],
+                     folds: Sequence[int]) -> tuple[bool, str]:
+    """Whether the run is comparable with published 3-fold results, and a sentence saying so:
+    every fold-list subject found in the data (``present``) and every fold run."""
+    listed = [s for part in dataset_parts(dataset) for s in part]
+    missing = [s for s in listed if s not in present]
+    found = f"{len(listed) - len(missing)} of {len(listed)} fold-list subjects found"
+    gaps = ([found + f" (missing {', '.join(missing)})"] if missing else []) + (
+        [f"{len(folds)} of {len(FOLDS)} folds run"] if len(folds) < len(FOLDS) else [])
+    if gaps:
+        return False, f"NOT comparable with published results: {'; '.join(gaps)}."
+    return True, f"All {found}, all {len(FOLDS)} folds run."
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    known = [v for v in values if not math.isnan(v)]
+    return sum(known) / len(known) if known else math.nan
+
+
+def _percent(value: float, digits: int) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def results_table(dataset: str, aus: list[str], reports: dict[int, dict[str, dict]],
+                  present: Collection[str]) -> tuple[list[list[str]], str]:
+    """CSV rows and Markdown of per-AU F1 (%) per fold, fold means and the mean over folds, with
+    the subjects found of those listed (a fold: its test part; the mean: every part).
+
+    ``present`` holds the subjects the data has. An AU with no known label in a fold's test
+    part (F1 nan in its report) is "n/a" there and left out of the means.
+    """
     folds = sorted(reports)
+    comparable, coverage = subject_coverage(dataset, present, folds)
+    coverage = coverage if comparable else f"**{coverage}**"
+    parts = {k: part for k, part in zip(FOLDS, dataset_parts(dataset), strict=True)}
+    parts["mean"] = tuple(s for part in parts.values() for s in part)
+    counts = {k: (sum(s in present for s in part), len(part)) for k, part in parts.items()}
+    rows = [["checkpoint", "fold", *aus, "mean", "subjects_found", "subjects_listed"]]
+    markdown = [coverage]
     for name in CHECKPOINTS:
-        table = [[f"fold {k} (test part{k})",
-                  *(100 * reports[k][name]["metrics"][f"f1_{au}"] for au in aus)] for k in folds]
+        table = [[k, *(100 * float(reports[k][name]["metrics"][f"f1_{au}"]) for au in aus)]
+                 for k in folds]
         for line in table:
-            line.append(sum(line[1:]) / len(aus))  # the fold mean over AUs
-        mean = [f"mean of {len(folds)} folds",
-                *(sum(line[i] for line in table) / len(table) for i in range(1, len(aus) + 2))]
+            line.append(_nanmean(line[1:]))  # the fold mean over AUs
+        mean = ["mean", *(_nanmean([line[i] for line in table]) for i in range(1, len(aus) + 2))]
         markdown += [f"\n### {name} checkpoint"
                      + (" (best on validation)" if name == "best" else " (end of training)"),
-                     "", "| | " + " | ".join(aus) + " | **avg** |",
-                     "|---" * (len(aus) + 2) + "|"]
-        for line in [*table, mean]:
-            markdown.append(f"| {line[0]} | " + " | ".join(f"{v:.1f}" for v in line[1:]) + " |")
-            rows.append([name, line[0], *(f"{v:.2f}" for v in line[1:])])
+                     "", "| | subjects found | " + " | ".join(aus) + " | **avg** |",
+                     "|---" * (len(aus) + 3) + "|"]
+        for key, *values in [*table, mean]:
+            label = (f"fold {key} (test part{key})" if key != "mean"
+                     else f"mean of {len(folds)} folds")
+            found, expected = counts[key]
+            markdown.append(f"| {label} | {found} of {expected}"
+                            + (" (all parts)" if key == "mean" else "") + " | "
+                            + " | ".join(_percent(v, 1) for v in values) + " |")
+            rows.append([name, label, *(_percent(v, 2) for v in values), str(found),
+                         str(expected)])
+    if any("n/a" in row for row in rows):
+        markdown.append("\nn/a: no known labels for that AU in that fold's test part; the fold's "
+                        "avg leaves it out, and the mean row averages each column over the folds "
+                        "that have a number.")
     column = {"bp4d": 0, "disfa": 1}.get(dataset)
     if column is None:
         markdown.append(f"\nNo published numbers: {dataset} is not a public benchmark.")
     else:
-        markdown += ["\n### Published average F1 (3-fold, same part lists)", "",
-                     "| method | avg F1 |", "|---|---|"]
+        markdown += ["\n### Published average F1 (3-fold, "
+                     + ("same part lists)" if comparable
+                        else "full part lists): NOT comparable with the numbers above"),
+                     "", "| method | avg F1 |", "|---|---|"]
         markdown += [f"| {m} | {v[column]:.1f} |" for m, v in PUBLISHED.items()]
+        if not comparable:
+            markdown.append(f"\n{coverage}")
         if dataset == "disfa":
             markdown.append(f"\nHiVA reports DISFA AU1 F1 {HIVA_DISFA_AU1}.")
         markdown.append("Most published numbers pick the epoch on the test fold; ours do not.")
     return rows, "\n".join(markdown)
 
 
-def write_table(dataset: str, aus: list[str], reports: dict[int, dict[str, dict]], out: Path,
-                header: str) -> Path:
+def write_table(dataset: str, aus: list[str], reports: dict[int, dict[str, dict]],
+                present: Collection[str], out: Path, header: str) -> Path:
     """``out/results.md`` and ``out/results.csv``; returns the Markdown path."""
-    rows, markdown = results_table(dataset, aus, reports)
+    rows, markdown = results_table(dataset, aus, reports, present)
     with (out / "results.csv").open("w", newline="") as f:
         csv.writer(f).writerows(rows)
     (out / "results.md").write_text(f"{header}\n{markdown}\n")
@@ -174,9 +225,14 @@ def main(argv: list[str] | None = None) -> None:
     config = args.config or f"conf/finetune/{args.dataset}.yaml"
     out = Path(args.out or f"runs/cv/{args.dataset}")
     out.mkdir(parents=True, exist_ok=True)
-    # built once here, so the fold subprocesses reuse the cache instead of racing to write it
-    digest = (manifest_hash(dataset_manifest(args.dataset, args.data_root)) if args.data_root
-              else "synthau (rendered)")
+    if args.data_root:
+        # built once here, so the fold subprocesses reuse the cache instead of racing to write it
+        manifest = dataset_manifest(args.dataset, args.data_root)
+        digest = manifest_hash(manifest)
+        present = set(read_manifest(manifest, args.dataset, skip_bad_rows=True).subject_names)
+    else:
+        digest, present = "synthau (rendered)", {s for p in dataset_parts("synthau") for s in p}
+    print(subject_coverage(args.dataset, present, args.folds)[1], flush=True)
     reports = {}
     for fold in args.folds:
         done = out / f"fold{fold}" / "reports.json"
@@ -188,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
               f"config `{config}` + `{args.trainer_config}`"
               + (f", overrides `{' '.join(extra)}`" if extra else "")
               + f"; manifest sha256 `{digest}`; threshold 0.5, F1 over each whole test fold.")
-    path = write_table(args.dataset, aus or au_keys(args.dataset), reports, out, header)
+    path = write_table(args.dataset, aus or au_keys(args.dataset), reports, present, out,
+                       header)
     print(path.read_text())
     print(f"tables: {path} and {out / 'results.csv'}")
 

@@ -3,7 +3,8 @@
 F1 and friends are counted over the whole split (sum of per-AU confusion counts across batches
 and ranks) and follow ``sklearn`` with ``zero_division=0``: a ratio whose denominator is 0 is 0.
 A frame is predicted positive when its probability is ``>= threshold``. Unknown labels
-(``mask == False``, e.g. BP4D's 9) are left out of every metric of that AU.
+(``mask == False``, e.g. BP4D's 9) are left out of every metric of that AU; an AU with no known
+label in the split has no score (nan, "n/a" in tables) and is left out of the means.
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ class AUMetrics(torchmetrics.Metric):
     """Per-AU F1 / precision / recall / accuracy / ROC AUC over a whole split, with masks.
 
     ``compute()`` returns 0-d tensors keyed ``f1_<AU>``, ``precision_<AU>``, ``recall_<AU>``,
-    ``accuracy_<AU>``, ``auc_<AU>`` and ``<metric>_mean``. ``auc_<AU>`` is nan when that AU's
-    known labels hold one class only; ``auc_mean`` and ``accuracy_mean`` skip nans. Confusion
-    counts are summed across ranks, the scores for AUC concatenated; ``kwargs`` go to
-    ``torchmetrics.Metric`` (``sync_on_compute=False`` for a computation only one rank runs).
+    ``accuracy_<AU>``, ``auc_<AU>`` and ``<metric>_mean``. Every metric of an AU without known
+    labels is nan, and ``auc_<AU>`` also when its known labels hold one class only; the means
+    skip nans. Confusion counts are summed across ranks, the scores for AUC concatenated;
+    ``kwargs`` go to ``torchmetrics.Metric`` (``sync_on_compute=False`` for a computation only
+    one rank runs).
     """
 
     full_state_update = False
@@ -107,7 +109,8 @@ class AUMetrics(torchmetrics.Metric):
             "auc": self._auc(),
         }
         known = (self.tp + self.fp + self.fn + self.tn) > 0
-        per_au["accuracy"] = torch.where(known, per_au["accuracy"], math.nan)
+        for metric in ("f1", "precision", "recall", "accuracy"):
+            per_au[metric] = torch.where(known, per_au[metric], math.nan)
         out: dict[str, Tensor] = {}
         for metric, values in per_au.items():
             out[f"{metric}_mean"] = values.nanmean()
@@ -127,7 +130,8 @@ class AUMetrics(torchmetrics.Metric):
 
 def format_f1_table(metrics: Mapping[str, float | Tensor], au_names: Sequence[str],
                     prefix: str = "") -> str:
-    """A Markdown table of per-AU F1, precision, recall and AUC (percent) plus the mean row.
+    """A Markdown table of per-AU F1, precision, recall and AUC (percent) plus the mean row, and
+    a footnote saying why any cell is "n/a" and how many AUs the means cover.
 
     ``metrics`` holds ``AUMetrics.compute()``'s keys, optionally behind ``prefix`` (``"val/"``).
     """
@@ -145,4 +149,12 @@ def format_f1_table(metrics: Mapping[str, float | Tensor], au_names: Sequence[st
     for row, suffix in [(au, au) for au in au_names] + [("**mean**", "mean")]:
         lines.append(f"| {row} | " + " | ".join(cell(f"{key}_{suffix}") for _, key in columns)
                      + " |")
-    return "\n".join(lines)
+    scored = {key: sum(cell(f"{key}_{au}") != "n/a" for au in au_names) for key in ("f1", "auc")}
+    notes = []
+    if scored["f1"] < len(au_names):
+        notes.append(f"n/a: no known labels for that AU in this split; the means are over the "
+                     f"{scored['f1']} of {len(au_names)} AUs that have some.")
+    if scored["auc"] < scored["f1"]:
+        notes.append(f"AUC n/a: the AU's known labels hold one class only; the AUC mean is over "
+                     f"{scored['auc']} AUs.")
+    return "\n".join(lines + ([""] + notes if notes else []))
