@@ -1,20 +1,27 @@
 """Face preprocessing on tiny raw trees whose frames hold a real face (scikit-image's astronaut):
 alignment onto the template, checksums, the labelled manifest, no-face and truncated-video
-reports, resuming, and worker processes."""
+reports, resuming, and worker processes; crops.csv columns, DISFA frame numbering and cut-off
+videos with a stand-in detector."""
 
 import csv
 import hashlib
+import json
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from skimage.data import astronaut
-from test_readers import make_bp4d, make_disfa
+from test_readers import extract_frames, make_bp4d, make_disfa, noise_image
 
+from aukit.data import prepare as prepare_module
 from aukit.data.attention import canonical_landmarks
 from aukit.data.manifest import read_manifest
 from aukit.data.prepare import (
+    RECORD_FIELDS,
+    Job,
     _detect,
+    _frames,
     align_face,
     prepare,
     similarity_transform,
@@ -93,3 +100,105 @@ def test_prepare_bp4d_and_disfa_trees_report_resume_and_parallel(tmp_path):
     manifest = read_manifest(out / "manifest.csv", "disfa")
     assert len(manifest) == 5 and manifest.mask.all()
     assert "label rows outside the video's frames" in (out / "prepare_report.txt").read_text()
+
+
+# ------------------------------------------------------------------ stand-in detector
+BOX = np.array([11.0, 12.0, 31.0, 32.0])
+POINTS = np.array([[15.0, 18.0], [27.0, 18.5], [21.0, 23.0], [16.0, 28.0], [26.0, 28.5]])
+
+
+@pytest.fixture
+def fake_detector(monkeypatch):
+    """Every frame holds one face at ``BOX`` with the 5 ``POINTS`` (MTCNN's order)."""
+    monkeypatch.setattr(prepare_module, "_detect",
+                        lambda frames, device: [(BOX, 0.99, POINTS)] * len(frames))
+
+
+def read_crops(path: Path) -> tuple[list[str], list[dict]]:
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames), list(reader)
+
+
+def test_crops_csv_names_every_column_once_and_old_records_still_read(tmp_path, fake_detector):
+    (tmp_path / "faces").mkdir()
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / "faces" / f"{i}.png"), noise_image(i))
+    out = tmp_path / "out"
+    prepare("folder", tmp_path / "faces", out, size=32)
+    header, rows = read_crops(out / "crops.csv")
+    assert len(header) == len(set(header)) and len(rows) == 2
+    row = rows[0]
+    assert [float(row[k]) for k in ("box_x1", "box_y1", "box_x2", "box_y2")] == list(BOX)
+    named = [[float(row[f"{p}_{a}"]) for a in "xy"]
+             for p in ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")]
+    assert named == POINTS.tolist() and float(row["score"]) == 0.99
+    # records written before the columns were renamed repeat x1,y1,x2,y2: read by position
+    records = out / "records" / "root.csv"
+    old_header = "crop,status,sha256,x1,y1,x2,y2,score,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5"
+    records.write_text(old_header + records.read_text()[records.read_text().index("\n"):])
+    assert len(old_header.split(",")) == len(RECORD_FIELDS)
+    prepare("folder", tmp_path / "faces", out, size=32)  # resume: nothing redone
+    assert read_crops(out / "crops.csv") == (header, rows)
+
+
+def test_prepare_disfa_frames_from_zero_report_and_refuse_mixed_resume(tmp_path, fake_detector,
+                                                                       capsys):
+    root = make_disfa(tmp_path / "raw", subjects=("SN002",), frames=3)
+    extract_frames(tmp_path / "frames" / "SN002", 0, 3, first=0)
+    out = tmp_path / "out"
+    counts = prepare("disfa", root, out, size=32, frames_root=str(tmp_path / "frames"))
+    assert counts == {"frames": 3, "aligned": 3, "no_face": 0, "no_frame": 0}
+    report = (out / "prepare_report.txt").read_text()
+    assert "numbered from 0 (frame 0 found in SN002)" in report and "no problems" in report
+    assert "numbered from 0" in capsys.readouterr().out
+    _, rows = read_crops(out / "crops.csv")
+    assert sorted((Path(r["source"]).name, Path(r["crop"]).name) for r in rows) == [
+        ("0.png", "00001.jpg"), ("1.png", "00002.jpg"), ("2.png", "00003.jpg")]
+    assert json.loads((out / "prepare.json").read_text())["frame_offset"] == 0
+    with pytest.raises(ValueError, match="prepared with"):  # crops of other frames would mix
+        prepare("disfa", root, out, size=32, frames_root=str(tmp_path / "frames"),
+                frame_offset=1)
+    with pytest.raises(ValueError, match="--frame-offset 0 numbers extracted DISFA frames"):
+        prepare("bp4d", root, out, size=32, frame_offset=0)
+
+
+# ------------------------------------------------------------------ cut-off videos
+def shape_frame(i: int) -> np.ndarray:
+    """A 64 x 48 BGR frame: a flat colour and a white square that moves with ``i``."""
+    frame = np.zeros((48, 64, 3), np.uint8)
+    frame[:] = np.random.default_rng(i).integers(0, 255, 3)
+    frame[10:30, 10 + 5 * i:30 + 5 * i] = 255
+    return frame
+
+
+def cut_avi(path: Path, frames_from_end: int) -> None:
+    """Cut ``path`` in the middle of its ``frames_from_end``-th last frame (1 = the last), as a
+    download or copy that stopped there would."""
+    data = path.read_bytes()
+    start = data.rfind(b"idx1")  # the index follows the frames
+    for _ in range(frames_from_end):
+        start = data.rfind(b"00dc", 0, start)
+    size = int.from_bytes(data[start + 4:start + 8], "little")
+    path.write_bytes(data[:start + 8 + size // 2])
+
+
+@pytest.mark.parametrize("codec", ["MJPG", "XVID"])  # half-drawn / a copy of the frame before
+@pytest.mark.parametrize("cut", [0, 1, 2])
+def test_truncated_video_frames_are_no_frame(tmp_path, codec, cut):
+    path = tmp_path / "video.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), 10, (64, 48))
+    for i in range(6):
+        writer.write(shape_frame(i))
+    writer.release()
+    if cut:
+        cut_avi(path, cut)
+    job = Job("video", str(path), tuple((f"crops/{i}.jpg", "", i) for i in range(6)))
+    frames = [image for _, image in _frames(job, set())]
+    kept = [i for i, image in enumerate(frames) if image is not None]
+    # the cut frames are gone, and one whole frame more where the decoder refused the cut one
+    assert len(frames) == 6 and kept == list(range(len(kept)))
+    assert 6 - cut - bool(cut) <= len(kept) <= 6 - cut
+    for i in kept:  # what is kept is the right, whole frame
+        error = np.abs(frames[i][..., ::-1].astype(int) - shape_frame(i)).mean()
+        assert error < 8, (i, error)

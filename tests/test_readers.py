@@ -159,9 +159,40 @@ def test_disfa_truncated_video_missing_file_and_extracted_frames(tmp_path):
     frames.mkdir(parents=True)
     for n in range(5):
         cv2.imwrite(str(frames / f"{n}.png"), noise_image(n))
-    extracted = read_raw("disfa", root, frames_root=tmp_path / "frames", frame_offset=-1)
+    extracted = read_raw("disfa", root, frames_root=tmp_path / "frames")
     assert [f.image.name for f in extracted.frames] == [f"{n}.png" for n in range(5)]
     assert extracted.problems.items["missing subject frame folders (labels skipped)"] == ["SN013"]
+
+
+def extract_frames(folder: Path, subject: int, frames: int, first: int) -> None:
+    """Video frame k of subject index ``subject`` (as ``make_disfa`` draws it) saved as
+    ``<k + first>.png``: 0-based (ME-GraphAU / JAA-Net) or 1-based extraction."""
+    folder.mkdir(parents=True)
+    for k in range(frames):
+        cv2.imwrite(str(folder / f"{k + first}.png"), noise_image(100 * subject + k))
+
+
+@pytest.mark.parametrize("first", [0, 1])
+def test_disfa_extracted_frame_numbering_is_detected_and_can_be_forced(tmp_path, first):
+    subjects = ("SN002", "SN013")
+    root = make_disfa(tmp_path / "raw", subjects=subjects, frames=5)
+    for s, subject in enumerate(subjects):
+        extract_frames(tmp_path / "frames" / subject, s, 5, first)
+    raw = read_raw("disfa", root, frames_root=tmp_path / "frames")
+    assert not raw.problems and len(raw.frames) == 10 and raw.settings == {"frame_offset": first}
+    assert f"numbered from {first}" in raw.notes[0] and "--frame-offset" in raw.notes[0]
+    for frame in raw.frames:  # label frame n shows video frame n - 1, whatever the numbering
+        s = subjects.index(frame.subject)
+        assert int(frame.image.stem) == frame.frame - 1 + first
+        np.testing.assert_array_equal(cv2.imread(str(frame.image)),
+                                      noise_image(100 * s + frame.frame - 1))
+        assert frame.labels == tuple(int(disfa_intensity(frame.frame, k, s) >= 2)
+                                     for k in range(8))
+    forced = read_raw("disfa", root, frames_root=tmp_path / "frames", frame_offset=1 - first)
+    assert "set by --frame-offset" in forced.notes[0] and forced.settings["frame_offset"] != first
+    assert "frames without labels (not used)" in forced.problems.items
+    with pytest.raises(ValueError, match="--frame-offset .* 0 or 1; got -1"):
+        read_raw("disfa", root, frames_root=tmp_path / "frames", frame_offset=-1)
 
 
 # ------------------------------------------------------------------------------ caching, lists

@@ -2,11 +2,14 @@
 fixed-size crops, checksums and the labelled manifest.
 
 ``python -m aukit.data.prepare --dataset bp4d|disfa|folder --data-root RAW --out OUT
-[--workers N] [--size 256] [--device cpu]`` writes
+[--workers N] [--size 256] [--device cpu] [--frames-root FRAMES [--frame-offset 0|1]]`` writes
 
 - ``OUT/crops/...jpg``: aligned crops (``<subject>/<task>/<frame>.jpg``; folder: mirrored paths);
-- ``OUT/crops.csv``: per crop its sha256, the MTCNN box, score and 5 points (source pixels);
-- ``OUT/no_face.txt``: frames where no face was found, and frames a truncated video lacks;
+- ``OUT/crops.csv``: per crop its source, sha256, MTCNN box (``box_x1 .. box_y2``) and score, and
+  5 points (``right_eye_x, right_eye_y, left_eye_x, ... mouth_left_y``; the subject's right and
+  left, so the right eye is on the image's left), all in source pixels;
+- ``OUT/no_face.txt``: frames where no face was found (``no_face``), and frames a truncated video
+  lacks or holds only half-decoded (``no_frame``, see ``_frames``);
 - ``OUT/manifest.csv`` (bp4d / disfa): the generic manifest of the crops with their labels;
 - ``OUT/prepare_report.txt``: counts and the reader's problems, by name.
 
@@ -43,8 +46,9 @@ from aukit.data.readers import (
     read_raw,
 )
 
-RECORD_FIELDS = ("crop", "status", "sha256", "x1", "y1", "x2", "y2", "score",
-                 *(f"{a}{k}" for k in range(1, 6) for a in ("x", "y")))
+POINTS = ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")  # MTCNN's order
+RECORD_FIELDS = ("crop", "status", "sha256", "box_x1", "box_y1", "box_x2", "box_y2", "score",
+                 *(f"{point}_{axis}" for point in POINTS for axis in ("x", "y")))
 OK, NO_FACE, NO_FRAME = "ok", "no_face", "no_frame"
 _BATCH = 8  # frames per MTCNN call: same-size frames of one sequence batch well on a GPU
 
@@ -103,8 +107,27 @@ def _mtcnn(device: str):
     return _detector
 
 
+def riff_cut(path: Path) -> bool:
+    """True when a RIFF file (AVI, OpenDML included) is shorter than its chunks declare, as a
+    cut-off download or copy is; False for other containers."""
+    size, offset = path.stat().st_size, 0
+    with path.open("rb") as f:
+        while offset + 8 <= size:
+            f.seek(offset)
+            head = f.read(8)
+            if head[:4] != b"RIFF":
+                return False
+            offset += 8 + int.from_bytes(head[4:], "little")
+    return offset > size
+
+
 def _frames(job: Job, done: set[str]) -> Iterator[tuple[str, np.ndarray | None]]:
-    """``(crop, RGB frame or None when it cannot be read)`` for the items not yet ``done``."""
+    """``(crop, RGB frame or None when it cannot be read)`` for the items not yet ``done``.
+
+    A truncated video (a RIFF file shorter than it declares, or fewer frames decoded than its
+    frame count) ends in a frame whose data was cut: decoders return it half-drawn or as a copy
+    of the frame before, so that last decoded frame is None too, like the frames it lacks.
+    """
     todo = [item for item in job.items if item[0] not in done]
     if job.video is None:
         for crop, image, _ in todo:
@@ -113,14 +136,24 @@ def _frames(job: Job, done: set[str]) -> Iterator[tuple[str, np.ndarray | None]]
         return
     wanted = {index: crop for crop, _, index in todo}
     capture, index = cv2.VideoCapture(job.video), 0
+    held = None  # the last frame read, yielded once a next frame shows it is not the cut one
     try:
         while wanted and index <= max(wanted):
             if not capture.grab():
                 break  # the video ends early (truncated): the rest are reported below
+            if held is not None:
+                yield held
+                held = None
             if index in wanted:
                 ok, bgr = capture.retrieve()
-                yield wanted.pop(index), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if ok else None
+                held = wanted.pop(index), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if ok else None
             index += 1
+        if held is not None and not capture.grab():  # ``held`` is the last decoded frame
+            count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+            if riff_cut(Path(job.video)) or index < count:
+                held = held[0], None
+        if held is not None:
+            yield held
     finally:
         capture.release()
     for crop in wanted.values():
@@ -152,11 +185,16 @@ def _detect(frames: list[tuple[str, np.ndarray]], device: str) -> list:
 
 
 def read_records(path: Path) -> dict[str, dict]:
-    """``{crop: record}`` of a records file (absent = nothing done)."""
+    """``{crop: record}`` of a records file (absent = nothing done), by column position: files
+    written before the box and point columns had names of their own repeat ``x1,y1,x2,y2``.
+    A row cut short by a killed run is not a record (its frame is redone)."""
     if not path.is_file():
         return {}
     with path.open(newline="") as f:
-        return {row["crop"]: row for row in csv.DictReader(f)}
+        rows = csv.reader(f)
+        next(rows, None)
+        return {row[0]: dict(zip(RECORD_FIELDS, row, strict=True)) for row in rows
+                if len(row) == len(RECORD_FIELDS)}
 
 
 def process_job(job: Job, out: Path, size: int, device: str = "cpu") -> Path:
@@ -253,24 +291,33 @@ def _check_settings(out: Path, settings: dict) -> None:
 
 def prepare(dataset: str, data_root: str | os.PathLike, out: str | os.PathLike,
             workers: int = 1, size: int = 256, device: str = "cpu",
-            frames_root: str | None = None) -> dict[str, int]:
+            frames_root: str | None = None, frame_offset: int | None = None) -> dict[str, int]:
     """Detect, align and crop every frame of ``data_root`` into ``out``; returns the counts
-    (``frames``, ``aligned``, ``no_face``, ``no_frame``). See the module docstring for files."""
+    (``frames``, ``aligned``, ``no_face``, ``no_frame``). See the module docstring for files.
+    ``frame_offset`` (DISFA ``frames_root``): the number of the first extracted frame, 0 or 1;
+    None = 0 when a frame 0 exists (``aukit.data.readers.disfa``)."""
     if dataset not in ("bp4d", "disfa", "folder"):
         raise ValueError(f"dataset must be bp4d, disfa or folder, got {dataset!r}")
     if size < 32 or workers < 1:
         raise ValueError(f"need size >= 32 and workers >= 1, got {size} and {workers}")
     root, out = Path(data_root).expanduser().resolve(), Path(out).expanduser().resolve()
+    if frame_offset is not None and (dataset != "disfa" or frames_root is None):
+        raise ValueError(f"--frame-offset {frame_offset} numbers extracted DISFA frames; give it "
+                         "with --dataset disfa --frames-root <folder>, or drop it")
     raw = None
     if dataset == "folder":
         jobs = folder_jobs(root, out)
     else:
-        raw = read_raw(dataset, root, **({"frames_root": frames_root} if frames_root else {}))
+        options = {"frames_root": frames_root, "frame_offset": frame_offset}
+        raw = read_raw(dataset, root, **{k: v for k, v in options.items() if v is not None})
+        for note in raw.notes:
+            print(note, flush=True)  # before hours of work, not only in the final report
         if not raw.frames:
             raise ValueError(f"no usable {dataset} frames under {root}:\n{raw.problems.report()}")
         jobs = jobs_for(raw)
     out.mkdir(parents=True, exist_ok=True)
-    _check_settings(out, {"dataset": dataset, "size": size, "template": "canonical-68/5pt"})
+    _check_settings(out, {"dataset": dataset, "size": size, "template": "canonical-68/5pt",
+                          **(raw.settings if raw is not None else {})})
     tasks = [(job, out, size, device) for job in jobs]
     if workers > 1:
         # spawn: a forked copy of a process that already ran torch can deadlock in OpenMP
@@ -309,7 +356,7 @@ def _write_outputs(out: Path, jobs: list[Job], raw: RawDataset | None) -> dict[s
                                                                video=None) for f in kept],
                               raw.problems).manifest(out / PREPARED_MANIFEST)
         manifest.write_csv(out / PREPARED_MANIFEST)
-        lines += [manifest_summary(manifest),
+        lines += [manifest_summary(manifest), *raw.notes,
                   f"manifest sha256 {manifest_hash(out / PREPARED_MANIFEST)}",
                   "reader problems:", raw.problems.report()]
     if missed:
@@ -332,9 +379,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="MTCNN device, e.g. cuda")
     parser.add_argument("--frames-root", default=None,
                         help="extracted frames instead of videos (DISFA) / other frame folder")
+    parser.add_argument("--frame-offset", type=int, choices=(0, 1), default=None,
+                        help="number of the first extracted DISFA frame (0: ME-GraphAU / JAA-Net "
+                             "extraction); default: 0 when a frame 0 exists, else 1")
     args = parser.parse_args(argv)
     prepare(args.dataset, args.data_root, args.out, args.workers, args.size, args.device,
-            args.frames_root)
+            args.frames_root, args.frame_offset)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ PREPARED_MANIFEST = "manifest.csv"  # what ``prepare`` writes into its output fo
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 _LISTED = 10
 # bumped when a reader changes what it produces, so stale caches are not reused
-READER_VERSION = 1
+READER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,17 @@ class Problems:
 
 @dataclass
 class RawDataset:
-    """What a reader found under ``root``."""
+    """What a reader found under ``root``. ``notes``: lines for the summaries on choices the
+    reader made (e.g. DISFA's frame numbering); ``settings``: those choices as values, which
+    decide the pixels of a frame (``prepare`` refuses to resume an output made with others)."""
 
     name: str
     root: Path
     aus: tuple[int, ...]
     frames: list[RawFrame]
     problems: Problems
+    notes: list[str] = field(default_factory=list)
+    settings: dict[str, int] = field(default_factory=dict)
 
     def manifest(self, source: Path) -> Manifest:
         """The frames as a ``Manifest`` (``source`` names it in messages); needs image files."""
@@ -183,6 +187,7 @@ def dataset_manifest(dataset: str, data_root: str | os.PathLike,
     tmp.replace(path)  # atomic, so parallel ranks never read half a file
     (path.with_suffix(".problems.txt")).write_text(raw.problems.report() + "\n")
     print(f"{dataset} manifest {path}\n{manifest_summary(manifest)}\n"
-          f"problems:\n{raw.problems.report()}\nmanifest sha256 {manifest_hash(path)}")
+          + "".join(f"{note}\n" for note in raw.notes)
+          + f"problems:\n{raw.problems.report()}\nmanifest sha256 {manifest_hash(path)}")
     return path
 

@@ -3,7 +3,9 @@ videos ``Videos_LeftCamera/LeftVideoSNxxx_comp.avi`` or already-extracted frames
 
 Each label line is ``frame,intensity`` with 1-based frames and intensities 0-5; an AU is present
 when its intensity is >= 2 (``PRESENT_INTENSITY``). Label frame n is video frame n - 1 (0-based
-decoding order); extracted frames are ``<frames_root>/SNxxx/<n + frame_offset>.jpg``.
+decoding order). Extracted frames ``<frames_root>/SNxxx/<number>.jpg`` are numbered from 0
+(ME-GraphAU / JAA-Net extraction: label frame n is image n - 1) or from 1 (image n); a frame 0
+in any subject folder means 0-based, unless ``frame_offset`` says which.
 """
 
 from __future__ import annotations
@@ -66,14 +68,34 @@ def _subject_labels(folder: Path, aus: tuple[int, ...],
             for f in frames}
 
 
+def first_frame_number(images: dict[str, dict[int, Path]], frame_offset: int | None,
+                       images_root: Path) -> tuple[int, str]:
+    """The number of label frame 1's image (0 or 1) given the frame folders ``{subject: {number:
+    image}}``, and a line for the summaries saying which numbering is used and why."""
+    if frame_offset not in (None, 0, 1):
+        raise ValueError(f"--frame-offset is the number of the first extracted DISFA frame, "
+                         f"0 or 1; got {frame_offset}")
+    if frame_offset is None:
+        zero = sorted(subject for subject, numbers in images.items() if 0 in numbers)
+        frame_offset = 0 if zero else 1
+        why = f"frame 0 found in {', '.join(zero[:3])}" if zero else "no subject has a frame 0"
+    else:
+        why = "set by --frame-offset"
+    return frame_offset, (f"DISFA frames in {images_root} are numbered from {frame_offset} "
+                          f"({why}): label frame 1 is image {frame_offset}; to force the other "
+                          f"numbering give --frame-offset {1 - frame_offset}")
+
+
 def read_disfa(root: str | os.PathLike, frames_root: str | os.PathLike | None = None,
-               frame_offset: int = 0, aus: tuple[int, ...] | str = "disfa") -> RawDataset:
+               frame_offset: int | None = None,
+               aus: tuple[int, ...] | str = "disfa") -> RawDataset:
     """Every labelled DISFA frame under ``root`` whose image or video frame exists.
 
     Args:
         root: the folder holding ``ActionUnit_Labels`` (and ``Videos_LeftCamera``).
         frames_root: a folder of extracted frames ``SNxxx/<frame>.jpg``; None = use the videos.
-        frame_offset: image number minus label frame number (-1 for 0-based extracted frames).
+        frame_offset: the number of the first extracted frame: 0 (label frame n is image n - 1)
+            or 1 (image n); None = 0 when a subject folder holds a frame 0, else 1.
         aus: the AUs to read (default: the 8 standard DISFA AUs).
     """
     root = Path(root).expanduser()
@@ -84,16 +106,23 @@ def read_disfa(root: str | os.PathLike, frames_root: str | os.PathLike | None = 
         raise FileNotFoundError(f"no DISFA label folders {label_root}/SNxxx/; give the DISFA root "
                                 f"(the folder holding {LABEL_DIR}/)")
     images_root = Path(frames_root).expanduser() if frames_root is not None else None
-    problems, frames = Problems(), []
+    problems, frames, notes, settings = Problems(), [], [], {}
+    per_subject: dict[str, dict[int, Path]] = {}
+    if images_root is not None:
+        per_subject = {f.name: frame_number_files(images_root / f.name) for f in subjects
+                       if (images_root / f.name).is_dir()}
+        frame_offset, note = first_frame_number(per_subject, frame_offset, images_root)
+        notes.append(note)
+        settings["frame_offset"] = frame_offset
     for folder in subjects:
         subject = folder.name
         table = _subject_labels(folder, aus, problems)
         if images_root is not None:
-            if not (images_root / subject).is_dir():
+            if subject not in per_subject:
                 problems.add("missing subject frame folders (labels skipped)", subject)
                 continue
-            images = frame_number_files(images_root / subject)
-            wanted = {f: f + frame_offset for f in table}
+            images = per_subject[subject]
+            wanted = {f: f - 1 + frame_offset for f in table}
             if absent := sorted(f for f, n in wanted.items() if n not in images):
                 problems.add("label rows for frames that do not exist (skipped)",
                              f"{subject}: {len(absent)} frames {frame_ranges(absent)}")
@@ -121,4 +150,4 @@ def read_disfa(root: str | os.PathLike, frames_root: str | os.PathLike | None = 
         subject = folder.name.removeprefix("LeftVideo").removesuffix("_comp.avi")
         if not (label_root / subject).is_dir():
             problems.add("videos without labels (not used)", folder.name)
-    return RawDataset("disfa", root, aus, frames, problems)
+    return RawDataset("disfa", root, aus, frames, problems, notes, settings)
