@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from aukit.au import au_keys, au_numbers
-from aukit.checkpoint import load_stage1_encoder
+from aukit.checkpoint import META_KEY, load_stage1_encoder
 from aukit.losses.alignment import ALIGNMENTS, alignment_loss, state_alignment_loss
 from aukit.losses.au_bce import au_bce_loss
 from aukit.metrics import AUMetrics, format_f1_table
@@ -33,7 +33,9 @@ class HiVAFinetuner(StageModule):
 
     ``pretrained`` is a stage-1 checkpoint whose backbone and AU region encoder initialise the
     model; its backbone name, stem and image size must match (``backbone: null`` and
-    ``conv_stem: null`` adopt its own).
+    ``conv_stem: null`` adopt its own). It is read once, when training starts: a checkpoint of
+    this module holds those weights and the resolved architecture, and loads without the stage-1
+    file (or ImageNet weights, ``pretrained_backbone``), which may since have moved.
     ``region_supervision`` weighs a BCE on HiVA's per-AU linear head over the region features
     (deep supervision, 0 = off), so the encoder gets the plain region baseline's signal under
     HiVA's components. ``alignment`` is "state" (AU k's anchor scores faces with AU k above
@@ -71,7 +73,7 @@ class HiVAFinetuner(StageModule):
         self.au_numbers = au_numbers(aus)
         self.au_names = au_keys(self.au_numbers)
         self.stage1 = None
-        if pretrained:
+        if pretrained:  # not when loading a checkpoint of this module: see on_save_checkpoint
             self.stage1 = load_stage1_encoder(pretrained, backbone, image_size, feature_stage,
                                               self.au_numbers, conv_stem)
             backbone = self.stage1.meta["backbone"]
@@ -98,6 +100,8 @@ class HiVAFinetuner(StageModule):
         # the resolved choices, so a checkpoint rebuilds exactly this model
         self.hparams.backbone = backbone
         self.hparams.conv_stem = self.model.backbone.conv_stem
+        # where the weights came from, kept through checkpoints that no longer read it
+        self.stage1_path = str(self.stage1.path) if self.stage1 is not None else None
         if self.stage1 is not None:
             self.model.backbone.load_state_dict(self.stage1.backbone)
             if hasattr(self.model, "region"):
@@ -126,9 +130,6 @@ class HiVAFinetuner(StageModule):
             raise ValueError(f"the model predicts {self.au_names} but the data has "
                              f"{list(datamodule.au_names)}; train a model for this AU list")
         if stage == "fit":
-            rank_zero_info(f"initialised from stage-1 checkpoint {self.stage1.path}"
-                           if self.stage1 is not None else
-                           "initialised from scratch (no stage-1 checkpoint given)")
             stats = datamodule.train_label_statistics()
             if self.hparams.class_weighted:
                 self.class_weights.copy_(stats.class_weights)
@@ -142,6 +143,15 @@ class HiVAFinetuner(StageModule):
                                          min_per_au=self.hparams.descriptions_per_step)
             self.text = encode_bank(self._encoder[0], bank, self.au_numbers,
                                     self.hparams.text_cache_dir)
+
+    def on_fit_start(self) -> None:
+        # here, not in setup: a resumed run has restored its checkpoint by now
+        resumed = self.trainer.ckpt_path
+        rank_zero_info(f"resumed from {resumed} (stage-1 initialisation: {self.stage1_path})"
+                       if resumed else
+                       f"initialised from stage-1 checkpoint {self.stage1_path}"
+                       if self.stage1_path else
+                       "initialised from scratch (no stage-1 checkpoint given)")
 
     def text_inputs(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         """Text for one step: a random subset of descriptions per AU in training, all of them
@@ -265,4 +275,28 @@ class HiVAFinetuner(StageModule):
                 "image_size": hp.image_size, "feature_stage": hp.feature_stage,
                 "conv_stem": hp.conv_stem,
                 "aus": list(self.au_numbers),
-                "pretrained": str(self.stage1.path) if self.stage1 is not None else None}
+                "pretrained": self.stage1_path}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Make the checkpoint self-contained: ``load_from_checkpoint`` (and ``test`` /
+        ``predict --ckpt_path``) rebuild the module from ``hyper_parameters``, which must not
+        send ``__init__`` to the stage-1 file or to ImageNet weights again; the state dict holds
+        every weight and ``backbone`` / ``conv_stem`` are already the resolved ones. The
+        stage-1 path stays in ``checkpoint["aukit"]`` ("pretrained" and "config")."""
+        super().on_save_checkpoint(checkpoint)
+        hparams = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
+        if hparams is not None:
+            hparams.update(pretrained=None, pretrained_backbone=False)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.stage1_path = checkpoint[META_KEY].get("pretrained", self.stage1_path)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs) -> HiVAFinetuner:
+        """``LightningModule.load_from_checkpoint`` that never reads the stage-1 checkpoint or
+        ImageNet weights, also for checkpoints written before ``on_save_checkpoint`` dropped
+        them (keyword arguments still override)."""
+        kwargs.setdefault("pretrained", None)
+        kwargs.setdefault("pretrained_backbone", False)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)

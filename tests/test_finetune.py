@@ -188,3 +188,55 @@ def test_a_tiny_run_learns_its_training_faces_beyond_chance(tmp_path):
     f1 = float(cli.trainer.callback_metrics["test/f1_mean"])
     auc = float(cli.trainer.callback_metrics["test/auc_mean"])
     assert f1 > chance + 0.05 and auc > 0.7, (f1, chance, auc)
+
+
+def test_a_finetune_checkpoint_loads_without_its_stage1_file(tmp_path, capsys, caplog):
+    """Stage 2 from a stage-1 file, then that file is deleted: the stage-2 checkpoint still
+    loads, through load_from_checkpoint, the inference predictor, `test --ckpt_path` and a
+    resumed `fit`, and gives the trained model's outputs."""
+    from aukit.data.attention import canonical_landmarks
+    from aukit.inference import load_predictor
+
+    stage1_path = tmp_path / "moved" / "s1.ckpt"
+    stage1_path.parent.mkdir()
+    save_stage1(stage1_path, conv_stem=True)
+    tiny = ["--model.pretrained", str(stage1_path), "--model.use_text", "false",
+            "--data.aus", "[AU1,AU12]"]
+    cli = run_finetune(tmp_path / "fit", *tiny, "--test_after_fit", "false",
+                       "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1")
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    trained = cli.model.eval()
+    stage1_path.unlink()
+    stage1_path.parent.rmdir()
+
+    checkpoint = torch.load(ckpt, weights_only=False)
+    assert checkpoint["hyper_parameters"]["pretrained"] is None
+    assert checkpoint[META_KEY]["pretrained"] == str(stage1_path)  # where it came from
+    loaded = HiVAFinetuner.load_from_checkpoint(ckpt).eval()
+    assert loaded.hparams.conv_stem is True and loaded.model.backbone.conv_stem is True
+    assert loaded.hparams.backbone == "swin_test" and loaded.hparams.image_size == 64
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    landmarks = torch.from_numpy(canonical_landmarks(64))[None].expand(2, -1, -1)
+    with torch.no_grad():
+        expected = trained(images, landmarks)["logits"]
+        torch.testing.assert_close(loaded(images, landmarks)["logits"], expected)
+        probabilities = load_predictor(ckpt, tmp_path / "text-cache")(images)[0]
+    torch.testing.assert_close(probabilities, expected.sigmoid())
+    # a checkpoint written before the stage-1 path was dropped from its hyperparameters
+    checkpoint["hyper_parameters"].update(pretrained=str(stage1_path))
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    old = HiVAFinetuner.load_from_checkpoint(tmp_path / "old.ckpt").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(old(images, landmarks)["logits"], expected)
+    # the fit command line reused for `test`, stage-1 path and all
+    tested = run_finetune(tmp_path / "test", *tiny, "--ckpt_path", ckpt,
+                          "--trainer.limit_test_batches", "1", subcommand="test")
+    assert tested.trainer.logged_metrics["test/f1_mean"] >= 0
+    caplog.set_level("INFO")
+    resumed = run_finetune(tmp_path / "resume", *tiny, "--ckpt_path", ckpt, "--test_after_fit",
+                           "false", "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1")
+    assert resumed.trainer.global_step == 3
+    assert f"resumed from {ckpt} (stage-1 initialisation: {stage1_path})" in (
+        capsys.readouterr().out + caplog.text)
+    resaved = torch.load(resumed.trainer.checkpoint_callback.last_model_path, weights_only=False)
+    assert resaved[META_KEY]["pretrained"] == str(stage1_path)

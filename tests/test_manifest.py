@@ -9,7 +9,15 @@ import cv2
 import numpy as np
 import pytest
 
-from aukit.data.manifest import Manifest, ManifestError, load_landmarks, manifest_aus, read_manifest
+from aukit.data import manifest as manifest_module
+from aukit.data.manifest import (
+    Manifest,
+    ManifestError,
+    load_landmarks,
+    manifest_aus,
+    read_manifest,
+    unreadable_images,
+)
 
 
 def write_image(path: Path, size: int = 40) -> Path:
@@ -185,3 +193,128 @@ def test_manifest_constructor_checks_lengths(tmp_path):
     with pytest.raises(ManifestError, match="disagree in length"):
         Manifest(tmp_path, [tmp_path / "a.png"], ["S1", "S2"], np.zeros((1, 1)),
                  np.ones((1, 1), bool), [None], (1,), tmp_path / "m.csv")
+
+
+# ----------------------------------------------------------------- the image check (issue 12)
+def write_face(path: Path, size: int = 64) -> Path:
+    """A noisy image, so JPEG / PNG files are large enough to cut in half meaningfully."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, (size, size, 3), np.uint8))
+    return path
+
+
+def cut(path: Path, fraction: float) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * fraction)])
+    return path
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+BROKEN = {
+    "half.jpg": lambda p: cut(write_face(p), 0.5),
+    "ninety.jpg": lambda p: cut(write_face(p), 0.9),
+    "half.png": lambda p: cut(write_face(p), 0.5),
+    "ninety.png": lambda p: cut(write_face(p), 0.9),
+    "garbage.jpg": lambda p: write_bytes(p, np.random.default_rng(1).bytes(3000)),
+    "empty.png": lambda p: write_bytes(p, b""),
+}
+FINE = {
+    "face.jpg": write_face,
+    "face.png": write_face,
+    "face.bmp": write_face,
+    # bytes after the end-of-image marker (camera trailers) are not truncation
+    "trailer.jpg": lambda p: write_bytes(p, write_face(p).read_bytes() + b"trailer"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_image_check_catches_truncated_and_undecodable_files(tmp_path, name):
+    path = tmp_path / name
+    BROKEN[name](path)
+    assert list(unreadable_images([path])) == [path]
+
+
+@pytest.mark.parametrize("name", sorted(FINE))
+def test_image_check_accepts_whole_files(tmp_path, name):
+    path = tmp_path / name
+    FINE[name](path)
+    assert cv2.imread(str(path)) is not None
+    assert unreadable_images([path]) == {}
+
+
+@pytest.fixture
+def faces(tmp_path: Path) -> Path:
+    """A manifest of 6 JPEG faces of 3 subjects: row 2 truncated, row 5 a truncated PNG, row 6 a
+    bad label."""
+    records = []
+    for i in range(6):
+        suffix = ".png" if i == 4 else ".jpg"
+        write_face(tmp_path / f"f{i}{suffix}")
+        records.append({"image": f"f{i}{suffix}", "subject": f"S{i // 2}",
+                        "AU1": "x" if i == 5 else i % 2, "AU12": 1})
+    cut(tmp_path / "f1.jpg", 0.5)
+    cut(tmp_path / "f4.png", 0.6)
+    return write_csv(tmp_path / "m.csv", records)
+
+
+def test_the_datamodule_refuses_a_corrupt_image_before_training(faces):
+    from aukit.data.datamodules import AUDataModule
+
+    data = AUDataModule(dataset="csv", manifest=str(faces), val_subjects=0, image_size=32)
+    with pytest.raises(ValueError, match=r"(?s)3 bad row\(s\) of 6 \(2 unreadable images, 1 bad "
+                                         r"label\).*row 2 \(line 3\): image .*f1.jpg cannot be "
+                                         r"decoded.*row 5 \(line 6\): image .*f4.png cannot be "
+                                         r"decoded.*--data.skip_bad_rows true"):
+        data.setup("fit")
+
+
+def test_skip_bad_rows_drops_corrupt_images_with_counts(faces, caplog):
+    from aukit.data.datamodules import AUDataModule
+
+    data = AUDataModule(dataset="csv", manifest=str(faces), val_subjects=0, image_size=32,
+                        skip_bad_rows=True)
+    with caplog.at_level(logging.WARNING):
+        data.setup("fit")
+    train = data.splits()["train"]
+    assert train.rows == [1, 3, 4]
+    assert "skipped 3 of 6 rows" in caplog.text
+    assert "2 unreadable images, 1 bad label" in caplog.text
+    assert any("f1.jpg cannot be decoded" in m for m in train.skipped)
+    for i in range(len(train)):  # what is left decodes
+        assert data.dataset_for("train")[i]["image"].shape == (3, 32, 32)
+
+
+def test_the_image_check_is_cached_by_file_size_and_time(faces, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first = read_manifest(faces, skip_bad_rows=True, verify_images=True, image_check_cache=cache)
+    assert len(list(cache.glob("*.json"))) == 1
+    calls = []
+    real = manifest_module._decode_problem
+    monkeypatch.setattr(manifest_module, "_decode_problem", lambda p: calls.append(p) or real(p))
+    again = read_manifest(faces, skip_bad_rows=True, verify_images=True, image_check_cache=cache)
+    assert calls == [] and again.rows == first.rows and again.skipped == first.skipped
+    write_face(tmp_path / "f1.jpg")  # repaired: a new size and time, so checked again
+    repaired = read_manifest(faces, skip_bad_rows=True, verify_images=True,
+                             image_check_cache=cache)
+    assert len(calls) == 6 and repaired.rows == [1, 2, 3, 4]
+
+
+def test_images_from_a_crop_store_are_not_checked_again(tmp_path, monkeypatch):
+    from aukit.data.crop_store import write_crop_store
+    from aukit.data.datamodules import AUDataModule
+
+    records = [{"image": str(write_face(tmp_path / f"f{i}.jpg")), "subject": f"S{i}", "AU1": 1}
+               for i in range(2)]
+    path = write_csv(tmp_path / "m.csv", records)
+    store = write_crop_store(read_manifest(path), tmp_path / "store", size=32)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("images of a crop store were checked")
+
+    monkeypatch.setattr(manifest_module, "unreadable_images", fail)
+    data = AUDataModule(dataset="csv", manifest=str(path), val_subjects=0, image_size=32,
+                        crop_store=str(store))
+    assert len(data.splits()["train"]) == 2

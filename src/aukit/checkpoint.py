@@ -2,7 +2,8 @@
 
 Each stage writes ``checkpoint["aukit"] = {"stage": ..., "backbone": ..., "image_size": ...,
 "aus": [...], ...}`` so a checkpoint says what it holds. Stage 2 loads the backbone and AU region
-encoder of a stage-1 checkpoint by path alone, and refuses one that does not fit.
+encoder of a stage-1 checkpoint by path alone, and refuses one that does not fit; only once, when
+it starts training: a stage-2 checkpoint holds those weights and loads without the stage-1 file.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ A finetune checkpoint stores the model weights and its hyperparameters, not the 
 they are recomputed here from the description bank and text encoder the hyperparameters name
 (cached on disk by ``aukit.text.features.encode_bank``) and stored as buffers, so the predictor
 is a plain ``images -> probabilities, activation maps`` module that exports to TorchScript and
-ONNX. Inputs are aligned face crops (``aukit.data.prepare.align_face``), whose 68 landmarks are
-the canonical template by construction, so the template is baked in too and landmarks are not an
-input.
+ONNX. Inputs are aligned face crops (``aukit.data.prepare.align_face``); their 68 landmarks are an
+optional input (``aukit.predict`` gives each face's own), by default the canonical template, which
+is baked in, so the exported graphs take images only.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ THRESHOLD = 0.5  # the decision threshold of the benchmark protocol: never tuned
 
 
 class AUPredictor(nn.Module):
-    """Aligned, normalised face crops ``[B, 3, S, S]`` -> ``(probabilities [B, A],
-    activation maps [B, A, h, w])``; the linear baseline has no maps and returns
-    ``(probabilities,)`` (``has_maps`` says which).
+    """Aligned, normalised face crops ``[B, 3, S, S]`` (and their landmarks ``[B, 68, 2]`` in
+    crop pixels; default: the template) -> ``(probabilities [B, A], activation maps
+    [B, A, h, w])``; the linear baseline has no maps and returns ``(probabilities,)``
+    (``has_maps`` says which).
 
     ``text`` is (tokens [A, T, Dt], mask [A, T] bool, anchor vectors [A, Dt]) for a text model.
     """
@@ -44,7 +45,7 @@ class AUPredictor(nn.Module):
         self.image_size = image_size
         self.au_names = au_keys(model.aus)
         self.has_maps = not isinstance(model, LinearAUClassifier)
-        # [1, 68, 2]: every aligned crop has the template's landmarks
+        # [1, 68, 2]: the landmarks of a crop that comes without its own
         self.register_buffer("landmarks", torch.from_numpy(canonical_landmarks(image_size))[None])
         for name, value in zip(("text_tokens", "text_mask", "text_vec"), text or (None,) * 3,
                                strict=True):
@@ -54,15 +55,18 @@ class AUPredictor(nn.Module):
     def output_names(self) -> list[str]:
         return ["probabilities", "activation_maps"][:1 + self.has_maps]
 
-    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        landmarks = self.landmarks.expand(images.shape[0], -1, -1)  # [B, 68, 2]
+    def forward(self, images: Tensor, landmarks: Tensor | None = None) -> tuple[Tensor, ...]:
+        if landmarks is None:
+            landmarks = self.landmarks.expand(images.shape[0], -1, -1)  # [B, 68, 2]
         out = self.model(images, landmarks, self.text_tokens, self.text_mask, self.text_vec)
         probs = out["logits"].float().sigmoid()
         return (probs, out["act_maps"].float()) if self.has_maps else (probs,)
 
 
 def build_model(meta: dict[str, Any], text_dim: int) -> nn.Module:
-    """The untrained stage-2 model a finetune checkpoint's metadata describes."""
+    """The untrained stage-2 model a finetune checkpoint's metadata describes. It reads no other
+    file (no stage-1 checkpoint, no ImageNet weights): the checkpoint's state dict holds every
+    weight, so a checkpoint predicts and exports after its stage-1 file is gone."""
     cfg = meta["config"]
     common = dict(au_numbers=meta["aus"], backbone=meta["backbone"],
                   image_size=meta["image_size"], feature_stage=meta["feature_stage"],

@@ -137,7 +137,10 @@ class AUDataModule(L.LightningDataModule):
     ``"bp4d"`` / ``"disfa"`` for manifests of those sets: same, with their standard AUs) reads
     ``manifest`` for training, ``val_manifest`` or a subject-disjoint carve of ``val_subjects``
     (a fraction or names) for validation and ``test_manifest`` for testing. ``label_fraction``
-    keeps a seeded fraction of the training subjects (after carving validation).
+    keeps a seeded fraction of the training subjects (after carving validation). Manifests are
+    checked before training, every image included (``read_manifest``, ``verify_images``); a bad row
+    (missing or corrupt image, bad label or landmarks) fails then, or with ``skip_bad_rows`` is
+    dropped with the counts logged.
 
     ``data_root`` (bp4d / disfa) builds ``manifest`` from a raw root or a ``prepare`` output
     folder (cached, see ``aukit.data.readers.dataset_manifest``). ``fold`` (bp4d / disfa /
@@ -248,7 +251,11 @@ class AUDataModule(L.LightningDataModule):
         return splits
 
     def _read(self, path: str) -> Manifest:
-        return read_manifest(path, self.aus, skip_bad_rows=self.skip_bad_rows)
+        # every image is checked to decode now, not when a loader first reaches a corrupt one
+        # hours in (cached: a second run only stats the files); images served from a crop store
+        # were decoded when the store was written and are not read again, so no check there
+        return read_manifest(path, self.aus, skip_bad_rows=self.skip_bad_rows,
+                             verify_images=self.crop_store is None)
 
     def _csv_splits(self) -> dict[str, Split]:
         full = self._read(self.manifest)  # type: ignore[arg-type]  # required in __init__
