@@ -1,12 +1,16 @@
 """``python -m pretrain fit -c conf/trainer/cpu.yaml -c conf/pretrain/synthau.yaml``."""
 
-from aukit.cli import AUCLI
+from aukit.cli import AUCLI, report_user_error
 from aukit.data.datamodules import UnlabeledFaceDataModule
 from pretrain.module import RegionRelationPretrainer
 
 
 def main() -> None:
-    AUCLI(RegionRelationPretrainer, UnlabeledFaceDataModule)
+    try:
+        AUCLI(RegionRelationPretrainer, UnlabeledFaceDataModule)
+    except Exception as err:
+        report_user_error(err, "python -m pretrain")
+        raise
 
 
 if __name__ == "__main__":

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import linecache
 import os
+import re
+import sys
 import warnings
 from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from aukit.checkpoint import STAGE_HINT, read_checkpoint
 from aukit.performance import Performance
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -18,6 +23,93 @@ warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_t
 OOM_HINT = ("the batch does not fit in device memory: lower --data.batch_size (keep the effective "
             "batch with --trainer.accumulate_grad_batches N), use --trainer.precision bf16-mixed, "
             "or a smaller --data.image_size / --model.backbone")
+
+
+DEBUG_VARIABLE = "AUKIT_DEBUG"
+# what the library raises for bad data, configuration and checkpoints; a user error only when an
+# explicit `raise` in aukit or a stage package threw it (see user_error_message)
+OWN_ERROR_TYPES = (ValueError, OSError, ImportError, FloatingPointError)
+# the operating system names the path in these, wherever they come from
+PATH_ERROR_TYPES = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+_FRAME_LINE = re.compile(r'^\s*File "(?P<file>[^"]+)", line \d+, in ', re.MULTILINE)
+
+
+class UserError(ValueError):
+    """A problem with the user's data, configuration or checkpoint; the message names the file,
+    row or value and the fix, and the entry points print it without a traceback."""
+
+
+def _own_file(filename: str) -> bool:
+    """Whether ``filename`` is part of aukit or of a stage package (``finetune``, ``pretrain``)."""
+    roots = [Path(__file__).parent] + [Path(m.__file__).parent for m in
+                                       (sys.modules.get("finetune"), sys.modules.get("pretrain"))
+                                       if m is not None and getattr(m, "__file__", None)]
+    path = Path(filename).resolve()
+    return any(path.is_relative_to(root.resolve()) for root in roots)
+
+
+def _origin(err: BaseException) -> tuple[str, str, str]:
+    """(file, source line, message) of where ``err`` was thrown.
+
+    A DataLoader worker's error arrives re-raised by torch with the worker's traceback as text
+    ("Caught ValueError in DataLoader worker process 0. Original Traceback ..."); its last frame
+    and message are read from that text.
+    """
+    text = str(err)
+    frames = list(_FRAME_LINE.finditer(text)) if "Original Traceback" in text else []
+    if frames:
+        lines = text[frames[-1].end():].splitlines()[1:]
+        # after the source line come caret lines (indented), then "Type: message" unindented
+        first = next((i for i, line in enumerate(lines[1:], 1) if line[:1].strip()), len(lines))
+        message = "\n".join([lines[first].split(": ", 1)[-1], *lines[first + 1:]]) \
+            if first < len(lines) else text
+        return frames[-1]["file"], lines[0].strip() if lines else "", message
+    tb = err.__traceback__
+    if tb is None:
+        return "", "", text
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename
+    return filename, linecache.getline(filename, tb.tb_lineno).strip(), text
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """What to print instead of a traceback when ``err`` is a user error, else None.
+
+    User errors: ``UserError``; Lightning's ``MisconfigurationException``; a device
+    out-of-memory error carrying ``OOM_HINT``; a missing / unreadable path (the OS names it);
+    and a ``ValueError`` / ``OSError`` / ``ImportError`` / ``FloatingPointError`` thrown by an
+    explicit ``raise`` in aukit or a stage package, whose messages are written for users. The
+    same types thrown by torch, numpy or Python itself (a bad reshape, an unpacking error) are
+    bugs and keep their traceback.
+    """
+    if isinstance(err, UserError | MisconfigurationException):
+        return str(err)
+    if isinstance(err, torch.OutOfMemoryError):
+        return str(err) if OOM_HINT in str(err) else None
+    filename, code, message = _origin(err)
+    if isinstance(err, PATH_ERROR_TYPES):
+        return message
+    if isinstance(err, OWN_ERROR_TYPES) and code.startswith("raise") and _own_file(filename):
+        return message
+    return None
+
+
+def report_user_error(err: BaseException, prog: str) -> None:
+    """Exit with status 2 after printing ``prog: error: <message>`` when ``err`` is a user error
+    (``user_error_message``); return otherwise, so that the caller re-raises it. With
+    ``AUKIT_DEBUG=1`` it always returns: the traceback is shown.
+
+    Entry points call it from ``except Exception as err: report_user_error(err, prog); raise``.
+    """
+    if os.environ.get(DEBUG_VARIABLE, "").strip().lower() not in ("", "0", "false", "no"):
+        return
+    message = user_error_message(err)
+    if message is None:
+        return
+    print(f"{prog}: error: {message}\n(set {DEBUG_VARIABLE}=1 to see the traceback)",
+          file=sys.stderr)
+    raise SystemExit(2)
 
 
 def check_trainer(accelerator: str, devices: int | str | list | None,
@@ -43,13 +135,36 @@ def check_trainer(accelerator: str, devices: int | str | list | None,
                          "16-mixed")
 
 
+def check_ckpt_path(path: str, stage: str) -> None:
+    """Refuse a ``--ckpt_path`` file that is not a checkpoint of ``stage``, saying what it is and
+    how to use it. Runs before LightningCLI parses the checkpoint's hyperparameters into the
+    config, which fails on the other stage's with an unrelated parser error."""
+    try:
+        read_checkpoint(path, stage)
+    except ValueError as err:
+        if stage == "finetune" and " is a pretrain checkpoint" in str(err):
+            raise UserError(
+                f"--ckpt_path {path} is a stage-1 (pretrain) checkpoint: it holds the "
+                "self-supervised encoder without AU heads, so finetuning cannot resume, "
+                f"validate or test it. Start finetuning from it with `make finetune "
+                f"PRETRAINED={path}` (--model.pretrained {path}, no --ckpt_path); --ckpt_path "
+                f"takes {STAGE_HINT['finetune']}") from err
+        if stage == "pretrain" and " is a finetune checkpoint" in str(err):
+            raise UserError(
+                f"--ckpt_path {path} is a stage-2 (finetune) checkpoint; pretraining resumes "
+                f"from {STAGE_HINT['pretrain']}. Evaluate a finetune checkpoint with "
+                f"`python -m finetune test ... --ckpt_path {path}`") from err
+        raise UserError(f"--ckpt_path {err}") from err
+
+
 class AUCLI(LightningCLI):
     """LightningCLI in subclass mode with the links both stages need.
 
     The data module owns the image size; the model reads it from there so it is written once.
     ``performance:`` (channels-last, ``torch.compile``) is the ``aukit.performance.Performance``
     callback, always added.
-    A device out-of-memory error is re-raised with the settings that fix it.
+    A device out-of-memory error is re-raised with the settings that fix it; a ``--ckpt_path``
+    of the other stage is refused before anything is built (``check_ckpt_path``).
     """
 
     def __init__(self, *args, **kwargs):
@@ -64,6 +179,15 @@ class AUCLI(LightningCLI):
         parser.link_arguments("data.image_size", "model.image_size")
         # always present, set by the trainer presets under `performance:`
         parser.add_lightning_class_args(Performance, "performance")
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        stage = getattr(self.model_class, "stage", "")
+        # "last" / "best" / "hpc" are Lightning's names, resolved by the trainer
+        if path and stage and Path(path).is_file():
+            check_ckpt_path(str(path), stage)
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config

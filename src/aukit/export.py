@@ -209,7 +209,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text-cache-dir", default=None,
                         help="where text features are cached (default ~/.cache/aukit/text)")
     args = parser.parse_args(argv)
-    path = export(args.ckpt, args.format, args.out, args.name, args.text_cache_dir)
+    try:
+        path = export(args.ckpt, args.format, args.out, args.name, args.text_cache_dir)
+    except Exception as err:
+        from aukit.cli import report_user_error  # Lightning loads only when something failed
+
+        report_user_error(err, "aukit-export")
+        raise
     print(f"exported {path} and its model card {path.with_suffix('.md')}")
 
 
