@@ -7,12 +7,13 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 # the stage packages (pretrain/, finetune/) live at the top level, next to the scripts
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install test lint format samples baselines bench bench-pretrain bench-finetune
+.PHONY: install test lint format samples baselines bench bench-pretrain bench-finetune \
+	bench-landmarks
 
 install:
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,landmarks]"
 	# MTCNN face detection (its weights ship in the wheel); --no-deps keeps our torch
 	$(PY) -m pip install --no-deps facenet-pytorch==2.6.0
 
@@ -41,6 +42,10 @@ bench-pretrain:
 	$(PY) scripts/bench_ot.py
 	$(PY) scripts/bench_pretrain.py $(ARGS)
 
+# landmark time per face, and predict frames/s with template vs dlib68 landmarks on one video
+bench-landmarks:
+	$(PY) scripts/bench_landmarks.py $(if $(CKPT),--ckpt $(CKPT)) $(ARGS)
+
 # stage 2: (a) linear, (b) HiVA, (c) HiVA from stage 1, (d) ablations; all and 10% labels
 bench-finetune:
 	$(PY) scripts/bench_finetune.py $(ARGS)
@@ -67,7 +72,7 @@ init_flag = $(if $(filter-out none,$(PRETRAINED)),--model.pretrained $(PRETRAINE
 .PHONY: pretrain finetune prepare cv predict export
 pretrain:
 	$(PY) -m pretrain fit -c conf/trainer/$(TRAINER).yaml -c conf/pretrain/synthau.yaml \
-		$(if $(DATA),--data.source $(DATA)) $(ARGS)
+		$(if $(DATA),--data.source $(DATA) --data.landmarks auto) $(ARGS)
 
 finetune:
 	$(PY) -m finetune fit -c conf/trainer/$(TRAINER).yaml -c conf/finetune/$(DATASET).yaml \

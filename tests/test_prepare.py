@@ -75,7 +75,8 @@ def test_prepare_bp4d_and_disfa_trees_report_resume_and_parallel(tmp_path):
     bp4d = make_bp4d(tmp_path / "bp4d", subjects=("F001", "M011"), frames=3, image=face_frame)
     out = tmp_path / "bp4d-out"
     counts = prepare("bp4d", bp4d, out, workers=1, size=SIZE)
-    assert counts == {"frames": 6, "aligned": 5, "no_face": 1, "no_frame": 0}
+    assert counts == {"frames": 6, "aligned": 5, "no_face": 1, "no_frame": 0,
+                      "template_landmarks": 0}
     assert (out / "no_face.txt").read_text().startswith("no_face\t")
     assert "M011/T1/0003.jpg" in (out / "no_face.txt").read_text()  # listed by name
     manifest = read_manifest(out / "manifest.csv", "bp4d")
@@ -96,7 +97,8 @@ def test_prepare_bp4d_and_disfa_trees_report_resume_and_parallel(tmp_path):
     out = tmp_path / "disfa-out"
     counts = prepare("disfa", disfa, out, workers=2, size=SIZE)  # spawned workers
     # SN002: frame 3 is video frame 2 (face); SN013's video is 2 frames: the reader drops frame 3
-    assert counts == {"frames": 5, "aligned": 5, "no_face": 0, "no_frame": 0}
+    assert counts == {"frames": 5, "aligned": 5, "no_face": 0, "no_frame": 0,
+                      "template_landmarks": 0}
     manifest = read_manifest(out / "manifest.csv", "disfa")
     assert len(manifest) == 5 and manifest.mask.all()
     assert "label rows outside the video's frames" in (out / "prepare_report.txt").read_text()
@@ -148,7 +150,8 @@ def test_prepare_disfa_frames_from_zero_report_and_refuse_mixed_resume(tmp_path,
     extract_frames(tmp_path / "frames" / "SN002", 0, 3, first=0)
     out = tmp_path / "out"
     counts = prepare("disfa", root, out, size=32, frames_root=str(tmp_path / "frames"))
-    assert counts == {"frames": 3, "aligned": 3, "no_face": 0, "no_frame": 0}
+    assert counts == {"frames": 3, "aligned": 3, "no_face": 0, "no_frame": 0,
+                      "template_landmarks": 0}
     report = (out / "prepare_report.txt").read_text()
     assert "numbered from 0 (frame 0 found in SN002)" in report and "no problems" in report
     assert "numbered from 0" in capsys.readouterr().out

@@ -1,19 +1,24 @@
 """Predict AUs on new images, folders of images and videos with a finetune checkpoint.
 
 ``python -m aukit.predict --input PATH --ckpt best.ckpt [--out DIR] [--device cuda]
-[--batch-size 32] [--visualize [--every N]] [--video-out annotated.avi]`` writes
+[--batch-size 32] [--landmarks auto|dlib68|template] [--visualize [--every N]]
+[--video-out annotated.avi]`` writes
 
 - ``DIR/predictions.csv``: one row per frame and face: ``source`` (the file), ``frame`` (video
   frame number; 0 for an image), ``time_s`` (frame / fps; empty for an image), ``face`` (index,
   left to right), ``status`` (``ok``, ``no_face`` or ``unreadable``; the last two have empty
-  cells after it), the MTCNN box ``x1 y1 x2 y2`` and ``face_score`` in source pixels, then per
-  AU its probability ``AU12_prob`` and decision ``AU12`` (probability >= 0.5);
+  cells after it), the MTCNN box ``x1 y1 x2 y2`` and ``face_score`` in source pixels,
+  ``landmarks`` (where the face's 68 landmarks came from: ``dlib68``, or ``template`` when that
+  source is chosen or its fit failed), then per AU its probability ``AU12_prob`` and decision
+  ``AU12`` (probability >= 0.5);
 - with ``--visualize``: ``DIR/visualize/*.png`` per face of every image (or every Nth video
-  frame): the aligned face, its predicted AUs and the per-AU activation-map grid;
+  frame): the aligned face with its 68 landmarks, its predicted AUs and the per-AU
+  activation-map grid;
 - with ``--video-out``: the video with boxes and predicted AUs drawn on every frame.
 
-Faces are found by MTCNN and aligned onto the canonical template like the training crops
-(``aukit.data.prepare``); videos are decoded frame by frame, so memory does not grow with their
+Faces are found by MTCNN, get their 68 landmarks (``aukit.landmarks``) and are aligned onto the
+canonical template like the training crops (``aukit.data.prepare``); the landmarks place the
+model's AU attention maps. Videos are decoded frame by frame, so memory does not grow with their
 length. The frames per second of the whole run (decode, detect, align, model) are reported.
 """
 
@@ -32,10 +37,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from aukit.data.prepare import align_face
+from aukit.data.prepare import align_with_landmarks
 from aukit.data.readers import IMAGE_SUFFIXES
 from aukit.data.transforms import eval_transform
 from aukit.inference import THRESHOLD, AUPredictor, load_predictor
+from aukit.landmarks import AUTO, SOURCES, Landmarker
 from aukit.visualize import activation_grid
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -56,12 +62,15 @@ class Frame:
 
 @dataclass
 class Face:
-    """A detected face: box ``[4]`` (x1, y1, x2, y2), MTCNN score, aligned crop RGB, and the
-    model's probabilities ``[A]`` and activation maps ``[A, h, w]`` (None without maps)."""
+    """A detected face: box ``[4]`` (x1, y1, x2, y2), MTCNN score, aligned crop RGB, its
+    landmarks ``[68, 2]`` in crop pixels and their source, and the model's probabilities ``[A]``
+    and activation maps ``[A, h, w]`` (None without maps)."""
 
     box: np.ndarray
     score: float
     crop: np.ndarray
+    landmarks: np.ndarray
+    landmark_source: str
     probs: np.ndarray | None = None
     maps: np.ndarray | None = None
 
@@ -168,23 +177,27 @@ class FaceDetector:
 
 
 class FramePredictor:
-    """Detect, align and score the faces of a stream of frames, ``batch_size`` at a time."""
+    """Detect, locate landmarks, align and score the faces of a stream of frames,
+    ``batch_size`` at a time."""
 
     def __init__(self, predictor: AUPredictor, device: str = "cpu", batch_size: int = 32,
-                 min_face_size: int = 20) -> None:
+                 min_face_size: int = 20, landmarks: str = AUTO) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.predictor = predictor.to(device).eval()
         self.device, self.batch_size = device, batch_size
         self.detector = FaceDetector(device, min_face_size)
+        self.landmarker = Landmarker(landmarks)
         self.transform = eval_transform(predictor.image_size)
 
     @torch.inference_mode()
     def _score(self, faces: list[Face]) -> None:
         for start in range(0, len(faces), self.batch_size):
             chunk = faces[start:start + self.batch_size]
-            images = torch.stack([self.transform(f.crop)["image"] for f in chunk])
-            outputs = [o.float().cpu().numpy() for o in self.predictor(images.to(self.device))]
+            inputs = [self.transform(f.crop, f.landmarks) for f in chunk]
+            images = torch.stack([x["image"] for x in inputs]).to(self.device)
+            landmarks = torch.stack([x["landmarks"] for x in inputs]).to(self.device)
+            outputs = [o.float().cpu().numpy() for o in self.predictor(images, landmarks)]
             for k, face in enumerate(chunk):
                 face.probs = outputs[0][k]
                 face.maps = outputs[1][k] if len(outputs) > 1 else None
@@ -194,8 +207,9 @@ class FramePredictor:
         readable = [r for r in results if r.frame.image is not None]
         found = self.detector([r.frame.image for r in readable]) if readable else []
         for result, faces in zip(readable, found, strict=True):
-            result.faces = [Face(box, score, align_face(result.frame.image, points, ALIGN_SIZE))
-                            for box, score, points in faces]
+            result.faces = [Face(box, score, *align_with_landmarks(
+                result.frame.image, box, points, self.landmarker, ALIGN_SIZE))
+                for box, score, points in faces]
         self._score([face for result in results for face in result.faces])
         return results
 
@@ -214,7 +228,7 @@ class FramePredictor:
 # ---------------------------------------------------------------- outputs
 def csv_header(au_names: list[str]) -> list[str]:
     return ["source", "frame", "time_s", "face", "status", "x1", "y1", "x2", "y2", "face_score",
-            *(c for name in au_names for c in (f"{name}_prob", name))]
+            "landmarks", *(c for name in au_names for c in (f"{name}_prob", name))]
 
 
 def csv_rows(result: FrameResult, num_aus: int) -> list[list]:
@@ -223,11 +237,12 @@ def csv_rows(result: FrameResult, num_aus: int) -> list[list]:
     time_s = "" if frame.time_s is None else round(frame.time_s, 4)
     head = [frame.source, frame.index, time_s]
     if not result.faces:
-        return [head + ["", result.status] + [""] * (5 + 2 * num_aus)]
+        return [head + ["", result.status] + [""] * (6 + 2 * num_aus)]
     rows = []
     for k, face in enumerate(result.faces):
         scores = [c for p in face.probs for c in (round(float(p), 5), int(p >= THRESHOLD))]
-        rows.append(head + [k, OK, *np.round(face.box, 1), round(face.score, 4), *scores])
+        rows.append(head + [k, OK, *np.round(face.box, 1), round(face.score, 4),
+                            face.landmark_source, *scores])
     return rows
 
 
@@ -237,8 +252,11 @@ def _au_lines(face: Face, au_names: list[str]) -> list[str]:
 
 
 def face_panel(face: Face, au_names: list[str]) -> np.ndarray:
-    """RGB uint8 picture: the aligned face and its predicted AUs, beside the activation grid."""
+    """RGB uint8 picture: the aligned face with its 68 landmarks and its predicted AUs, beside
+    the activation grid."""
     crop = cv2.resize(face.crop, (TILE, TILE), interpolation=cv2.INTER_AREA)
+    for x, y in face.landmarks * (TILE / face.crop.shape[1]):
+        cv2.circle(crop, (int(x), int(y)), 1, (0, 255, 0), -1, cv2.LINE_AA)
     lines = ["predicted:", *_au_lines(face, au_names)]
     column = np.zeros((TILE + 16 * len(lines) + 8, TILE, 3), np.uint8)
     column[:TILE] = crop
@@ -297,9 +315,11 @@ class _VideoOut:
 def predict(input_path: str | Path, ckpt: str | Path, out: str | Path, device: str | None = None,
             batch_size: int = 32, visualize: bool = False, every: int = 1,
             video_out: str | Path | None = None, min_face_size: int = 20,
-            progress: bool = True, text_cache_dir: str | Path | None = None) -> dict:
-    """Run the checkpoint on ``input_path``; writes ``out/predictions.csv`` (and pictures, see
-    the module docstring). Returns ``{"csv", "frames", "faces", "seconds", "fps"}``."""
+            progress: bool = True, text_cache_dir: str | Path | None = None,
+            landmarks: str = AUTO) -> dict:
+    """Run the checkpoint on ``input_path`` with ``landmarks`` from that source
+    (``aukit.landmarks.SOURCES``); writes ``out/predictions.csv`` (and pictures, see the module
+    docstring). Returns ``{"csv", "frames", "faces", "seconds", "fps"}``."""
     if every < 1:
         raise ValueError(f"--every must be >= 1, got {every}")
     frames, total, fps = open_input(input_path)  # bad input fails before the model loads
@@ -307,7 +327,7 @@ def predict(input_path: str | Path, ckpt: str | Path, out: str | Path, device: s
         raise ValueError("--video-out needs a video input; for images use --visualize")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     predictor = load_predictor(ckpt, text_cache_dir)
-    run = FramePredictor(predictor, device, batch_size, min_face_size)
+    run = FramePredictor(predictor, device, batch_size, min_face_size, landmarks)
     out = Path(out)
     pictures = out / "visualize"
     (pictures if visualize else out).mkdir(parents=True, exist_ok=True)
@@ -352,15 +372,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--video-out", default=None, help="write an annotated video here "
                         "(.avi: MJPG, else mp4v)")
     parser.add_argument("--min-face-size", type=int, default=20, help="smallest face, pixels")
+    parser.add_argument("--landmarks", default=AUTO, choices=SOURCES,
+                        help="68 landmarks per face: dlib68, the template, or auto (dlib68 when "
+                             "installed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     out = args.out or Path("predictions") / Path(args.input).stem
     try:
         summary = predict(args.input, args.ckpt, out, args.device, args.batch_size,
                           args.visualize, args.every, args.video_out, args.min_face_size,
-                          not args.no_progress)
-    except (FileNotFoundError, ValueError) as err:
-        parser.exit(2, f"aukit-predict: error: {err}\n")
+                          not args.no_progress, landmarks=args.landmarks)
+    except Exception as err:
+        from aukit.cli import report_user_error  # Lightning loads only when something failed
+
+        report_user_error(err, "aukit-predict")
+        raise
     print(f"{summary['frames']} frames, {summary['faces']} faces in {summary['seconds']:.1f} s "
           f"({summary['fps']:.2f} frames/s) -> {summary['csv']}")
 

@@ -173,14 +173,7 @@ class ImageFolderDataset(Dataset):
     def __init__(self, root: str | os.PathLike, transform: Transform, views: int = 2,
                  clip_window: int = 0) -> None:
         self.root = Path(root).expanduser()
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {self.root} does not exist or is not a folder; "
-                                    "give a folder of aligned face images")
-        self.images = sorted(p for p in self.root.rglob("*")
-                             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not self.images:
-            raise FileNotFoundError(f"no images found under {self.root} (looked recursively for "
-                                    f"{', '.join(IMAGE_SUFFIXES)} files)")
+        self.images = folder_images(self.root)
         self.sidecar = self._read_sidecar()
         self.transform = transform
         self.views = _check_views(views)
@@ -271,6 +264,27 @@ class ImageFolderDataset(Dataset):
             frames += [self._frame(int(rng.choice(self._neighbours[index])))
                        for _ in range(1, self.views)]
         return apply_views(self.transform, frames, self.views, key)
+
+
+def folder_images(root: Path) -> list[Path]:
+    """Every image under the folder ``root`` (recursive, sorted); raises when there is none."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist or is not a folder; "
+                                "give a folder of aligned face images")
+    images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                    and p.is_file())
+    if not images:
+        raise FileNotFoundError(f"no images found under {root} (looked recursively for "
+                                f"{', '.join(IMAGE_SUFFIXES)} files)")
+    return images
+
+
+def folder_has_landmarks(root: Path) -> bool:
+    """True when images under ``root`` have landmarks ``ImageFolderDataset`` reads: a
+    ``landmarks.json`` sidecar or any per-image ``.npy`` / ``.json`` file."""
+    return (root / LANDMARKS_SIDECAR).is_file() or any(
+        path.with_suffix(suffix).is_file() for path in folder_images(root)
+        for suffix in (".npy", ".json"))
 
 
 def _read_subjects(path: Path) -> dict[str, str]:

@@ -1,23 +1,30 @@
-"""Face preprocessing: MTCNN boxes + 5 points, similarity alignment to the canonical template,
-fixed-size crops, checksums and the labelled manifest.
+"""Face preprocessing: MTCNN boxes + 5 points, 68 landmarks, similarity alignment to the
+canonical template, fixed-size crops, checksums and the labelled manifest.
 
 ``python -m aukit.data.prepare --dataset bp4d|disfa|folder --data-root RAW --out OUT
-[--workers N] [--size 256] [--device cpu] [--frames-root FRAMES [--frame-offset 0|1]]`` writes
+[--workers N] [--size 256] [--device cpu] [--landmarks auto|dlib68|template]
+[--frames-root FRAMES [--frame-offset 0|1]]`` writes
 
 - ``OUT/crops/...jpg``: aligned crops (``<subject>/<task>/<frame>.jpg``; folder: mirrored paths);
+- ``OUT/crops/...npy``: next to a crop, its 68 landmarks ``[68, 2]`` in crop pixels, when the
+  landmark stage (``aukit.landmarks``) found them; a crop without one has the template's;
 - ``OUT/crops.csv``: per crop its source, sha256, MTCNN box (``box_x1 .. box_y2``) and score, and
   5 points (``right_eye_x, right_eye_y, left_eye_x, ... mouth_left_y``; the subject's right and
-  left, so the right eye is on the image's left), all in source pixels;
+  left, so the right eye is on the image's left), all in source pixels; and ``landmarks``, the
+  source of the crop's 68 landmarks (``dlib68`` or ``template``);
 - ``OUT/no_face.txt``: frames where no face was found (``no_face``), and frames a truncated video
   lacks or holds only half-decoded (``no_frame``, see ``_frames``);
-- ``OUT/manifest.csv`` (bp4d / disfa): the generic manifest of the crops with their labels;
+- ``OUT/template_landmarks.txt``: crops that got the template because the 68-point fit failed;
+- ``OUT/manifest.csv`` (bp4d / disfa): the generic manifest of the crops with their labels and
+  landmarks files;
 - ``OUT/prepare_report.txt``: counts and the reader's problems, by name.
 
-The 5 points are mapped onto the template's eye centres, nose tip and mouth corners, so the 68
-landmarks of every crop are the template's (``canonical_landmarks(size)``), which is what the
-datasets use when a manifest row has no landmarks file. Coordinates are continuous pixel
-coordinates (``aukit.data.attention``). Videos are decoded frame by frame. Progress is appended
-per frame to ``OUT/records/*.csv``; a rerun skips recorded frames.
+A face is aligned by mapping 5 points onto the template's eye centres, nose tip and mouth
+corners: those of its 68 landmarks when the landmark stage found them (stored, in crop pixels),
+else MTCNN's, and then the crop's landmarks are the template's (``canonical_landmarks(size)``),
+which is what the datasets use when a manifest row has no landmarks file. Coordinates are
+continuous pixel coordinates (``aukit.data.attention``). Videos are decoded frame by frame.
+Progress is appended per frame to ``OUT/records/*.csv``; a rerun skips recorded frames.
 """
 
 from __future__ import annotations
@@ -28,14 +35,17 @@ import hashlib
 import json
 import multiprocessing
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from aukit.data.attention import canonical_landmarks
+from aukit.data.datasets import LANDMARKS_SIDECAR, folder_images, read_rgb
 from aukit.data.readers import (
     IMAGE_SUFFIXES,
     PREPARED_MANIFEST,
@@ -45,6 +55,7 @@ from aukit.data.readers import (
     manifest_summary,
     read_raw,
 )
+from aukit.landmarks import AUTO, DLIB68, TEMPLATE, Landmarker, five_points, resolve_source
 
 POINTS = ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")  # MTCNN's order
 RECORD_FIELDS = ("crop", "status", "sha256", "box_x1", "box_y1", "box_x2", "box_y2", "score",
@@ -56,8 +67,7 @@ _BATCH = 8  # frames per MTCNN call: same-size frames of one sequence batch well
 def template_points(size: int) -> np.ndarray:
     """``[5, 2]``: eye centres (subject's right, then left), nose tip, mouth corners of the
     canonical face in a ``size`` crop; the order of MTCNN's points."""
-    t = canonical_landmarks(size)
-    return np.stack([t[36:42].mean(0), t[42:48].mean(0), t[30], t[48], t[54]]).astype(np.float64)
+    return five_points(canonical_landmarks(size)).astype(np.float64)
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -73,14 +83,32 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, (mu_d - scale * rotation @ mu_s)[:, None]])
 
 
+def _warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """``image`` under the ``[2, 3]`` continuous-coordinate ``matrix``, ``[size, size, 3]``."""
+    # warpAffine works on pixel indices, whose centres sit at +0.5 in continuous coordinates
+    shifted = matrix.copy()
+    shifted[:, 2] += matrix[:, :2] @ np.full(2, 0.5) - 0.5
+    return cv2.warpAffine(image, shifted, (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
 def align_face(image: np.ndarray, points: np.ndarray, size: int) -> np.ndarray:
     """The ``[size, size, 3]`` crop that puts the 5 ``points`` ``[5, 2]`` of ``image`` onto the
     template."""
-    matrix = similarity_transform(points, template_points(size))
-    # warpAffine works on pixel indices, whose centres sit at +0.5 in continuous coordinates
-    matrix[:, 2] += matrix[:, :2] @ np.full(2, 0.5) - 0.5
-    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REPLICATE)
+    return _warp(image, similarity_transform(points, template_points(size)), size)
+
+
+def align_with_landmarks(image: np.ndarray, box: np.ndarray, points: np.ndarray,
+                         landmarker: Landmarker, size: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(crop [size, size, 3], landmarks [68, 2] in crop pixels, their source)`` of the face
+    with MTCNN ``box`` ``[4]`` and ``points`` ``[5, 2]``: aligned on the 5 points of its 68
+    landmarks when ``landmarker`` finds them, else on MTCNN's, with the template's landmarks."""
+    found = landmarker(image, box, points)
+    if found is None:
+        return align_face(image, points, size), canonical_landmarks(size), TEMPLATE
+    matrix = similarity_transform(five_points(found), template_points(size))
+    landmarks = (found @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
+    return _warp(image, matrix, size), landmarks, landmarker.source
 
 
 @dataclass(frozen=True)
@@ -197,8 +225,11 @@ def read_records(path: Path) -> dict[str, dict]:
                 if len(row) == len(RECORD_FIELDS)}
 
 
-def process_job(job: Job, out: Path, size: int, device: str = "cpu") -> Path:
-    """Align the frames of ``job`` not yet recorded; return its records file."""
+def process_job(job: Job, out: Path, size: int, device: str = "cpu",
+                landmarks: str = AUTO) -> Path:
+    """Align the frames of ``job`` not yet recorded, with ``landmarks`` from that source; return
+    its records file."""
+    landmarker = Landmarker(landmarks)
     record_path = out / "records" / f"{job.name}.csv"
     record_path.parent.mkdir(parents=True, exist_ok=True)
     done = set(read_records(record_path))
@@ -217,9 +248,12 @@ def process_job(job: Job, out: Path, size: int, device: str = "cpu") -> Path:
                 box, score, points = face
                 path = out / crop
                 path.parent.mkdir(parents=True, exist_ok=True)
-                aligned = align_face(image, points, size)
+                aligned, crop_landmarks, source = align_with_landmarks(image, box, points,
+                                                                       landmarker, size)
                 cv2.imwrite(str(path), cv2.cvtColor(aligned, cv2.COLOR_RGB2BGR),
                             [cv2.IMWRITE_JPEG_QUALITY, 95])
+                if source != TEMPLATE:  # before the record: a recorded crop has its landmarks
+                    np.save(path.with_suffix(".npy"), crop_landmarks)
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
                 writer.writerow([crop, OK, digest, *np.round(box, 2), round(score, 5),
                                  *np.round(points.reshape(-1), 2)])
@@ -240,7 +274,7 @@ def process_job(job: Job, out: Path, size: int, device: str = "cpu") -> Path:
     return record_path
 
 
-def _run_job(args: tuple[Job, Path, int, str]) -> Path:
+def _run_job(args: tuple[Job, Path, int, str, str]) -> Path:
     return process_job(*args)
 
 
@@ -278,11 +312,39 @@ def folder_jobs(root: Path, out: Path) -> list[Job]:
             for folder, items in groups.items()]
 
 
+def write_landmarks_sidecar(root: str | os.PathLike, device: str = "cpu",
+                            progress: bool = True) -> dict[str, int]:
+    """Fit dlib's 68 landmarks to the largest MTCNN face of every image under ``root`` and
+    write them, in image pixels, to ``root/landmarks.json``, the sidecar ``ImageFolderDataset``
+    reads. Images without a face or a fit are left out: they get the template. Returns the
+    counts ``images`` and ``fitted``."""
+    root = Path(root).expanduser()
+    images, landmarker = folder_images(root), Landmarker(DLIB68)
+    found: dict[str, list] = {}
+    with tqdm(total=len(images), unit="image", desc="landmarks", file=sys.stderr,
+              disable=not progress) as bar:
+        for start in range(0, len(images), _BATCH):
+            chunk = [(path, read_rgb(path, f"found under {root}"))
+                     for path in images[start:start + _BATCH]]
+            for (path, image), face in zip(chunk, _detect(chunk, device), strict=True):
+                points = None if face is None else landmarker(image, face[0], face[2])
+                if points is not None:
+                    found[path.relative_to(root).as_posix()] = np.round(points, 2).tolist()
+            bar.update(len(chunk))
+    partial = root / f"{LANDMARKS_SIDECAR}.partial"  # a killed run leaves no half sidecar
+    partial.write_text(json.dumps(found))
+    os.replace(partial, root / LANDMARKS_SIDECAR)
+    print(f"landmarks: dlib68 for {len(found)} of {len(images)} images under {root} -> "
+          f"{root / LANDMARKS_SIDECAR}; the other {len(images) - len(found)} (no face or no fit) "
+          "get the template", flush=True)
+    return {"images": len(images), "fitted": len(found)}
+
+
 def _check_settings(out: Path, settings: dict) -> None:
     """Refuse to resume into ``out`` with other settings: crops of two sizes would mix."""
     path = out / "prepare.json"
     if path.is_file():
-        before = json.loads(path.read_text())
+        before = {"landmarks": TEMPLATE, **json.loads(path.read_text())}  # made before dlib68
         if before != settings:
             raise ValueError(f"{out} was prepared with {before}, not {settings}; rerun with "
                              "those settings to resume, or give a new --out")
@@ -291,9 +353,11 @@ def _check_settings(out: Path, settings: dict) -> None:
 
 def prepare(dataset: str, data_root: str | os.PathLike, out: str | os.PathLike,
             workers: int = 1, size: int = 256, device: str = "cpu",
-            frames_root: str | None = None, frame_offset: int | None = None) -> dict[str, int]:
+            frames_root: str | None = None, frame_offset: int | None = None,
+            landmarks: str = AUTO) -> dict[str, int]:
     """Detect, align and crop every frame of ``data_root`` into ``out``; returns the counts
-    (``frames``, ``aligned``, ``no_face``, ``no_frame``). See the module docstring for files.
+    (``frames``, ``aligned``, ``no_face``, ``no_frame``, ``template_landmarks``: aligned crops
+    whose 68-point fit failed). See the module docstring for files.
     ``frame_offset`` (DISFA ``frames_root``): the number of the first extracted frame, 0 or 1;
     None = 0 when a frame 0 exists (``aukit.data.readers.disfa``)."""
     if dataset not in ("bp4d", "disfa", "folder"):
@@ -316,9 +380,10 @@ def prepare(dataset: str, data_root: str | os.PathLike, out: str | os.PathLike,
             raise ValueError(f"no usable {dataset} frames under {root}:\n{raw.problems.report()}")
         jobs = jobs_for(raw)
     out.mkdir(parents=True, exist_ok=True)
+    source = resolve_source(landmarks)  # fails now when dlib68 is asked for but missing
     _check_settings(out, {"dataset": dataset, "size": size, "template": "canonical-68/5pt",
-                          **(raw.settings if raw is not None else {})})
-    tasks = [(job, out, size, device) for job in jobs]
+                          "landmarks": source, **(raw.settings if raw is not None else {})})
+    tasks = [(job, out, size, device, source) for job in jobs]
     if workers > 1:
         # spawn: a forked copy of a process that already ran torch can deadlock in OpenMP
         with multiprocessing.get_context("spawn").Pool(min(workers, len(tasks))) as pool:
@@ -327,26 +392,35 @@ def prepare(dataset: str, data_root: str | os.PathLike, out: str | os.PathLike,
     else:
         for task in tasks:
             print(f"done {_run_job(task).stem}", flush=True)
-    return _write_outputs(out, jobs, raw)
+    return _write_outputs(out, jobs, raw, source)
 
 
-def _write_outputs(out: Path, jobs: list[Job], raw: RawDataset | None) -> dict[str, int]:
+def _write_outputs(out: Path, jobs: list[Job], raw: RawDataset | None,
+                   source: str) -> dict[str, int]:
     records = {k: v for job in jobs for k, v in read_records(out / "records" / f"{job.name}.csv")
                .items()}
     sources = {crop: image or f"{job.video}#frame{index}" for job in jobs
                for crop, image, index in job.items}
+    aligned = sorted(c for c, r in records.items() if r["status"] == OK)
+    # the landmarks file is written before the record, so a recorded crop without one has the
+    # template's
+    fitted = {c for c in aligned if (out / c).with_suffix(".npy").is_file()}
     with (out / "crops.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["source", *RECORD_FIELDS])
-        for crop in sorted(records):
-            if records[crop]["status"] == OK:
-                writer.writerow([sources[crop], *(records[crop][k] for k in RECORD_FIELDS)])
+        writer.writerow(["source", *RECORD_FIELDS, "landmarks"])
+        for crop in aligned:
+            writer.writerow([sources[crop], *(records[crop][k] for k in RECORD_FIELDS),
+                             source if crop in fitted else TEMPLATE])
     missed = sorted(c for c, r in records.items() if r["status"] != OK)
     (out / "no_face.txt").write_text("".join(f"{records[c]['status']}\t{sources[c]}\t{c}\n"
                                              for c in missed))
-    counts = {"frames": len(sources), "aligned": len(records) - len(missed),
+    templated = [c for c in aligned if c not in fitted] if source != TEMPLATE else []
+    (out / "template_landmarks.txt").write_text("".join(f"{sources[c]}\t{c}\n"
+                                                        for c in templated))
+    counts = {"frames": len(sources), "aligned": len(aligned),
               "no_face": sum(records[c]["status"] == NO_FACE for c in missed),
-              "no_frame": sum(records[c]["status"] == NO_FRAME for c in missed)}
+              "no_frame": sum(records[c]["status"] == NO_FRAME for c in missed),
+              "template_landmarks": len(templated)}
     lines = [f"{k}: {v}" for k, v in counts.items()]
     if raw is not None:
         kept = [f for f in raw.frames if records.get(crop_name(f), {}).get("status") == OK]
@@ -355,6 +429,8 @@ def _write_outputs(out: Path, jobs: list[Job], raw: RawDataset | None) -> dict[s
         manifest = RawDataset(raw.name, out, raw.aus, [replace(f, image=out / crop_name(f),
                                                                video=None) for f in kept],
                               raw.problems).manifest(out / PREPARED_MANIFEST)
+        manifest.landmarks = [(out / crop_name(f)).with_suffix(".npy")
+                              if crop_name(f) in fitted else None for f in kept]
         manifest.write_csv(out / PREPARED_MANIFEST)
         lines += [manifest_summary(manifest), *raw.notes,
                   f"manifest sha256 {manifest_hash(out / PREPARED_MANIFEST)}",
@@ -362,6 +438,10 @@ def _write_outputs(out: Path, jobs: list[Job], raw: RawDataset | None) -> dict[s
     if missed:
         lines.append(f"{len(missed)} frames without a crop are listed in {out / 'no_face.txt'} "
                      "(status, source, crop)")
+    lines.append(f"landmarks: {source}" + (f", {len(fitted)} crops fitted; {len(templated)} "
+                                           "where the fit failed got the template, listed in "
+                                           f"{out / 'template_landmarks.txt'}"
+                                           if source != TEMPLATE else " for every crop"))
     report = "\n".join(lines)
     (out / "prepare_report.txt").write_text(report + "\n")
     print(report)
@@ -377,6 +457,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     parser.add_argument("--size", type=int, default=256, help="crop size in pixels")
     parser.add_argument("--device", default="cpu", help="MTCNN device, e.g. cuda")
+    parser.add_argument("--landmarks", default=AUTO, choices=(AUTO, DLIB68, TEMPLATE),
+                        help="68 landmarks per crop: dlib68, the template, or auto (dlib68 when "
+                             "installed)")
     parser.add_argument("--frames-root", default=None,
                         help="extracted frames instead of videos (DISFA) / other frame folder")
     parser.add_argument("--frame-offset", type=int, choices=(0, 1), default=None,
@@ -384,7 +467,7 @@ def main(argv: list[str] | None = None) -> None:
                              "extraction); default: 0 when a frame 0 exists, else 1")
     args = parser.parse_args(argv)
     prepare(args.dataset, args.data_root, args.out, args.workers, args.size, args.device,
-            args.frames_root, args.frame_offset)
+            args.frames_root, args.frame_offset, args.landmarks)
 
 
 if __name__ == "__main__":
