@@ -47,7 +47,7 @@ def test_pretrained_offline_fails_fast_with_a_hint(monkeypatch):
         raise OSError("cannot reach the hub")
 
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(RuntimeError, match="pretrained_backbone: false"):
+    with pytest.raises(OSError, match="--model.pretrained_backbone false"):
         SwinBackbone("swin_tiny", 224, pretrained=True)
 
 

@@ -147,9 +147,9 @@ def test_csv_errors(toy, tmp_path):
         csv_module(tmp_path / "missing.csv")
     with pytest.raises(FileNotFoundError, match="test_manifest .*nope.csv"):
         csv_module(toy, test_manifest=str(tmp_path / "nope.csv"))
-    with pytest.raises(ValueError, match="needs manifest"):
+    with pytest.raises(ValueError, match="needs --data.manifest <path"):
         AUDataModule(dataset="csv")
-    with pytest.raises(ValueError, match="no test split.*test_manifest"):
+    with pytest.raises(ValueError, match="no test split.*--data.test_manifest <path>"):
         csv_module(toy).setup("test")
     overlapping = write_manifest(tmp_path / "other", "test.csv", "S")
     with pytest.raises(ValueError, match="subject-exclusive"):
@@ -251,7 +251,7 @@ def test_unlabeled_synthau_batches_group_subjects_from_an_unlabelled_pool():
      r"--data.faces_per_subject 4 is more than the 2 faces per subject"),
     ({"batch_size": 32, "faces_per_subject": 2, "synthau_subjects": 10},
      r"needs 16 distinct subjects; --data.synthau_subjects is 10"),
-    ({"faces_per_subject": -1}, "need faces_per_subject >= 0"),
+    ({"faces_per_subject": -1}, "need --data.faces_per_subject >= 0"),
 ])
 def test_unlabeled_grouping_settings_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -371,7 +371,7 @@ def test_unlabeled_synthau_clip_positives_are_two_frames():
     dataset.transform = eval_transform(S)  # deterministic: each view is its frame, resized
     item = dataset[1]
     frames = [dataset.synth.sample(*dataset.locate(1), frame=v)["image"] for v in range(2)]
-    for view, frame in zip(item["image"], frames):
+    for view, frame in zip(item["image"], frames, strict=True):
         expected = eval_transform(S)(frame, np.zeros((68, 2), np.float32))["image"]
         torch.testing.assert_close(view, expected)
 

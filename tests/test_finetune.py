@@ -148,7 +148,7 @@ def test_description_bank_missing_an_au_fails_before_training(tmp_path):
 
 
 def test_text_weights_that_cannot_be_had_offline_fail_fast(tmp_path):
-    with pytest.raises(Exception, match="weights_path"):
+    with pytest.raises(OSError, match="--model.text_weights"):
         HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32,
                       text_encoder="open_clip:ViT-B-16", text_pretrained="openai",
                       text_cache_dir=str(tmp_path))

@@ -76,7 +76,7 @@ def _best_and_last(folder: Path) -> dict[str, Path]:
                  if k.startswith("ModelCheckpoint")), None)
     if not best or not Path(best).is_file():
         raise FileNotFoundError(f"{last} records no best-on-validation checkpoint; is there a "
-                                "validation split (val_subjects > 0)?")
+                                "validation split (--data.val_subjects > 0)?")
     return {"last": last, "best": Path(best)}
 
 
@@ -222,6 +222,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if (args.dataset == "synthau") != (args.data_root is None):
         parser.error("give --data-root for bp4d / disfa, and none for synthau")
+    try:
+        cross_validate(args, extra)
+    except Exception as err:
+        from aukit.cli import report_user_error  # Lightning loads only when something failed
+
+        report_user_error(err, "python -m aukit.cv")
+        raise
+
+
+def cross_validate(args: argparse.Namespace, extra: list[str]) -> None:
+    """Run the folds ``main`` parsed and print the table."""
     config = args.config or f"conf/finetune/{args.dataset}.yaml"
     out = Path(args.out or f"runs/cv/{args.dataset}")
     out.mkdir(parents=True, exist_ok=True)

@@ -23,13 +23,16 @@ from aukit.data.datasets import (
     ImageFolderDataset,
     ManifestDataset,
     SynthAUDataset,
+    folder_has_landmarks,
 )
 from aukit.data.manifest import Manifest, manifest_aus, read_manifest
+from aukit.data.prepare import write_landmarks_sidecar
 from aukit.data.protocol import PROTOCOL_DATASETS, choose_subjects, fold_split
 from aukit.data.readers import dataset_manifest, manifest_hash, manifest_summary
 from aukit.data.sampling import GroupedKeySampler, ResumableDataLoader
 from aukit.data.synthau import split_subjects, unlabeled_subjects
 from aukit.data.transforms import eval_transform, pretrain_transform, train_transform
+from aukit.landmarks import DLIB68, SOURCES, TEMPLATE, resolve_source
 
 SPLITS = ("train", "val", "test")
 MANIFEST_DATASETS = ("csv", "bp4d", "disfa")  # manifests; bp4d / disfa only set the default AUs
@@ -70,7 +73,7 @@ def check_subject_exclusive(splits: dict[str, Split]) -> None:
             if shared:
                 raise ValueError(f"the {a} and {b} splits share subjects {sorted(shared)[:10]}; "
                                  "splits must be subject-exclusive: fix the manifests or "
-                                 "val_subjects")
+                                 "--data.val_subjects")
 
 
 def _transform_seed(datamodule: L.LightningDataModule) -> int:
@@ -175,29 +178,35 @@ class AUDataModule(L.LightningDataModule):
                                 ("test_manifest", test_manifest)) if v is not None]
         if data_root is not None:
             if dataset not in ("bp4d", "disfa") or manifest is not None:
-                raise ValueError(f"data_root reads a bp4d / disfa root; got dataset={dataset!r}"
-                                 + (" and a manifest too: give one of them" if manifest else ""))
+                raise ValueError(f"--data.data_root reads a bp4d / disfa root; got --data.dataset "
+                                 f"{dataset}" + (" and --data.manifest too: give one of them"
+                                                 if manifest else ""))
             manifest = str(dataset_manifest(dataset, data_root))
         if fold is not None and (dataset not in PROTOCOL_DATASETS or val_manifest or test_manifest):
-            raise ValueError(f"fold={fold} applies the 3-fold protocol of {PROTOCOL_DATASETS}, "
-                             "which carves validation and test itself; use dataset bp4d / disfa / "
-                             "synthau without val_manifest / test_manifest")
+            raise ValueError(f"--data.fold {fold} applies the 3-fold protocol of "
+                             f"{PROTOCOL_DATASETS}, which carves validation and test itself; use "
+                             "--data.dataset bp4d / disfa / synthau without --data.val_manifest / "
+                             "--data.test_manifest")
         if dataset == "synthau" and given:
-            raise ValueError(f"dataset='synthau' renders its own data but {', '.join(given)} "
-                             "was given; set dataset='csv' to use manifests")
+            raise ValueError("--data.dataset synthau renders its own data but "
+                             f"{', '.join('--data.' + n for n in given)} was given; set "
+                             "--data.dataset csv to use manifests")
         if dataset != "synthau" and manifest is None:
-            raise ValueError(f"dataset={dataset!r} needs manifest=<path to the training "
-                             "manifest (CSV or JSON)>")
+            raise ValueError(f"--data.dataset {dataset} needs --data.manifest <path to the "
+                             "training manifest (CSV or JSON)>")
         if crop_store is not None and dataset == "synthau":
-            raise ValueError("crop_store holds the images of a manifest; SynthAU renders its own: "
-                             "drop crop_store or use dataset='csv' / 'bp4d' / 'disfa'")
+            raise ValueError("--data.crop_store holds the images of a manifest; SynthAU renders "
+                             "its own: drop --data.crop_store or use --data.dataset csv / bp4d "
+                             "/ disfa")
         if not 0 < label_fraction <= 1:
-            raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}")
+            raise ValueError(f"--data.label_fraction must be in (0, 1], got {label_fraction}")
         if isinstance(val_subjects, float | int) and not 0 <= val_subjects < 1:
-            raise ValueError(f"val_subjects as a fraction must be in [0, 1), got {val_subjects}")
+            raise ValueError("--data.val_subjects as a fraction must be in [0, 1), got "
+                             f"{val_subjects}")
         if image_size < 32 or batch_size < 1 or num_workers < 0:
-            raise ValueError(f"need image_size >= 32, batch_size >= 1 and num_workers >= 0; got "
-                             f"{image_size}, {batch_size}, {num_workers}")
+            raise ValueError("need --data.image_size >= 32, --data.batch_size >= 1 and "
+                             f"--data.num_workers >= 0; got {image_size}, {batch_size}, "
+                             f"{num_workers}")
         self.dataset = dataset
         self.fold = fold
         self.manifest = _existing_file(manifest, "manifest")
@@ -283,18 +292,19 @@ class AUDataModule(L.LightningDataModule):
             val = [str(s) for s in self.val_subjects]
             unknown = sorted(set(val) - set(subjects))
             if unknown:
-                raise ValueError(f"val_subjects {unknown} are not in {full.source}; it has "
+                raise ValueError(f"--data.val_subjects {unknown} are not in {full.source}; it has "
                                  f"{sorted(subjects)}")
         elif self.val_subjects == 0:
             return []
         else:
             if len(subjects) < 2:
                 raise ValueError(f"{full.source} has {len(subjects)} subject; a validation "
-                                 "split needs 2 or more: give val_manifest or val_subjects=0")
+                                 "split needs 2 or more: give --data.val_manifest <path> or "
+                                 "--data.val_subjects 0")
             val = choose_subjects(subjects, self.val_subjects, self.seed + 1)
         if len(val) >= len(subjects):
-            raise ValueError(f"val_subjects takes every subject of {full.source}; leave some "
-                             "for training")
+            raise ValueError(f"--data.val_subjects takes every subject of {full.source}; leave "
+                             "some for training")
         return val
 
     # ----------------------------------------------------------------- datasets
@@ -304,9 +314,9 @@ class AUDataModule(L.LightningDataModule):
             raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
         splits = self.splits()
         if split not in splits:
-            fix = ("give test_manifest=<path>" if split == "test"
-                   else "give val_manifest or val_subjects > 0")
-            raise ValueError(f"no {split} split for dataset={self.dataset!r}: {fix}")
+            fix = ("give --data.test_manifest <path>" if split == "test"
+                   else "give --data.val_manifest <path> or --data.val_subjects > 0")
+            raise ValueError(f"no {split} split for --data.dataset {self.dataset}: {fix}")
         key = (split, train)
         if key not in self._datasets:
             # uint8 out: the stage modules normalise whole batches on the device
@@ -429,7 +439,10 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
     ``subjects.csv`` group, within ``clip_window`` images in sorted order), each augmented. The
     ``probe_*`` arguments describe the labelled set the linear probe uses
     (an ``AUDataModule``, sharing the SynthAU cache). Batches hold ``image`` uint8
-    ``[B, V, 3, S, S]`` and ``landmarks`` ``[B, V, 68, 2]``.
+    ``[B, V, 3, S, S]`` and ``landmarks`` ``[B, V, 68, 2]``. ``landmarks`` ``dlib68`` (or
+    ``auto`` with dlib installed) fits 68 landmarks once to a folder that has none, cached as its
+    ``landmarks.json`` (``aukit.data.prepare.write_landmarks_sidecar``); ``template`` leaves the
+    folder as it is.
     """
 
     def __init__(self, source: str = "synthau", image_size: int = 224, views: int = 2,
@@ -438,20 +451,23 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
                  seed: int = 0, probe_dataset: str = "synthau", probe_manifest: str | None = None,
                  probe_aus: list[str] | str | None = None,
                  probe_samples_per_subject: int = 20, synthau_cache: str | None = "auto",
-                 positives: str = "augment", clip_window: int = 2) -> None:
+                 positives: str = "augment", clip_window: int = 2,
+                 landmarks: str = TEMPLATE) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if landmarks not in SOURCES:
+            raise ValueError(f"--data.landmarks must be one of {SOURCES}, got {landmarks!r}")
         if positives not in POSITIVES:
             raise ValueError(f"--data.positives must be one of {POSITIVES}, got {positives!r}")
         if positives == "clip" and (views < 2 or clip_window < 1):
             raise ValueError("--data.positives clip needs --data.views >= 2 and "
                              f"--data.clip_window >= 1; got {views} and {clip_window}")
         if source != "synthau" and not Path(source).expanduser().is_dir():
-            raise FileNotFoundError(f"source {source} is neither 'synthau' nor an existing "
+            raise FileNotFoundError(f"--data.source {source} is neither 'synthau' nor an existing "
                                     "folder of face images")
         if views < 1 or batch_size < 1 or image_size < 32:
-            raise ValueError(f"need views >= 1, batch_size >= 1 and image_size >= 32; got "
-                             f"{views}, {batch_size}, {image_size}")
+            raise ValueError("need --data.views >= 1, --data.batch_size >= 1 and "
+                             f"--data.image_size >= 32; got {views}, {batch_size}, {image_size}")
         _check_grouping(source, batch_size, faces_per_subject, synthau_subjects,
                         synthau_samples_per_subject)
         self.source = source
@@ -466,6 +482,7 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
         self.seed = seed
         self.positives = positives
         self.clip_window = clip_window
+        self.landmarks = landmarks
         self.synthau_cache = synthau_cache_dir(synthau_cache)
         # built now so that a bad probe configuration fails before pretraining starts
         self._probe = AUDataModule(
@@ -475,6 +492,14 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
             synthau_eval_samples_per_subject=probe_samples_per_subject, seed=seed,
             synthau_cache=self.synthau_cache)
         self._train: SynthAUDataset | ImageFolderDataset | None = None
+
+    def prepare_data(self) -> None:
+        """Fit and cache the landmarks of a folder without any (one process per node)."""
+        if self.source == "synthau" or self.landmarks == TEMPLATE:
+            return
+        root = Path(self.source).expanduser()
+        if not folder_has_landmarks(root) and resolve_source(self.landmarks) == DLIB68:
+            write_landmarks_sidecar(root, "cuda" if torch.cuda.is_available() else "cpu")
 
     def setup(self, stage: str | None = None) -> None:
         if self._train is not None:
@@ -495,7 +520,7 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
                 clip_window=self.clip_window if self.positives == "clip" else 0)
         if len(self._train) < self.batch_size:
             raise ValueError(f"{len(self._train)} images is fewer than one batch of "
-                             f"{self.batch_size}; lower batch_size or add images")
+                             f"{self.batch_size}; lower --data.batch_size or add images")
 
     def train_dataloader(self) -> DataLoader:
         """Batches with image ``[B, V, 3, S, S]`` and landmarks ``[B, V, 68, 2]``; with
@@ -528,8 +553,8 @@ def _check_grouping(source: str, batch_size: int, faces_per_subject: int, syntha
                     synthau_samples_per_subject: int) -> None:
     """Fail at construction on a grouping or SynthAU pool that cannot make a batch."""
     if faces_per_subject < 0 or synthau_subjects < 1 or synthau_samples_per_subject < 1:
-        raise ValueError(f"need faces_per_subject >= 0, synthau_subjects >= 1 and "
-                         f"synthau_samples_per_subject >= 1; got {faces_per_subject}, "
+        raise ValueError("need --data.faces_per_subject >= 0, --data.synthau_subjects >= 1 and "
+                         f"--data.synthau_samples_per_subject >= 1; got {faces_per_subject}, "
                          f"{synthau_subjects}, {synthau_samples_per_subject}")
     if not faces_per_subject:
         return
@@ -544,7 +569,7 @@ def _check_grouping(source: str, batch_size: int, faces_per_subject: int, syntha
         raise ValueError(f"--data.faces_per_subject {faces_per_subject} is more than the "
                          f"{synthau_samples_per_subject} faces per subject SynthAU renders "
                          "(--data.synthau_samples_per_subject); raise that or lower "
-                         "faces_per_subject")
+                         "--data.faces_per_subject")
     if batch_size // faces_per_subject > synthau_subjects:
         raise ValueError(f"a batch of --data.batch_size {batch_size} at --data.faces_per_subject "
                          f"{faces_per_subject} needs {batch_size // faces_per_subject} distinct "

@@ -801,11 +801,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.rows < 1 or args.cols < 1:
         parser.error("--rows and --cols must be at least 1")
-    grid = sample_grid(SynthAU(args.seed, args.size), split_subjects(args.split), args.rows,
-                       args.cols, args.landmarks)
-    args.grid.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(args.grid), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {args.grid}; check the directory and the .png suffix")
+    try:
+        grid = sample_grid(SynthAU(args.seed, args.size), split_subjects(args.split), args.rows,
+                           args.cols, args.landmarks)
+        args.grid.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(args.grid), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {args.grid}; check the directory and the .png suffix")
+    except Exception as err:
+        from aukit.cli import report_user_error  # Lightning loads only when something failed
+
+        report_user_error(err, "python -m aukit.data.synthau")
+        raise
     print(f"wrote {args.grid} ({args.rows}x{args.cols} samples, split {args.split!r})")
 
 

@@ -143,10 +143,12 @@ class SwinBackbone(nn.Module):
         except Exception as err:  # timm raises many kinds when the hub cannot be reached
             if not pretrained:
                 raise
-            raise RuntimeError(
+            # OSError: a user error (cli.user_error_message), printed without a traceback
+            raise OSError(
                 f"could not load ImageNet weights for {timm_name!r} ({type(err).__name__}: {err}). "
                 "Pretrained weights are downloaded from the Hugging Face hub: run once online "
-                "(without HF_HUB_OFFLINE=1) to fill the cache, or set pretrained_backbone: false."
+                "(without HF_HUB_OFFLINE=1) to fill the cache, or set "
+                "--model.pretrained_backbone false."
             ) from err
 
     def forward(self, images: Tensor) -> Tensor:
