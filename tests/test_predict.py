@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import skimage.data
 from test_export import AUS, save_finetune
+from test_prepare import cut_avi
 
 from aukit.predict import main, predict
 
@@ -99,3 +100,15 @@ def test_bad_input_is_refused_clearly(ckpt, astronaut, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--input", str(notes), "--ckpt", str(ckpt), "--out", str(tmp_path)])
     assert exit_info.value.code == 2 and "could not be decoded" in capsys.readouterr().err
+
+
+def test_a_truncated_video_s_cut_last_frame_is_unreadable_not_a_copy(ckpt, tmp_path):
+    video = tmp_path / "cut.avi"
+    face = cv2.resize(cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR), (256, 256))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (256, 256))
+    for _ in range(4):
+        writer.write(face)
+    writer.release()
+    cut_avi(video, 1)  # the download stopped in the middle of the last frame
+    rows = _rows(predict(video, ckpt, tmp_path / "out", progress=False)["csv"])
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "unreadable"]

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from aukit.data.prepare import align_with_landmarks
 from aukit.data.readers import IMAGE_SUFFIXES
 from aukit.data.transforms import eval_transform
+from aukit.data.video import video_frames
 from aukit.inference import THRESHOLD, AUPredictor, load_predictor
 from aukit.landmarks import AUTO, SOURCES, Landmarker
 from aukit.visualize import activation_grid
@@ -99,19 +100,10 @@ def _open_video(path: Path) -> cv2.VideoCapture | None:
     return cv2.VideoCapture(str(path)) if readable else None
 
 
-def _video_frames(path: Path, capture: cv2.VideoCapture) -> Iterator[Frame]:
-    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-    index = 0
-    try:
-        while True:
-            ok, bgr = capture.read()
-            if not ok:
-                return
-            yield Frame(str(path), index, index / fps if fps > 0 else None,
-                        cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-            index += 1
-    finally:
-        capture.release()
+def _video_frames(path: Path, fps: float) -> Iterator[Frame]:
+    """The video's frames; a truncated video's cut last frame comes unreadable (image None)."""
+    for index, image in video_frames(path):
+        yield Frame(str(path), index, index / fps if fps > 0 else None, image)
 
 
 def open_input(path: str | Path) -> tuple[Iterator[Frame], int | None, float | None]:
@@ -137,9 +129,9 @@ def open_input(path: str | Path) -> tuple[Iterator[Frame], int | None, float | N
         raise ValueError(f"{path} could not be decoded as an {kind}; give an image "
                          f"({', '.join(IMAGE_SUFFIXES)}), a folder of images or a video "
                          f"({', '.join(VIDEO_SUFFIXES)})")
-    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    return _video_frames(path, capture), count if count > 0 else None, \
-        capture.get(cv2.CAP_PROP_FPS) or None
+    count, fps = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), capture.get(cv2.CAP_PROP_FPS)
+    capture.release()
+    return _video_frames(path, fps or 0.0), count if count > 0 else None, fps or None
 
 
 # ---------------------------------------------------------------- detection and model

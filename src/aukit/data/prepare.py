@@ -55,6 +55,7 @@ from aukit.data.readers import (
     manifest_summary,
     read_raw,
 )
+from aukit.data.video import video_frames
 from aukit.landmarks import AUTO, DLIB68, TEMPLATE, Landmarker, five_points, resolve_source
 
 POINTS = ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")  # MTCNN's order
@@ -135,27 +136,9 @@ def _mtcnn(device: str):
     return _detector
 
 
-def riff_cut(path: Path) -> bool:
-    """True when a RIFF file (AVI, OpenDML included) is shorter than its chunks declare, as a
-    cut-off download or copy is; False for other containers."""
-    size, offset = path.stat().st_size, 0
-    with path.open("rb") as f:
-        while offset + 8 <= size:
-            f.seek(offset)
-            head = f.read(8)
-            if head[:4] != b"RIFF":
-                return False
-            offset += 8 + int.from_bytes(head[4:], "little")
-    return offset > size
-
-
 def _frames(job: Job, done: set[str]) -> Iterator[tuple[str, np.ndarray | None]]:
-    """``(crop, RGB frame or None when it cannot be read)`` for the items not yet ``done``.
-
-    A truncated video (a RIFF file shorter than it declares, or fewer frames decoded than its
-    frame count) ends in a frame whose data was cut: decoders return it half-drawn or as a copy
-    of the frame before, so that last decoded frame is None too, like the frames it lacks.
-    """
+    """``(crop, RGB frame or None when it cannot be read)`` for the items not yet ``done``; a
+    truncated video's cut last frame is None too, like the frames it lacks (``video_frames``)."""
     todo = [item for item in job.items if item[0] not in done]
     if job.video is None:
         for crop, image, _ in todo:
@@ -163,27 +146,9 @@ def _frames(job: Job, done: set[str]) -> Iterator[tuple[str, np.ndarray | None]]
             yield crop, None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         return
     wanted = {index: crop for crop, _, index in todo}
-    capture, index = cv2.VideoCapture(job.video), 0
-    held = None  # the last frame read, yielded once a next frame shows it is not the cut one
-    try:
-        while wanted and index <= max(wanted):
-            if not capture.grab():
-                break  # the video ends early (truncated): the rest are reported below
-            if held is not None:
-                yield held
-                held = None
-            if index in wanted:
-                ok, bgr = capture.retrieve()
-                held = wanted.pop(index), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if ok else None
-            index += 1
-        if held is not None and not capture.grab():  # ``held`` is the last decoded frame
-            count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-            if riff_cut(Path(job.video)) or index < count:
-                held = held[0], None
-        if held is not None:
-            yield held
-    finally:
-        capture.release()
+    if wanted:
+        for index, frame in video_frames(job.video, wanted, max(wanted)):
+            yield wanted.pop(index), frame
     for crop in wanted.values():
         yield crop, None
 
