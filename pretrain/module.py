@@ -7,11 +7,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aukit.au import au_numbers
-from aukit.losses.region_contrastive import global_contrastive_loss, region_contrastive_loss
+from aukit.losses.region_contrastive import (
+    global_contrastive_loss,
+    other_subject_bias,
+    region_contrastive_loss,
+)
 from aukit.losses.relation_ot import RELATIONS, relation_ot_loss
 from aukit.models.backbone import SwinBackbone
 from aukit.models.region import AURegionEncoder, Mlp, landmark_maps
 from aukit.stage import StageModule
+from aukit.utils.distributed import world_size
 
 
 class RegionRelationPretrainer(StageModule):
@@ -22,7 +27,9 @@ class RegionRelationPretrainer(StageModule):
     Gromov-Wasserstein that compares how each face's AUs relate to each other, weight
     ``fgw_alpha``; ``"ot"``, version 1's entropic OT with AU-saliency marginals and an identity
     prior), and optionally a global InfoNCE. A loss with weight 0 is switched off, so ablations
-    are config changes.
+    are config changes. ``other_subject_weight`` weights the negatives of other subjects in every
+    loss (1 keeps them, 0 drops them: only the same person's other expressions are negatives;
+    needs the batch's ``subject`` ids, e.g. person-aware SynthAU or folder batches).
     """
 
     stage = "pretrain"
@@ -36,13 +43,17 @@ class RegionRelationPretrainer(StageModule):
                  global_weight: float = 0.0, temperature: float = 0.1,
                  relation: str = "fgw", fgw_alpha: float = 0.5, gw_iters: int = 5,
                  ot_temperature: float = 0.1, ot_epsilon: float = 0.05, ot_iters: int = 30,
-                 identity_prior: float = 0.5, ot_solver: str = "torch", lr: float = 1e-3,
+                 identity_prior: float = 0.5, ot_solver: str = "torch",
+                 other_subject_weight: float = 1.0, lr: float = 1e-3,
                  weight_decay: float = 0.05, warmup_epochs: float = 1.0):
         super().__init__()
         self.save_hyperparameters()
         if region_weight <= 0 and relation_weight <= 0 and global_weight <= 0:
             raise ValueError("all pretraining losses are switched off: set region_weight, "
                              "relation_weight or global_weight > 0")
+        if not 0 <= other_subject_weight <= 1:
+            raise ValueError("--model.other_subject_weight must be in [0, 1] (1 keeps other "
+                             f"subjects' negatives, 0 drops them), got {other_subject_weight}")
         if relation not in RELATIONS:
             raise ValueError(f"relation must be one of {RELATIONS} (--model.relation), got "
                              f"{relation!r}")
@@ -92,10 +103,11 @@ class RegionRelationPretrainer(StageModule):
         out = self(images.flatten(0, 1), landmarks.flatten(0, 1))
         out = {k: t.unflatten(0, (b, v)) for k, t in out.items()}  # [B, V, ...]
         hp = self.hparams
+        bias = self._key_bias(batch, b)
         losses = {}
         if hp.region_weight > 0:
             losses["region"] = region_contrastive_loss(out["z"][:, 0], out["z"][:, 1],
-                                                       hp.temperature)
+                                                       hp.temperature, key_bias=bias)
         if hp.relation_weight > 0:
             mass = out.get("mass")
             losses["relation"] = relation_ot_loss(
@@ -103,14 +115,25 @@ class RegionRelationPretrainer(StageModule):
                                                   else (None, None)),
                 temperature=hp.ot_temperature, epsilon=hp.ot_epsilon, iters=hp.ot_iters,
                 formulation=hp.relation, alpha=hp.fgw_alpha, gw_iters=hp.gw_iters,
-                identity_prior=hp.identity_prior, solver=hp.ot_solver)
+                identity_prior=hp.identity_prior, solver=hp.ot_solver, key_bias=bias)
         if hp.global_weight > 0:
             losses["global"] = global_contrastive_loss(out["g"][:, 0], out["g"][:, 1],
-                                                       hp.temperature)
+                                                       hp.temperature, key_bias=bias)
         loss = sum(getattr(hp, f"{name}_weight") * value for name, value in losses.items())
         self.log_dict({f"train/{k}_loss": val for k, val in losses.items()}, batch_size=b)
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         return loss
+
+    def _key_bias(self, batch: dict, b: int) -> Tensor | None:
+        """``other_subject_bias`` of the batch's subjects, or None with every negative kept."""
+        weight = self.hparams.other_subject_weight
+        if weight == 1:
+            return None
+        if "subject" not in batch:
+            raise ValueError("--model.other_subject_weight < 1 needs subject ids in the batch; "
+                             "this data source gives none (use SynthAU, or a folder with one "
+                             "sub-folder per subject or a subjects.csv)")
+        return other_subject_bias(batch["subject"], weight, b * world_size(), self.device)
 
     def configure_optimizers(self):
         decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "au_queries" not in n]

@@ -110,6 +110,22 @@ def test_every_loss_switch_trains_and_gradients_reach_the_encoder():
             assert module.au_mass is None
 
 
+def test_other_subject_negatives_can_be_dropped_and_need_subject_ids():
+    batch = {"image": torch.randn(4, 2, 3, 64, 64),
+             "landmarks": torch.from_numpy(np.tile(_template(64), (4, 2, 1, 1)))}
+    kept = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, proj_dim=16)
+    dropped = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, proj_dim=16,
+                                       other_subject_weight=0.0)
+    dropped.load_state_dict(kept.state_dict())
+    with pytest.raises(ValueError, match="other_subject_weight < 1 needs subject ids"):
+        dropped.training_step(batch, 0)
+    batch["subject"] = ["S1", "S1", "S2", "S2"]
+    loss = dropped.training_step(batch, 0)
+    assert torch.isfinite(loss) and loss < kept.training_step(batch, 0)  # 1 negative, not 3
+    with pytest.raises(ValueError, match=r"--model.other_subject_weight must be in \[0, 1\]"):
+        RegionRelationPretrainer(other_subject_weight=-0.5)
+
+
 def _template(size: int) -> np.ndarray:
     from aukit.data.attention import canonical_landmarks
 
