@@ -51,8 +51,8 @@ class HiVAFinetuner(StageModule):
                  backbone: str | None = None, pretrained: str | None = None,
                  pretrained_backbone: bool = False, feature_stage: int = 3,
                  conv_stem: bool | None = None, embed_dim: int = 128, num_heads: int = 4,
-                 region_depth: int = 1,
-                 attention_sigma: float = 0.3, dropout: float = 0.1,
+                 region_depth: int = 1, attention_sigma: float = 0.3, dropout: float = 0.1,
+                 roi_size: int = 0, roi_extent: float = 0.3,
                  use_graph: bool = True, use_ddca: bool = True, use_cdca: bool = True,
                  use_text: bool = True, map_prior: bool = True, graph_top_k: int | None = 4,
                  cooccurrence_prior: bool = True, text_encoder: str = "minilm",
@@ -75,7 +75,7 @@ class HiVAFinetuner(StageModule):
         self.stage1 = None
         if pretrained:  # not when loading a checkpoint of this module: see on_save_checkpoint
             self.stage1 = load_stage1_encoder(pretrained, backbone, image_size, feature_stage,
-                                              self.au_numbers, conv_stem)
+                                              self.au_numbers, conv_stem, roi_size, roi_extent)
             backbone = self.stage1.meta["backbone"]
             conv_stem = self.stage1.meta["conv_stem"]
         backbone = backbone or "swin_test"
@@ -84,7 +84,8 @@ class HiVAFinetuner(StageModule):
                       pretrained_backbone=pretrained_backbone, feature_stage=feature_stage,
                       conv_stem=conv_stem)
         region = dict(embed_dim=embed_dim, num_heads=num_heads, region_depth=region_depth,
-                      attention_sigma=attention_sigma, dropout=dropout)
+                      attention_sigma=attention_sigma, dropout=dropout, roi_size=roi_size,
+                      roi_extent=roi_extent)
         if architecture == "linear":
             self.model = LinearAUClassifier(**common)
         elif architecture == "region":

@@ -38,7 +38,8 @@ class RegionRelationPretrainer(StageModule):
                  image_size: int = 128, pretrained_backbone: bool = False, feature_stage: int = 3,
                  conv_stem: bool | None = None, embed_dim: int = 128, proj_dim: int = 64,
                  num_heads: int = 4,
-                 region_depth: int = 1, attention_sigma: float = 0.3,
+                 region_depth: int = 1, attention_sigma: float = 0.3, roi_size: int = 0,
+                 roi_extent: float = 0.3,
                  region_weight: float = 1.0, relation_weight: float = 1.0,
                  global_weight: float = 0.0, temperature: float = 0.1,
                  relation: str = "fgw", fgw_alpha: float = 0.5, gw_iters: int = 5,
@@ -61,7 +62,8 @@ class RegionRelationPretrainer(StageModule):
         self.backbone = SwinBackbone(backbone, image_size, pretrained_backbone, feature_stage,
                                      conv_stem)
         self.region = AURegionEncoder(self.backbone.out_dim, embed_dim, len(self.au_numbers),
-                                      num_heads, region_depth)
+                                      num_heads, region_depth, roi_size=roi_size,
+                                      roi_extent=roi_extent)
         num_aus = len(self.au_numbers)
         # per-AU projection heads, stored as one [A, E, P] weight
         self.projector = Mlp(embed_dim, 2 * embed_dim, embed_dim)
@@ -147,5 +149,5 @@ class RegionRelationPretrainer(StageModule):
         hp = self.hparams
         return {"backbone": hp.backbone, "image_size": hp.image_size,
                 "feature_stage": hp.feature_stage, "conv_stem": self.backbone.conv_stem,
-                "embed_dim": hp.embed_dim,
+                "embed_dim": hp.embed_dim, "roi_size": hp.roi_size, "roi_extent": hp.roi_extent,
                 "aus": list(self.au_numbers)}

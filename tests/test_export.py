@@ -112,8 +112,9 @@ def test_bad_input_is_refused_clearly(ckpt, tmp_path):
         export(stage1, "onnx", tmp_path)
 
 
-@pytest.mark.parametrize("kwargs", [{"architecture": "region"}, {"conv_stem": False}],
-                         ids=["region-baseline", "patchify-stem"])
+@pytest.mark.parametrize("kwargs", [{"architecture": "region"}, {"conv_stem": False},
+                                    {"feature_stage": 2, "roi_size": 3, "roi_extent": 0.2}],
+                         ids=["region-baseline", "patchify-stem", "roi-pooling"])
 def test_other_models_and_stems_round_trip_through_onnx(tmp_path, kwargs):
     ckpt = save_finetune(tmp_path / "model.ckpt", **kwargs)
     predictor = load_predictor(ckpt)

@@ -29,9 +29,9 @@ def run_finetune(tmp_path: Path, *extra: str, subcommand: str = "fit") -> Finetu
 
 def save_stage1(path: Path, image_size: int = 64, backbone: str = "swin_test",
                 embed_dim: int = 32, stage: str = "pretrain",
-                conv_stem: bool | None = None) -> RegionRelationPretrainer:
+                conv_stem: bool | None = None, **kwargs) -> RegionRelationPretrainer:
     module = RegionRelationPretrainer(aus="all", backbone=backbone, image_size=image_size,
-                                      embed_dim=embed_dim, conv_stem=conv_stem)
+                                      embed_dim=embed_dim, conv_stem=conv_stem, **kwargs)
     checkpoint = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(checkpoint)
     checkpoint[META_KEY]["stage"] = stage
@@ -111,6 +111,17 @@ def test_the_region_baseline_adopts_the_stage1_stem_and_weights(tmp_path, conv_s
         assert torch.equal(module.model.backbone.state_dict()[name], value), name
     rows = [list(stage1.au_numbers).index(a) for a in (12, 1)]
     assert torch.equal(module.model.region.au_queries, stage1.region.au_queries[rows])
+
+
+def test_roi_pooling_is_handed_over_from_stage1(tmp_path):
+    stage1 = save_stage1(tmp_path / "s1.ckpt", roi_size=3, roi_extent=0.2)
+    module = HiVAFinetuner(aus=["AU12", "AU1"], image_size=64, embed_dim=32, roi_size=3,
+                           roi_extent=0.2, architecture="region",
+                           pretrained=str(tmp_path / "s1.ckpt"))
+    assert torch.equal(module.model.region.roi_proj.weight, stage1.region.roi_proj.weight)
+    with pytest.raises(ValueError, match="roi_size=3.*--model.roi_size 3"):
+        HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, architecture="region",
+                      pretrained=str(tmp_path / "s1.ckpt"))
 
 
 @pytest.mark.parametrize("kwargs,message", [

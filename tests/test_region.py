@@ -63,3 +63,35 @@ def test_region_attention_equals_sdpa_and_stays_finite_for_very_negative_logits(
     block(queries, tokens, bias - 100.0).sum().backward()
     assert torch.isfinite(queries.grad).all()
     assert all(torch.isfinite(p.grad).all() for p in block.parameters())
+
+
+def test_roi_tokens_sample_a_window_around_each_map_centre_in_order():
+    from aukit.models.region import roi_tokens
+
+    side = 8
+    ys, xs = torch.meshgrid(torch.arange(side, dtype=torch.float32),
+                            torch.arange(side, dtype=torch.float32), indexing="ij")
+    tokens = torch.stack([xs.flatten(), ys.flatten()], -1)[None]  # [1, 64, 2]: (column, row)
+    maps = torch.zeros(1, 2, side * side)
+    maps[0, 0, 2 * side + 3] = 1.0  # AU 0 centred on row 2, column 3
+    maps[0, 1, 5 * side + 4] = maps[0, 1, 5 * side + 6] = 0.5  # AU 1: between columns 4 and 6
+    window = roi_tokens(tokens, maps, size=3, extent=0.25).reshape(1, 2, 3, 3, 2)
+    # extent 0.25 of the image = 2 tokens of 8: samples at -1, 0, +1 token around the centre
+    assert torch.allclose(window[0, 0, 1, 1], torch.tensor([3.0, 2.0]))
+    assert torch.allclose(window[0, 0, 0, 0], torch.tensor([2.0, 1.0]))  # up-left first
+    assert torch.allclose(window[0, 0, 2, 1], torch.tensor([3.0, 3.0]))  # rows, then columns
+    assert torch.allclose(window[0, 1, 1, 1], torch.tensor([5.0, 5.0]))
+
+
+def test_roi_pooling_keeps_the_layout_that_map_pooling_averages_away():
+    torch.manual_seed(0)
+    maps = torch.zeros(2, 1, 64)
+    maps[:, 0, [27, 28]] = 0.5  # one AU centred between two tokens
+    tokens, left, right = torch.zeros(2, 64, 16), torch.randn(16), torch.randn(16)
+    tokens[0, 27], tokens[0, 28] = left, right  # the same two tokens, swapped between the faces
+    tokens[1, 27], tokens[1, 28] = right, left
+    for roi_size, same in ((0, True), (3, False)):
+        encoder = AURegionEncoder(16, 16, 1, num_heads=2, depth=0, roi_size=roi_size,
+                                  roi_extent=0.25)
+        features = encoder(tokens, maps)
+        assert torch.allclose(features[0], features[1], atol=1e-5) == same

@@ -54,7 +54,8 @@ class Stage1Encoder:
 
 
 def load_stage1_encoder(path: str | Path, backbone: str | None, image_size: int, feature_stage: int,
-                        aus: Sequence[int], conv_stem: bool | None = None) -> Stage1Encoder:
+                        aus: Sequence[int], conv_stem: bool | None = None, roi_size: int = 0,
+                        roi_extent: float = 0.3) -> Stage1Encoder:
     """Read a stage-1 checkpoint for a stage-2 model built with these settings.
 
     ``backbone=None`` / ``conv_stem=None`` adopt the checkpoint's. The region encoder's AU
@@ -63,8 +64,11 @@ def load_stage1_encoder(path: str | Path, backbone: str | None, image_size: int,
     checkpoint = read_checkpoint(path, "pretrain")
     meta = checkpoint[META_KEY]
     meta.setdefault("conv_stem", False)  # written before the conv stem existed
+    meta.setdefault("roi_size", 0)  # ... and before ROI pooling
+    meta.setdefault("roi_extent", 0.3)
     wanted = {"backbone": backbone, "image_size": image_size, "feature_stage": feature_stage,
-              "conv_stem": conv_stem}
+              "conv_stem": conv_stem, "roi_size": roi_size,
+              "roi_extent": roi_extent if roi_size else None}
     for key, value in wanted.items():
         if value is not None and meta[key] != value:
             raise ValueError(

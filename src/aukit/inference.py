@@ -75,6 +75,8 @@ def build_model(meta: dict[str, Any], text_dim: int) -> nn.Module:
         return LinearAUClassifier(**common)
     region = {k: cfg[k] for k in ("embed_dim", "num_heads", "region_depth", "attention_sigma",
                                   "dropout")}
+    # map pooling: checkpoints written before ROI pooling existed
+    region.update(roi_size=cfg.get("roi_size", 0), roi_extent=cfg.get("roi_extent", 0.3))
     if meta["architecture"] == "region":
         return RegionAUClassifier(**common, **region)
     # an identity prior only creates the buffer; the checkpoint holds the trained one

@@ -47,7 +47,7 @@ class HiVA(nn.Module):
                  use_text: bool = True, graph_top_k: int | None = 4,
                  cooccurrence_prior: Tensor | None = None, dropout: float = 0.1,
                  conv_stem: bool | None = None, map_prior: bool = True,
-                 region_head: bool = True) -> None:
+                 region_head: bool = True, roi_size: int = 0, roi_extent: float = 0.3) -> None:
         super().__init__()
         self.aus = parse_aus(au_numbers)
         num_aus = len(self.aus)
@@ -57,7 +57,8 @@ class HiVA(nn.Module):
         self.backbone = SwinBackbone(backbone, image_size, pretrained_backbone, feature_stage,
                                      conv_stem)
         self.region = AURegionEncoder(self.backbone.out_dim, embed_dim, num_aus, num_heads,
-                                      region_depth, dropout=dropout)
+                                      region_depth, dropout=dropout, roi_size=roi_size,
+                                      roi_extent=roi_extent)
         self.region_head = PerAUHead(num_aus, embed_dim, dropout) if region_head else None
         self.graph = None
         if use_graph:

@@ -40,14 +40,16 @@ class RegionAUClassifier(nn.Module):
     def __init__(self, au_numbers: Sequence[int | str] | str, backbone: str = "swin_test",
                  image_size: int = 128, pretrained_backbone: bool = False, feature_stage: int = 3,
                  conv_stem: bool | None = None, embed_dim: int = 128, num_heads: int = 4,
-                 region_depth: int = 1, attention_sigma: float = 0.3, dropout: float = 0.1):
+                 region_depth: int = 1, attention_sigma: float = 0.3, dropout: float = 0.1,
+                 roi_size: int = 0, roi_extent: float = 0.3):
         super().__init__()
         self.aus = parse_aus(au_numbers)
         self.attention_sigma = attention_sigma
         self.backbone = SwinBackbone(backbone, image_size, pretrained_backbone, feature_stage,
                                      conv_stem)
         self.region = AURegionEncoder(self.backbone.out_dim, embed_dim, len(self.aus), num_heads,
-                                      region_depth, dropout=dropout)
+                                      region_depth, dropout=dropout, roi_size=roi_size,
+                                      roi_extent=roi_extent)
         self.head = PerAUHead(len(self.aus), embed_dim, dropout)
 
     def forward(self, images: Tensor, landmarks: Tensor | None,

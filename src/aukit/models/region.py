@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -74,18 +76,59 @@ class RegionBlock(nn.Module):
         return queries + self.mlp(self.norm_mlp(queries))
 
 
+def roi_tokens(x: Tensor, maps: Tensor, size: int, extent: float) -> Tensor:
+    """A ``size x size`` window of tokens around each AU's centre, bilinearly sampled.
+
+    Args:
+        x: ``[B, N, E]`` tokens of a square ``sqrt(N) x sqrt(N)`` grid (row-major).
+        maps: ``[B, A, N]`` AU attention maps; each window is centred on its map's centroid.
+        size: samples per side.
+        extent: the window's side as a fraction of the image side.
+
+    Returns:
+        ``[B, A, size * size * E]``: the window's tokens in order (rows, then columns), so the
+        region keeps its spatial layout (where in the region a cue is), which averaging over
+        the map loses. Samples beyond the grid take the border tokens.
+    """
+    n, e = int(x.shape[1]), int(x.shape[2])  # ints under torch.jit.trace; the batch stays free
+    a, side = int(maps.shape[1]), math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"ROI pooling needs a square token grid, got {n} tokens")
+    cells = torch.arange(side, device=x.device, dtype=x.dtype)
+    weights = maps / maps.sum(-1, keepdim=True).clamp_min(1e-6)
+    cx, cy = weights @ cells.repeat(side), weights @ cells.repeat_interleave(side)  # [B, A]
+    offsets = torch.linspace(-extent / 2, extent / 2, size, device=x.device,
+                             dtype=x.dtype) * side  # in tokens
+    px = (cx[..., None] + offsets).clamp(0, side - 1)  # [B, A, s] sample columns
+    py = (cy[..., None] + offsets).clamp(0, side - 1)  # [B, A, s] sample rows
+    # bilinear weights as tent functions over the grid: [B, A, s, side] per axis
+    wx = (1 - (px[..., None] - cells).abs()).clamp_min(0)
+    wy = (1 - (py[..., None] - cells).abs()).clamp_min(0)
+    sample = (wy[:, :, :, None, :, None] * wx[:, :, None, :, None, :])  # [B, A, s, s, side, side]
+    return (sample.reshape(-1, a * size * size, n) @ x).reshape(-1, a, size * size * e)
+
+
 class AURegionEncoder(nn.Module):
     """Per-AU region features from backbone tokens and AU attention maps.
 
-    Each AU's map pools the tokens into a region summary; a learnable AU query added to it then
-    cross-attends to all tokens with the logits biased by ``log(map)``, so the feature looks
-    mostly inside its region while still seeing long-range context.
+    Each AU's map pools the tokens into a region summary (``roi_size`` 0: the map-weighted mean
+    of the tokens; ``k > 0``: a ``k x k`` window of tokens around the map's centre, ``roi_extent``
+    of the image wide, flattened in order and projected, so the summary keeps where in the region
+    each cue lies); a learnable AU query added to it then cross-attends to all tokens with the
+    logits biased by ``log(map)``, so the feature looks mostly inside its region while still
+    seeing long-range context.
     """
 
     def __init__(self, in_dim: int, embed_dim: int, num_aus: int, num_heads: int = 4,
-                 depth: int = 1, attention_bias: bool = True, dropout: float = 0.0):
+                 depth: int = 1, attention_bias: bool = True, dropout: float = 0.0,
+                 roi_size: int = 0, roi_extent: float = 0.3):
         super().__init__()
+        if roi_size < 0 or not 0 < roi_extent <= 2:
+            raise ValueError(f"need roi_size >= 0 and 0 < roi_extent <= 2, got {roi_size} and "
+                             f"{roi_extent}")
         self.token_proj = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, embed_dim))
+        self.roi_size, self.roi_extent = roi_size, roi_extent
+        self.roi_proj = nn.Linear(roi_size * roi_size * embed_dim, embed_dim) if roi_size else None
         self.au_queries = nn.Parameter(torch.randn(num_aus, embed_dim) * 0.02)
         self.blocks = nn.ModuleList(RegionBlock(embed_dim, num_heads, dropout)
                                     for _ in range(depth))
@@ -99,8 +142,11 @@ class AURegionEncoder(nn.Module):
     def forward(self, tokens: Tensor, maps: Tensor) -> Tensor:
         """tokens [B, N, D], maps [B, A, N] in [0, 1] -> AU features [B, A, E]."""
         x = self.project_tokens(tokens)
-        weights = maps / maps.sum(-1, keepdim=True).clamp_min(1e-6)
-        queries = weights @ x + self.au_queries  # [B, A, E]
+        if self.roi_proj is not None:
+            summary = self.roi_proj(roi_tokens(x, maps, self.roi_size, self.roi_extent))
+        else:
+            summary = maps / maps.sum(-1, keepdim=True).clamp_min(1e-6) @ x
+        queries = summary + self.au_queries  # [B, A, E]
         bias = maps.clamp_min(MIN_ATTENTION).log() if self.attention_bias else None
         for block in self.blocks:
             queries = block(queries, x, bias)
