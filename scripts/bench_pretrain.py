@@ -37,6 +37,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+def untrained(seed: int, args: argparse.Namespace) -> RegionRelationPretrainer:
+    """The encoder the pretraining config builds (overrides included), before any step."""
+    return AUCLI(RegionRelationPretrainer, UnlabeledFaceDataModule, run=False, args=[
+        "-c", f"conf/trainer/{args.trainer}.yaml", "-c", "conf/pretrain/synthau.yaml",
+        "--seed_everything", str(seed), "--trainer.logger", "false",
+        "--data.image_size", str(args.image_size), "--data.synthau_cache", args.cache,
+        *args.overrides]).model
+
+
 def pretrain(variant: str, seed: int, args: argparse.Namespace) -> RegionRelationPretrainer:
     tag, overrides = VARIANTS[variant]
     folder = Path(args.ckpt_dir) / f"{tag}-seed{seed}"
@@ -85,8 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         for variant in args.variants:
             started = time.time()
             L.seed_everything(seed)
-            module = (RegionRelationPretrainer(image_size=args.image_size)
-                      if variant == RANDOM_INIT else pretrain(variant, seed, args))
+            module = (untrained(seed, args) if variant == RANDOM_INIT
+                      else pretrain(variant, seed, args))
             result = {"f1": probe(module, args), "minutes": round((time.time() - started) / 60, 2)}
             print(f"{variant} | seed {seed}: probe F1 {result['f1']:.1f}", flush=True)
             data = update_json(args.json, {f"runs{key}": {"probe": {variant: {str(seed): result}}}})
