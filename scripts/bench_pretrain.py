@@ -1,7 +1,8 @@
 """Representation quality of stage 1: linear-probe mean F1 on SynthAU after pretraining.
 
-For each seed: a randomly initialised encoder (no training) and four pretraining variants
-(region loss only, relation loss only, both, on person-aware batches; both on random batches),
+For each seed: a randomly initialised encoder (no training) and five pretraining variants
+(region loss only, relation loss only, both, on person-aware batches with clip positives; both
+on random batches; both with two augmentations of one image as the positive pair),
 each trained with the same budget through the real CLI (``conf/pretrain/synthau.yaml``), then
 probed: one logistic regression per AU on its frozen AU region feature, fitted on the SynthAU
 train subjects and scored on the test subjects (nothing is tuned on them). Writes
@@ -34,6 +35,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "relation only": ("relation", ["--model.region_weight", "0"]),
     "region + relation": ("both", []),
     "region + relation, random batches": ("both-random", ["--data.faces_per_subject", "0"]),
+    "region + relation, one-image positives": ("both-augment", ["--data.positives", "augment"]),
 }
 
 
@@ -73,7 +75,7 @@ def probe(module: RegionRelationPretrainer, args: argparse.Namespace) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--probe-samples", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--image-size", type=int, default=128)
