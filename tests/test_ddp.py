@@ -136,7 +136,8 @@ def test_two_process_pretrain_writes_one_loadable_checkpoint(tmp_path):
     # both ranks served the same number of batches; rank 0 saved that count for an exact resume
     assert checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
         {"epoch": 0, "consumed": 2}]
-    encoder = load_stage1_encoder(checkpoints[0], "swin_test", 64, 3, (1, 2, 4))
+    encoder = load_stage1_encoder(checkpoints[0], "swin_test", 64, 2, (1, 2, 4), roi_size=4,
+                                  roi_extent=0.15)  # conf/pretrain/synthau.yaml's settings
     assert encoder.meta["image_size"] == 64
 
 

@@ -210,7 +210,7 @@ def test_a_finetune_checkpoint_loads_without_its_stage1_file(tmp_path, capsys, c
 
     stage1_path = tmp_path / "moved" / "s1.ckpt"
     stage1_path.parent.mkdir()
-    save_stage1(stage1_path, conv_stem=True)
+    save_stage1(stage1_path, conv_stem=True, feature_stage=2, roi_size=4, roi_extent=0.15)
     tiny = ["--model.pretrained", str(stage1_path), "--model.use_text", "false",
             "--data.aus", "[AU1,AU12]"]
     cli = run_finetune(tmp_path / "fit", *tiny, "--test_after_fit", "false",
