@@ -407,3 +407,15 @@ def test_image_folder_clip_views_come_from_neighbouring_frames(tmp_path):
     assert dataset[2]["image"].tolist() == dataset[2]["image"].tolist()  # keyed: reproducible
     assert set(dataset[0]["image"].tolist()) == {10, 20}
     assert dataset[5]["image"].tolist() == [200, 200, 200]  # alone in its video: itself
+
+
+def test_image_folder_clip_views_without_videos_pair_each_image_with_itself(tmp_path):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((40, 40, 3), 10 * (i + 1), np.uint8))
+
+    def first_pixel(image, landmarks):
+        return {"image": torch.tensor(float(image[0, 0, 0])), "landmarks": torch.tensor(0.0)}
+
+    with pytest.warns(UserWarning, match="clip positives need videos or subjects"):
+        dataset = ImageFolderDataset(tmp_path, first_pixel, views=2, clip_window=1)
+    assert [dataset[i]["image"].tolist() for i in range(3)] == [[10, 10], [20, 20], [30, 30]]

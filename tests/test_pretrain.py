@@ -67,7 +67,7 @@ def test_tiny_pretrain_writes_a_self_describing_checkpoint_and_probes(tmp_path, 
     assert "linear probe (val)" in out and "finished: last checkpoint" in out
     probe = [c for c in cli.trainer.callbacks if type(c).__name__ == "LinearProbe"][0]
     assert 0.0 <= probe.last["f1_mean"] <= 1.0 and "f1_AU12" in probe.last
-    encoder = load_stage1_encoder(last, None, 64, 3, (12, 1))
+    encoder = load_stage1_encoder(last, None, 64, 2, (12, 1), roi_size=4, roi_extent=0.15)
     assert encoder.region["au_queries"].shape == (2, 32)
     expected = cli.model.region.au_queries[[list(cli.model.au_numbers).index(a) for a in (12, 1)]]
     assert torch.equal(encoder.region["au_queries"], expected.detach())

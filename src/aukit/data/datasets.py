@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -183,8 +184,14 @@ class ImageFolderDataset(Dataset):
     def _clip_neighbours(self) -> list[list[int]]:
         """For each image, the indices of the other images of its group within ``clip_window``
         places of it (itself when it is alone)."""
+        try:
+            groups = self.groups()
+        except ValueError as err:  # no videos to take neighbours from: each image pairs itself
+            warnings.warn(f"clip positives need videos or subjects: {err}; each image's views "
+                          "come from that image alone", stacklevel=2)
+            groups = [str(i) for i in range(len(self.images))]
         members: dict[str, list[int]] = {}
-        for i, group in enumerate(self.groups()):
+        for i, group in enumerate(groups):
             members.setdefault(group, []).append(i)
         neighbours: list[list[int]] = [[] for _ in self.images]
         w = self.clip_window
