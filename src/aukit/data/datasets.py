@@ -111,10 +111,10 @@ class SynthAUDataset(Dataset):
         return self.synth.labels(*self.locate(i))[self.columns].astype(np.float32)
 
     def __getitem__(self, key: int) -> dict:
-        sample = self.synth.sample(*self.locate(key % len(self)))
+        subject, index = self.locate(key % len(self))
+        sample = self.synth.sample(subject, index)
         frames = [(sample["image"], sample["landmarks"])]
         if self.clip_views:
-            subject, index = self.locate(key % len(self))
             frames += [(f["image"], f["landmarks"]) for f in
                        (self.synth.sample(subject, index, v) for v in range(1, self.views))]
         item = apply_views(self.transform, frames, self.views, key)
