@@ -76,12 +76,13 @@ class RegionBlock(nn.Module):
         return queries + self.mlp(self.norm_mlp(queries))
 
 
-def roi_tokens(x: Tensor, maps: Tensor, size: int, extent: float) -> Tensor:
+def roi_tokens(x: Tensor, weights: Tensor, size: int, extent: float) -> Tensor:
     """A ``size x size`` window of tokens around each AU's centre, bilinearly sampled.
 
     Args:
         x: ``[B, N, E]`` tokens of a square ``sqrt(N) x sqrt(N)`` grid (row-major).
-        maps: ``[B, A, N]`` AU attention maps; each window is centred on its map's centroid.
+        weights: ``[B, A, N]`` AU attention maps normalised to sum 1; each window is centred on
+            its map's centroid.
         size: samples per side.
         extent: the window's side as a fraction of the image side.
 
@@ -91,11 +92,10 @@ def roi_tokens(x: Tensor, maps: Tensor, size: int, extent: float) -> Tensor:
         the map loses. Samples beyond the grid take the border tokens.
     """
     n, e = int(x.shape[1]), int(x.shape[2])  # ints under torch.jit.trace; the batch stays free
-    a, side = int(maps.shape[1]), math.isqrt(n)
+    a, side = int(weights.shape[1]), math.isqrt(n)
     if side * side != n:
         raise ValueError(f"ROI pooling needs a square token grid, got {n} tokens")
     cells = torch.arange(side, device=x.device, dtype=x.dtype)
-    weights = maps / maps.sum(-1, keepdim=True).clamp_min(1e-6)
     cx, cy = weights @ cells.repeat(side), weights @ cells.repeat_interleave(side)  # [B, A]
     offsets = torch.linspace(-extent / 2, extent / 2, size, device=x.device,
                              dtype=x.dtype) * side  # in tokens
@@ -142,10 +142,9 @@ class AURegionEncoder(nn.Module):
     def forward(self, tokens: Tensor, maps: Tensor) -> Tensor:
         """tokens [B, N, D], maps [B, A, N] in [0, 1] -> AU features [B, A, E]."""
         x = self.project_tokens(tokens)
-        if self.roi_proj is not None:
-            summary = self.roi_proj(roi_tokens(x, maps, self.roi_size, self.roi_extent))
-        else:
-            summary = maps / maps.sum(-1, keepdim=True).clamp_min(1e-6) @ x
+        weights = maps / maps.sum(-1, keepdim=True).clamp_min(1e-6)
+        summary = weights @ x if self.roi_proj is None else \
+            self.roi_proj(roi_tokens(x, weights, self.roi_size, self.roi_extent))
         queries = summary + self.au_queries  # [B, A, E]
         bias = maps.clamp_min(MIN_ATTENTION).log() if self.attention_bias else None
         for block in self.blocks:
