@@ -33,7 +33,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from aukit.au import DATASET_AUS
-from aukit.data.attention import canonical_landmarks
+from aukit.au_maps import canonical_landmarks
 from aukit.data.crop_store import CropStore, write_crop_store
 from aukit.data.datasets import ManifestDataset, SynthAUDataset
 from aukit.data.manifest import read_manifest

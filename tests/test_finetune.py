@@ -205,7 +205,7 @@ def test_a_finetune_checkpoint_loads_without_its_stage1_file(tmp_path, capsys, c
     """Stage 2 from a stage-1 file, then that file is deleted: the stage-2 checkpoint still
     loads, through load_from_checkpoint, the inference predictor, `test --ckpt_path` and a
     resumed `fit`, and gives the trained model's outputs."""
-    from aukit.data.attention import canonical_landmarks
+    from aukit.au_maps import canonical_landmarks
     from aukit.inference import load_predictor
 
     stage1_path = tmp_path / "moved" / "s1.ckpt"

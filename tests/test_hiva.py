@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from aukit.data.attention import canonical_landmarks
+from aukit.au_maps import canonical_landmarks
 from aukit.models.hiva import HiVA
 
 AUS = (1, 12, 26)

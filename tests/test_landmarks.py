@@ -13,8 +13,8 @@ from test_export import save_finetune
 
 from aukit import landmarks as landmarks_module
 from aukit.au import FLIP_PERMUTATION
+from aukit.au_maps import canonical_landmarks
 from aukit.data import prepare as prepare_module
-from aukit.data.attention import canonical_landmarks
 from aukit.data.datamodules import UnlabeledFaceDataModule
 from aukit.data.datasets import ImageFolderDataset
 from aukit.data.manifest import load_landmarks

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from aukit.au import DATASET_AUS
-from aukit.data.attention import au_attention_maps, canonical_landmarks
+from aukit.au_maps import au_attention_maps, canonical_landmarks
 from aukit.data.synthau import SynthAU
 from aukit.data.transforms import hflip_face
 from aukit.map_quality import (

@@ -14,8 +14,8 @@ import pytest
 from skimage.data import astronaut
 from test_readers import extract_frames, make_bp4d, make_disfa, noise_image
 
+from aukit.au_maps import canonical_landmarks
 from aukit.data import prepare as prepare_module
-from aukit.data.attention import canonical_landmarks
 from aukit.data.manifest import read_manifest
 from aukit.data.prepare import (
     RECORD_FIELDS,

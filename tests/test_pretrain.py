@@ -127,7 +127,7 @@ def test_other_subject_negatives_can_be_dropped_and_need_subject_ids():
 
 
 def _template(size: int) -> np.ndarray:
-    from aukit.data.attention import canonical_landmarks
+    from aukit.au_maps import canonical_landmarks
 
     return canonical_landmarks(size).astype(np.float32)
 

@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from aukit.au import FLIP_PERMUTATION
-from aukit.data.attention import canonical_landmarks
+from aukit.au_maps import canonical_landmarks
 from aukit.data.transforms import (
     IMAGENET_MEAN,
     FaceTransform,

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from aukit.au import au_keys
+from aukit.au_maps import canonical_landmarks
 from aukit.checkpoint import META_KEY, read_checkpoint
-from aukit.data.attention import canonical_landmarks
 from aukit.models.hiva import HiVA
 from aukit.models.linear import LinearAUClassifier, RegionAUClassifier
 from aukit.text.bank import load_description_bank

@@ -6,11 +6,11 @@ Sources (``--landmarks``):
   ``shape_predictor_68_face_landmarks.dat`` from ``face-recognition-models`` (about 100 MB,
   loaded once per process), placed by the MTCNN face box; a few ms per face on a CPU;
 - ``template``: no per-face landmarks; an aligned crop gets the canonical template
-  (``aukit.data.attention.canonical_landmarks``);
+  (``aukit.au_maps.canonical_landmarks``);
 - ``auto``: ``dlib68`` when both packages are installed, else ``template`` with a notice.
 
 ``Landmarker(source)(image, box, points)`` returns the face's ``[68, 2]`` landmarks in the
-image's continuous pixel coordinates (``aukit.data.attention``), or None: the template source,
+image's continuous pixel coordinates (``aukit.au_maps``), or None: the template source,
 or a prediction that disagrees with MTCNN's 5 points (a failed fit), so the caller falls back to
 the template.
 """

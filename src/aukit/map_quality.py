@@ -1,7 +1,7 @@
 """Do per-AU activation maps point at their AU? Region mass, pointing game and distinctness.
 
 An AU's *region* is the set of grid cells whose centre lies within ``radius`` inter-ocular
-distances (IOD) of one of the AU's landmark-defined centres (``aukit.data.attention.au_centres``:
+distances (IOD) of one of the AU's landmark-defined centres (``aukit.au_maps.au_centres``:
 one centre for a central AU, two for a bilateral one). A map ``[h, w]`` (e.g. HiVA's DDCA
 ``act_maps``, each summing to 1) is then scored per face and AU by
 
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from aukit.au import au_numbers
-from aukit.data.attention import au_centres, inter_ocular_distance
+from aukit.au_maps import au_centres, inter_ocular_distance
 from aukit.data.transforms import normalize_images
 
 # In IODs. 2.33 std of HiVA's default landmark prior (sigma 0.3 IOD), so a region holds 93 % of a

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from aukit.au import NUM_LANDMARKS
-from aukit.data.attention import canonical_landmarks
+from aukit.au_maps import canonical_landmarks
 from aukit.data.datasets import read_rgb
 from aukit.data.manifest import Manifest, load_landmarks, read_manifest
 

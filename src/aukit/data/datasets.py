@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from aukit.au import ALL_AUS, NUM_LANDMARKS, au_numbers
-from aukit.data.attention import canonical_landmarks
+from aukit.au_maps import canonical_landmarks
 from aukit.data.manifest import Manifest, ManifestError, load_landmarks
 from aukit.data.synthau import SynthAU
 

@@ -23,7 +23,7 @@ A face is aligned by mapping 5 points onto the template's eye centres, nose tip 
 corners: those of its 68 landmarks when the landmark stage found them (stored, in crop pixels),
 else MTCNN's, and then the crop's landmarks are the template's (``canonical_landmarks(size)``),
 which is what the datasets use when a manifest row has no landmarks file. Coordinates are
-continuous pixel coordinates (``aukit.data.attention``). Videos are decoded frame by frame.
+continuous pixel coordinates (``aukit.au_maps``). Videos are decoded frame by frame.
 Progress is appended per frame to ``OUT/records/*.csv``; a rerun skips recorded frames.
 """
 
@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from aukit.data.attention import canonical_landmarks
+from aukit.au_maps import canonical_landmarks
 from aukit.data.datasets import LANDMARKS_SIDECAR, folder_images, read_rgb
 from aukit.data.readers import (
     IMAGE_SUFFIXES,

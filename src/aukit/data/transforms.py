@@ -1,6 +1,6 @@
 """Albumentations pipelines over (face image, 68 landmarks) that keep landmarks on the face.
 
-Landmarks use the continuous pixel convention of ``aukit.data.attention`` (pixel ``j`` spans
+Landmarks use the continuous pixel convention of ``aukit.au_maps`` (pixel ``j`` spans
 ``[j, j + 1)``). A horizontal flip also permutes landmark indices with ``FLIP_PERMUTATION``, so
 index 36-41 is the subject's right eye again and bilateral AU maps swap sides with the image.
 """
@@ -17,7 +17,7 @@ from albumentations.pytorch import ToTensorV2
 from torch import Tensor
 
 from aukit.au import FLIP_PERMUTATION, NUM_LANDMARKS
-from aukit.data.attention import canonical_landmarks
+from aukit.au_maps import canonical_landmarks
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from aukit.data.attention import au_attention_maps, canonical_landmarks
+from aukit.au_maps import au_attention_maps, canonical_landmarks
 
 # floor for log-attention biases: a token at the far side of the face keeps a little weight
 MIN_ATTENTION = 1e-4

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from aukit.au import ACTION_UNITS, ALL_AUS, FLIP_PERMUTATION
-from aukit.data.attention import (
+from aukit.au_maps import (
     CANONICAL_LANDMARKS,
     au_attention_maps,
     au_centres,

@@ -1,4 +1,4 @@
-"""AU attention maps from 68 landmarks, and the canonical aligned-face template.
+"""Face geometry: the aligned-face template (68 landmarks) and AU attention maps from landmarks.
 
 Coordinates are continuous pixel coordinates ``(x, y)``: pixel ``(row i, column j)`` covers
 ``[j, j + 1) x [i, i + 1)``, so its centre is ``(j + 0.5, i + 0.5)`` and a horizontal flip is
