@@ -4,8 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
-# the stage packages (pretrain/, finetune/) live at the top level, next to the scripts
-export PYTHONPATH := $(CURDIR)
+# `make install` installs the library and both stages (editable) with their console scripts
+# (aukit-pretrain, aukit-finetune, aukit-cv, aukit-prepare, aukit-predict, aukit-export); they run
+# from any folder, and `-c trainer/cpu.yaml` names a config shipped from conf/
+BIN := $(VENV)/bin
 
 .PHONY: install test lint format samples baselines bench bench-pretrain bench-finetune \
 	bench-landmarks
@@ -71,28 +73,28 @@ init_flag = $(if $(filter-out none,$(PRETRAINED)),--model.pretrained $(PRETRAINE
 
 .PHONY: pretrain finetune prepare cv predict export
 pretrain:
-	$(PY) -m pretrain fit -c conf/trainer/$(TRAINER).yaml -c conf/pretrain/synthau.yaml \
+	$(BIN)/aukit-pretrain fit -c trainer/$(TRAINER).yaml -c pretrain/synthau.yaml \
 		$(if $(DATA),--data.source $(DATA) --data.landmarks auto) $(ARGS)
 
 finetune:
-	$(PY) -m finetune fit -c conf/trainer/$(TRAINER).yaml -c conf/finetune/$(DATASET).yaml \
+	$(BIN)/aukit-finetune fit -c trainer/$(TRAINER).yaml -c finetune/$(DATASET).yaml \
 		$(init_flag) $(if $(DATA_ROOT),--data.data_root $(DATA_ROOT)) \
 		$(if $(FOLD),--data.fold $(FOLD)) $(ARGS)
 
 prepare:
-	$(PY) -m aukit.data.prepare --dataset $(DATASET) --data-root $(DATA_ROOT) --out $(OUT) \
+	$(BIN)/aukit-prepare --dataset $(DATASET) --data-root $(DATA_ROOT) --out $(OUT) \
 		--workers $(WORKERS) $(ARGS)
 
 cv:
-	$(PY) -m aukit.cv --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
-		--trainer-config conf/trainer/$(TRAINER).yaml $(ARGS)
+	$(BIN)/aukit-cv --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
+		--trainer-config trainer/$(TRAINER).yaml $(ARGS)
 
 # make predict INPUT=image|folder|video CKPT=best.ckpt [OUT=dir]
 #              [ARGS="--visualize --every 10 --video-out out.avi --device cuda"]
 predict:
-	$(PY) -m aukit.predict --input $(INPUT) --ckpt $(CKPT) $(if $(OUT),--out $(OUT)) $(ARGS)
+	$(BIN)/aukit-predict --input $(INPUT) --ckpt $(CKPT) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 # make export CKPT=best.ckpt FORMAT=onnx|torchscript [OUT=exported]
 FORMAT ?= onnx
 export:
-	$(PY) -m aukit.export --ckpt $(CKPT) --format $(FORMAT) --out $(or $(OUT),exported)
+	$(BIN)/aukit-export --ckpt $(CKPT) --format $(FORMAT) --out $(or $(OUT),exported)

@@ -1,48 +1,54 @@
-"""Stage 2: HiVA AU detection as a LightningModule (train, validate, test, report)."""
+"""Stage 2: AU detection as a LightningModule: model, losses, optimiser and logging."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
 from aukit.au import au_keys, au_numbers
-from aukit.checkpoint import META_KEY, load_stage1_encoder
+from aukit.checkpoint import META_KEY, load_stage1_encoder, stage1_settings
 from aukit.losses.alignment import ALIGNMENTS, alignment_loss, state_alignment_loss
 from aukit.losses.au_bce import au_bce_loss
-from aukit.metrics import AUMetrics, format_f1_table
-from aukit.models.hiva import HiVA
-from aukit.models.linear import LinearAUClassifier, RegionAUClassifier
+from aukit.metrics import AUMetrics
+from aukit.models import ARCHITECTURES, create_model, model_config
+from aukit.models.backbone import default_conv_stem
+from aukit.optim import parameter_groups
 from aukit.stage import StageModule
-from aukit.text.bank import load_description_bank
-from aukit.text.encoders import build_text_encoder
-from aukit.text.features import encode_bank
-from aukit.visualize import activation_grid
+from aukit.text.encoders import text_encoder_dim
+from aukit.text.features import TextFeatures, load_text_features
 
-ARCHITECTURES = ("hiva", "linear", "region")
+# TextFeatures fields, each a non-persistent buffer "text_<field>" of the module
+TEXT_FIELDS = ("tokens", "token_mask", "sentence", "desc_mask")
 
 
 class HiVAFinetuner(StageModule):
     """Trains HiVA (or a plain baseline: ``linear``, Swin + one linear head; ``region``, Swin + AU
-    region features + one linear head per AU) with masked class-weighted BCE plus a
-    vision-text alignment loss; selects checkpoints on ``val/f1_mean`` only.
+    region features + one linear head per AU; any ``aukit.models.ARCHITECTURES`` name) with
+    masked class-weighted BCE plus a vision-text alignment loss; selects checkpoints on
+    ``val/f1_mean`` only. The model is ``aukit.models.create_model`` of ``model_config``, which
+    checkpoints store.
 
     ``pretrained`` is a stage-1 checkpoint whose backbone and AU region encoder initialise the
-    model; its backbone name, stem and image size must match (``backbone: null`` and
-    ``conv_stem: null`` adopt its own). It is read once, when training starts: a checkpoint of
-    this module holds those weights and the resolved architecture, and loads without the stage-1
-    file (or ImageNet weights, ``pretrained_backbone``), which may since have moved.
+    model when training starts (not when resuming: the checkpoint holds newer weights); its
+    backbone name, stem and image size are checked when the module is built (``backbone: null``
+    and ``conv_stem: null`` adopt its own). A checkpoint of this module holds every weight and
+    the resolved architecture, and loads without the stage-1 file (or ImageNet weights,
+    ``pretrained_backbone``), which may since have moved; ``from_stage1`` builds a module with
+    the stage-1 weights already in.
     ``region_supervision`` weighs a BCE on HiVA's per-AU linear head over the region features
     (deep supervision, 0 = off), so the encoder gets the plain region baseline's signal under
     HiVA's components. ``alignment`` is "state" (AU k's anchor scores faces with AU k above
     faces without it) or "slots" (version 1: AU k's feature against the other AUs' anchors).
     The text encoder is ``text_encoder`` ("minilm", the offline default, or "open_clip:<model>"
     with ``text_pretrained``, an open_clip tag); ``text_weights`` is local weights (an open_clip
-    file, or a MiniLM model folder).
+    file, or a MiniLM model folder). It runs once, at set-up, to encode the descriptions
+    (``aukit.text.features.load_text_features``); the module keeps only their features
+    (``set_text_features``). Test reports and activation-map images are callbacks
+    (``aukit.callbacks``).
     """
 
     stage = "finetune"
@@ -65,64 +71,105 @@ class HiVAFinetuner(StageModule):
                  layer_decay: float = 0.75, warmup_epochs: float = 1.0):
         super().__init__()
         if architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+            raise ValueError(f"--model.architecture must be one of {', '.join(ARCHITECTURES)}, "
+                             f"got {architecture!r} (presets such as 'hiva_swin_base' are for "
+                             "aukit.models.create_model)")
         if alignment not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {ALIGNMENTS} (--model.alignment), got "
                              f"{alignment!r}")
         self.save_hyperparameters()
         self.au_numbers = au_numbers(aus)
         self.au_names = au_keys(self.au_numbers)
-        self.stage1 = None
-        if pretrained:  # not when loading a checkpoint of this module: see on_save_checkpoint
-            self.stage1 = load_stage1_encoder(pretrained, backbone, image_size, feature_stage,
-                                              self.au_numbers, conv_stem, roi_size, roi_extent)
-            backbone = self.stage1.meta["backbone"]
-            conv_stem = self.stage1.meta["conv_stem"]
+        # where the weights come from, kept through checkpoints that no longer read it
+        self.stage1_path = pretrained
+        self._stage1_pending = bool(pretrained)  # applied once, when training starts
+        if pretrained:  # refuse a stage-1 checkpoint that does not fit, before anything trains
+            meta = stage1_settings(pretrained, backbone, image_size, feature_stage,
+                                   self.au_numbers, conv_stem, roi_size, roi_extent)
+            backbone, conv_stem = meta["backbone"], meta["conv_stem"]
         backbone = backbone or "swin_test"
-        self.uses_text = architecture == "hiva" and use_text
-        common = dict(au_numbers=self.au_numbers, backbone=backbone, image_size=image_size,
-                      pretrained_backbone=pretrained_backbone, feature_stage=feature_stage,
-                      conv_stem=conv_stem)
-        region = dict(embed_dim=embed_dim, num_heads=num_heads, region_depth=region_depth,
-                      attention_sigma=attention_sigma, dropout=dropout, roi_size=roi_size,
-                      roi_extent=roi_extent)
-        if architecture == "linear":
-            self.model = LinearAUClassifier(**common)
-        elif architecture == "region":
-            self.model = RegionAUClassifier(**common, **region)
-        else:
-            self.model = HiVA(**common, **region, use_graph=use_graph, use_ddca=use_ddca,
-                              use_cdca=use_cdca, use_text=use_text, map_prior=map_prior,
-                              region_head=region_supervision > 0,
-                              graph_top_k=graph_top_k,
-                              cooccurrence_prior=torch.eye(len(self.au_numbers))
-                              if cooccurrence_prior else None,
-                              text_dim=self._text_dim() if self.uses_text else 384)
-        # the resolved choices, so a checkpoint rebuilds exactly this model
-        self.hparams.backbone = backbone
-        self.hparams.conv_stem = self.model.backbone.conv_stem
-        # where the weights came from, kept through checkpoints that no longer read it
-        self.stage1_path = str(self.stage1.path) if self.stage1 is not None else None
-        if self.stage1 is not None:
-            self.model.backbone.load_state_dict(self.stage1.backbone)
-            if hasattr(self.model, "region"):
-                self.model.region.load_state_dict(self.stage1.region)
+        text = {"text_dim": text_encoder_dim(text_encoder)} if use_text else {}
+        # every setting, for whichever architecture takes it; the config is what checkpoints
+        # store and what inference rebuilds the model from
+        self.model_config = model_config(
+            architecture, strict=False, au_numbers=list(self.au_numbers), backbone=backbone,
+            image_size=image_size, pretrained_backbone=pretrained_backbone,
+            feature_stage=feature_stage,
+            conv_stem=default_conv_stem(backbone) if conv_stem is None else conv_stem,
+            embed_dim=embed_dim, num_heads=num_heads, region_depth=region_depth,
+            attention_sigma=attention_sigma, dropout=dropout, roi_size=roi_size,
+            roi_extent=roi_extent, use_graph=use_graph, use_ddca=use_ddca, use_cdca=use_cdca,
+            use_text=use_text, map_prior=map_prior, region_head=region_supervision > 0,
+            graph_top_k=graph_top_k, cooccurrence_prior=cooccurrence_prior, **text)
+        self.model = create_model(self.model_config)
+        self.uses_text = bool(self.model_config.get("use_text"))
+        for field in TEXT_FIELDS:  # set at set-up; recomputed, never stored in checkpoints
+            self.register_buffer(f"text_{field}", None, persistent=False)
+        # equal on every rank already: DDP need not re-send them from rank 0 at every step
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self, [f"text_{field}" for field in TEXT_FIELDS])
+        self._text: TextFeatures | None = None  # a view of those buffers
         self.register_buffer("class_weights", torch.ones(len(self.au_numbers)))
         self.register_buffer("pos_weight", torch.ones(len(self.au_numbers)))
-        self.text = None
         # "fit": F1 on the augmented training batches as they pass, logged as train/f1_*, so the
         # gap to val/f1_mean shows memorisation (e.g. of identities) epoch by epoch
         self.metrics = torch.nn.ModuleDict({s: AUMetrics(self.au_names)
                                             for s in ("fit", "val", "test")})
-        self._shown_images: tuple[Tensor, Tensor, Tensor] | None = None  # for TensorBoard
+        # the last computed values of each split (AUMetrics.compute() keys), for callbacks
+        self.metric_values: dict[str, dict[str, float]] = {}
 
-    def _text_dim(self) -> int:
-        # a tuple keeps the frozen encoder out of the module tree, so it is neither trained
-        # nor written into checkpoints
-        options = {k: v for k, v in (("pretrained", self.hparams.text_pretrained),
-                                      ("weights_path", self.hparams.text_weights)) if v}
-        self._encoder = (build_text_encoder(self.hparams.text_encoder, **options),)
-        return self._encoder[0].dim
+    @classmethod
+    def from_stage1(cls, pretrained: str | Path, **kwargs) -> HiVAFinetuner:
+        """A module initialised from the stage-1 checkpoint ``pretrained`` now, not when
+        training starts (``kwargs`` as for the constructor)."""
+        module = cls(pretrained=str(pretrained), **kwargs)
+        module.load_stage1()
+        return module
+
+    def load_stage1(self) -> None:
+        """Copy the stage-1 checkpoint's backbone and region encoder (``pretrained``) into the
+        model."""
+        hp, config = self.hparams, self.model_config
+        encoder = load_stage1_encoder(hp.pretrained, config["backbone"], hp.image_size,
+                                      hp.feature_stage, self.au_numbers, config["conv_stem"],
+                                      hp.roi_size, hp.roi_extent)
+        encoder.load_into(self.model)
+        self._stage1_pending = False
+
+    # ---------------------------------------------------------------- text
+    @property
+    def text(self) -> TextFeatures | None:
+        """The description features the model reads (``set_text_features``), or None."""
+        if self.text_tokens is None:
+            return None
+        if self._text is None or self._text.tokens is not self.text_tokens:  # moved, or new
+            self._text = TextFeatures(*(getattr(self, f"text_{f}") for f in TEXT_FIELDS))
+        return self._text
+
+    def set_text_features(self, features: TextFeatures | None) -> None:
+        """Use ``features`` (of this module's AUs, in order) as the descriptions; they become
+        buffers, so they follow the module across devices, and are not saved."""
+        if features is not None:
+            expected = self.model_config.get("text_dim")
+            if features.tokens.shape[0] != len(self.au_numbers) or features.dim != expected:
+                raise ValueError(f"text features [A, M, L, D] = {list(features.tokens.shape)} do "
+                                 f"not fit this model: A={len(self.au_numbers)} AUs, "
+                                 f"D={expected} (the text encoder's size when it was built)")
+            features = features.to(self.device)
+        for field in TEXT_FIELDS:
+            setattr(self, f"text_{field}",
+                    None if features is None else getattr(features, field))
+
+    def text_inputs(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """Text for one step: a random subset of descriptions per AU in training, all of them
+        at evaluation -> tokens [A, T, Dt], mask [A, T], anchor vectors [A, Dt]."""
+        text = self.text
+        if text is None:
+            return None, None, None
+        if self.training:
+            generator = torch.Generator().manual_seed(int(self.global_step))
+            text = text.sample(self.hparams.descriptions_per_step, generator)
+        return text.model_inputs()
 
     # ---------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
@@ -140,32 +187,23 @@ class HiVAFinetuner(StageModule):
             if self.hparams.cooccurrence_prior and graph is not None:
                 graph.set_prior(stats.cooccurrence)
         if self.uses_text and self.text is None:
-            bank = load_description_bank(self.hparams.descriptions, self.au_numbers,
-                                         min_per_au=self.hparams.descriptions_per_step)
-            self.text = encode_bank(self._encoder[0], bank, self.au_numbers,
-                                    self.hparams.text_cache_dir)
+            hp = self.hparams
+            self.set_text_features(load_text_features(
+                hp.text_encoder, self.au_numbers, pretrained=hp.text_pretrained,
+                weights=hp.text_weights, descriptions=hp.descriptions,
+                min_per_au=hp.descriptions_per_step, cache_dir=hp.text_cache_dir))
 
     def on_fit_start(self) -> None:
-        # here, not in setup: a resumed run has restored its checkpoint by now
+        # here, not in setup: a resumed run has restored its checkpoint by now, and its weights
+        # are newer than the stage-1 ones
         resumed = self.trainer.ckpt_path
+        if self._stage1_pending and not resumed:
+            self.load_stage1()
         rank_zero_info(f"resumed from {resumed} (stage-1 initialisation: {self.stage1_path})"
                        if resumed else
                        f"initialised from stage-1 checkpoint {self.stage1_path}"
                        if self.stage1_path else
                        "initialised from scratch (no stage-1 checkpoint given)")
-
-    def text_inputs(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """Text for one step: a random subset of descriptions per AU in training, all of them
-        at evaluation -> tokens [A, T, Dt], mask [A, T], anchor vectors [A, Dt]."""
-        if self.text is None:
-            return None, None, None
-        if self.text.tokens.device != self.device:
-            self.text = self.text.to(self.device)
-        text = self.text
-        if self.training:
-            generator = torch.Generator().manual_seed(int(self.global_step))
-            text = text.sample(self.hparams.descriptions_per_step, generator)
-        return text.model_inputs()
 
     def forward(self, images: Tensor, landmarks: Tensor) -> dict[str, Tensor]:
         return self.model(images, landmarks, *self.text_inputs())
@@ -200,20 +238,19 @@ class HiVAFinetuner(StageModule):
         self.metrics[split].update(out["logits"].sigmoid(), batch["labels"], batch["label_mask"])
         return out
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self._eval_step(batch, "val")
-        if batch_idx == 0 and "act_maps" in out:
-            self._shown_images = (batch["image"][:2], out["act_maps"][:2],
-                                  out["logits"][:2].sigmoid())
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        return self._eval_step(batch, "val")  # the outputs, for aukit.callbacks
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
     def _log_split(self, split: str, name: str | None = None) -> dict[str, float]:
-        """Compute, reset and log ``metrics[split]`` under ``name/`` (default ``split``)."""
+        """Compute, reset and log ``metrics[split]`` under ``name/`` (default ``split``); keep
+        the values in ``metric_values[name]``."""
         values = {k: float(v) for k, v in self.metrics[split].compute().items()}
         self.metrics[split].reset()
         split = name or split
+        self.metric_values[split] = values
         # the values are already synced (equal on every rank); sync_dist averages equal numbers,
         # which leaves them unchanged and tells Lightning they are global
         self.log_dict({f"{split}/{k}": v for k, v in values.items()
@@ -222,76 +259,52 @@ class HiVAFinetuner(StageModule):
 
     def on_validation_epoch_end(self) -> None:
         values = self._log_split("val")
-        if self.trainer.sanity_checking:
-            return
-        rank_zero_info(f"epoch {self.current_epoch} validation mean F1 "
-                       f"{100 * values['f1_mean']:.1f}")
-        experiment = getattr(self.logger, "experiment", None)
-        if self._shown_images is not None and hasattr(experiment, "add_image"):
-            images, maps, probs = self._shown_images
-            for i in range(len(images)):
-                grid = activation_grid(images[i], maps[i], self.au_names, probs[i])
-                experiment.add_image(f"val/activation_maps_{i}", grid, self.global_step,
-                                     dataformats="HWC")
-            experiment.add_text("val/f1_table", format_f1_table(values, self.au_names),
-                                self.global_step)
+        if not self.trainer.sanity_checking:
+            rank_zero_info(f"epoch {self.current_epoch} validation mean F1 "
+                           f"{100 * values['f1_mean']:.1f}")
 
     def on_test_epoch_end(self) -> None:
-        values = self._log_split("test")
-        table = format_f1_table(values, self.au_names)
-        rank_zero_info(f"\ntest per-AU results ({len(self.au_names)} AUs):\n{table}")
-        if self.trainer.is_global_zero:
-            self._write_report(values)
-
-    def _write_report(self, values: dict[str, float]) -> None:
-        # next to the run's logs (checkpoint hyperparameters override CLI arguments under `test
-        # --ckpt_path`, so the place is the logger's, set with --trainer.logger.init_args.*)
-        folder = Path(self.logger.log_dir if self.logger else self.trainer.default_root_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        report = {"aus": self.au_names, "metrics": values,
-                  "checkpoint": getattr(self.trainer, "ckpt_path", None),
-                  "architecture": self.hparams.architecture, "backbone": self.hparams.backbone}
-        (folder / "test_report.json").write_text(json.dumps(report, indent=2))
-        rows = ["au,f1,precision,recall,accuracy,auc"]
-        for name in self.au_names + ["mean"]:
-            rows.append(",".join([name] + [f"{values.get(f'{m}_{name}', np.nan):.6f}" for m in
-                                           ("f1", "precision", "recall", "accuracy", "auc")]))
-        (folder / "test_report.csv").write_text("\n".join(rows) + "\n")
-        rank_zero_info(f"test report: {folder / 'test_report.json'} and test_report.csv")
+        self._log_split("test")
 
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self):
         hp = self.hparams
-        if hasattr(self.model, "parameter_groups"):
-            groups = self.model.parameter_groups(hp.lr, hp.weight_decay, hp.layer_decay)
-        else:
-            groups = [{"params": list(self.model.parameters()), "lr": hp.lr,
-                       "weight_decay": hp.weight_decay}]
+        groups = parameter_groups(self.model, hp.lr, hp.weight_decay, hp.layer_decay,
+                                  layered="backbone.model")
         return self.adamw_warmup_cosine(groups)
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_meta(self) -> dict:
-        hp = self.hparams
-        return {"architecture": hp.architecture, "backbone": hp.backbone,
-                "image_size": hp.image_size, "feature_stage": hp.feature_stage,
-                "conv_stem": hp.conv_stem,
-                "aus": list(self.au_numbers),
-                "pretrained": self.stage1_path}
+        config, hp = self.model_config, self.hparams
+        text = None
+        if self.uses_text:
+            text = {"encoder": hp.text_encoder, "pretrained": hp.text_pretrained,
+                    "weights": hp.text_weights, "descriptions": hp.descriptions}
+        return {"architecture": config["architecture"], "backbone": config["backbone"],
+                "image_size": config["image_size"], "feature_stage": config["feature_stage"],
+                "conv_stem": config["conv_stem"], "aus": list(self.au_numbers),
+                "pretrained": self.stage1_path,
+                # the model's config, which rebuilds it (ImageNet weights are in the state
+                # dict), and where its description features come from
+                "model": {**config, "pretrained_backbone": False}, "text": text}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Make the checkpoint self-contained: ``load_from_checkpoint`` (and ``test`` /
-        ``predict --ckpt_path``) rebuild the module from ``hyper_parameters``, which must not
-        send ``__init__`` to the stage-1 file or to ImageNet weights again; the state dict holds
-        every weight and ``backbone`` / ``conv_stem`` are already the resolved ones. The
-        stage-1 path stays in ``checkpoint["aukit"]`` ("pretrained" and "config")."""
+        ``fit --ckpt_path``) rebuild the module from ``hyper_parameters``, which must not send
+        ``__init__`` to the stage-1 file or to ImageNet weights again, and must name the
+        resolved backbone and stem; the state dict holds every weight. The stage-1 path stays
+        in ``checkpoint["aukit"]`` ("pretrained" and "config")."""
         super().on_save_checkpoint(checkpoint)
         hparams = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
         if hparams is not None:
-            hparams.update(pretrained=None, pretrained_backbone=False)
+            hparams.update(pretrained=None, pretrained_backbone=False,
+                           backbone=self.model_config["backbone"],
+                           conv_stem=self.model_config["conv_stem"])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.stage1_path = checkpoint[META_KEY].get("pretrained", self.stage1_path)
+        self._stage1_pending = False  # the checkpoint's weights replace the stage-1 ones
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs) -> HiVAFinetuner:

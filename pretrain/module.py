@@ -15,6 +15,7 @@ from aukit.losses.region_contrastive import (
 from aukit.losses.relation_ot import RELATIONS, relation_ot_loss
 from aukit.models.backbone import SwinBackbone
 from aukit.models.region import AURegionEncoder, Mlp, landmark_maps
+from aukit.optim import parameter_groups
 from aukit.stage import StageModule
 from aukit.utils.distributed import world_size
 
@@ -138,12 +139,8 @@ class RegionRelationPretrainer(StageModule):
         return other_subject_bias(batch["subject"], weight, b * world_size(), self.device)
 
     def configure_optimizers(self):
-        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "au_queries" not in n]
-        no_decay = [p for n, p in self.named_parameters() if not (p.ndim >= 2
-                                                                  and "au_queries" not in n)]
-        return self.adamw_warmup_cosine([
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}])
+        hp = self.hparams
+        return self.adamw_warmup_cosine(parameter_groups(self, hp.lr, hp.weight_decay))
 
     def checkpoint_meta(self) -> dict:
         hp = self.hparams

@@ -27,7 +27,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from aukit.data.datamodules import AUDataModule
 from aukit.map_quality import evaluate_maps
 from aukit.utils.report import benchmark_section, mean_sd, update_json, write_section
-from finetune.__main__ import FinetuneCLI
+from finetune.cli import FinetuneCLI
 from finetune.module import HiVAFinetuner
 
 HEADING = "## Finetuning: HiVA"

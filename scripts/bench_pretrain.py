@@ -20,15 +20,20 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
+from torch import Tensor
 
+from aukit.au import ALL_AUS
 from aukit.cli import AUCLI
 from aukit.data.datamodules import AUDataModule, UnlabeledFaceDataModule
+from aukit.models.region import landmark_maps, roi_tokens
 from aukit.probe import run_probe
 from aukit.utils.report import benchmark_section, mean_sd, update_json, write_section
 from pretrain.module import RegionRelationPretrainer
 
 HEADING = "## Pretraining: linear probe"
 RANDOM_INIT = "random init (no pretraining)"
+PIXELS = "raw grey pixels around each AU (no encoder)"
 # name -> (checkpoint folder tag, overrides)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "region only": ("region", ["--model.relation_weight", "0"]),
@@ -48,6 +53,21 @@ def untrained(seed: int, args: argparse.Namespace) -> RegionRelationPretrainer:
         *args.overrides]).model
 
 
+class PixelWindows:
+    """The reference a stage-1 encoder must approach: a 12 x 12 window of grey pixels of the face
+    downsampled to 64 x 64, 20% of the face wide, around each AU's landmark-defined centre; no
+    learned weights."""
+
+    au_numbers = ALL_AUS
+    grid, size, extent = 64, 12, 0.2
+
+    def encode(self, images: Tensor, landmarks: Tensor) -> Tensor:
+        grey = torch.nn.functional.adaptive_avg_pool2d(images.mean(1, keepdim=True), self.grid)
+        maps = landmark_maps(landmarks, images, (self.grid, self.grid), self.au_numbers, 0.3)
+        weights = maps / maps.sum(-1, keepdim=True)
+        return roi_tokens(grey.flatten(2).transpose(1, 2), weights, self.size, self.extent)
+
+
 def pretrain(variant: str, seed: int, args: argparse.Namespace) -> RegionRelationPretrainer:
     tag, overrides = VARIANTS[variant]
     folder = Path(args.ckpt_dir) / f"{tag}-seed{seed}"
@@ -63,8 +83,8 @@ def pretrain(variant: str, seed: int, args: argparse.Namespace) -> RegionRelatio
     return cli.model
 
 
-def probe(module: RegionRelationPretrainer, args: argparse.Namespace) -> float:
-    data = AUDataModule(dataset="synthau", image_size=module.hparams.image_size,
+def probe(module: RegionRelationPretrainer | PixelWindows, args: argparse.Namespace) -> float:
+    data = AUDataModule(dataset="synthau", image_size=args.image_size,
                         batch_size=64, num_workers=args.workers,
                         synthau_samples_per_subject=args.probe_samples,
                         synthau_eval_samples_per_subject=args.probe_samples,
@@ -79,8 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probe-samples", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--variants", nargs="+", default=[RANDOM_INIT, *VARIANTS],
-                        choices=[RANDOM_INIT, *VARIANTS])
+    parser.add_argument("--variants", nargs="+", default=[PIXELS, RANDOM_INIT, *VARIANTS],
+                        choices=[PIXELS, RANDOM_INIT, *VARIANTS])
     parser.add_argument("--cache", default="runs/cache/synthau", help="rendered-face cache")
     parser.add_argument("--ckpt-dir", default="runs/bench/pretrain")
     parser.add_argument("--trainer", default="cpu", help="preset under conf/trainer (gpu: bf16)")
@@ -96,8 +116,8 @@ def main(argv: list[str] | None = None) -> None:
         for variant in args.variants:
             started = time.time()
             L.seed_everything(seed)
-            module = (untrained(seed, args) if variant == RANDOM_INIT
-                      else pretrain(variant, seed, args))
+            module = (PixelWindows() if variant == PIXELS else untrained(seed, args)
+                      if variant == RANDOM_INIT else pretrain(variant, seed, args))
             result = {"f1": probe(module, args), "minutes": round((time.time() - started) / 60, 2)}
             print(f"{variant} | seed {seed}: probe F1 {result['f1']:.1f}", flush=True)
             data = update_json(args.json, {f"runs{key}": {"probe": {variant: {str(seed): result}}}})
@@ -106,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def write_report(runs: dict, args: argparse.Namespace, argv: list[str], key: str) -> None:
     """The probe table of every run in the results file so far."""
-    variants = [v for v in [RANDOM_INIT, *VARIANTS] if v in runs]
+    variants = [v for v in [PIXELS, RANDOM_INIT, *VARIANTS] if v in runs]
     scores = {v: [runs[v][s]["f1"] for s in sorted(runs[v], key=int)] for v in variants}
     minutes = sum(r["minutes"] for v in variants for r in runs[v].values())
     rows = ["| encoder | probe mean F1 (%), mean ± sd (per seed) |", "|---|---:|"]
@@ -121,7 +141,9 @@ def write_report(runs: dict, args: argparse.Namespace, argv: list[str], key: str
         f"`conf/pretrain/synthau.yaml` (swin_test with conv stem, {args.image_size} px, 17 AU "
         f"regions, the unlabeled pool of identities disjoint from the labelled ones, batches of "
         f"subjects x faces unless 'random batches', relation loss = fused Gromov-Wasserstein), "
-        f"{args.epochs} epochs; the random-init row probes the same architecture untrained. "
+        f"{args.epochs} epochs; the random-init row probes the same architecture untrained; "
+        f"the raw-pixel row probes 12 x 12 grey-pixel windows around each AU (no encoder, the "
+        f"reference a pretrained encoder should approach). "
         f"Wall time is the sum of the runs' own times.", "\n".join(rows))
     if args.out:
         write_section(args.out, heading, text)

@@ -40,8 +40,7 @@ from aukit.data.manifest import read_manifest
 from aukit.data.synthau import SynthAU, split_subjects
 from aukit.data.transforms import train_transform
 from aukit.performance import Performance
-from aukit.text.bank import load_description_bank
-from aukit.text.features import encode_bank
+from aukit.text.features import load_text_features
 from aukit.utils.report import machine, today, write_section
 from finetune.module import HiVAFinetuner
 from pretrain.module import RegionRelationPretrainer
@@ -66,8 +65,8 @@ def build(stage: str, backbone: str, size: int, text: bool,
     module = HiVAFinetuner(aus=[f"AU{a}" for a in AUS], backbone=backbone, image_size=size,
                            use_text=text, text_weights=text_weights)
     if text:  # what setup() does from the data module: encode the description bank once
-        bank = load_description_bank(None, module.au_numbers, min_per_au=4)
-        module.text = encode_bank(module._encoder[0], bank, module.au_numbers)
+        module.set_text_features(load_text_features(
+            "minilm", module.au_numbers, weights=text_weights, min_per_au=4))
     return module
 
 

@@ -1,5 +1,5 @@
-"""Cross-validation runner: the results table from fold reports, and a one-epoch run of one
-fold on a tiny BP4D tree through the real ``finetune`` subprocesses."""
+"""Cross-validation runner (``aukit-cv``): the results table from fold reports, and a one-epoch
+run of one fold on a tiny BP4D tree through subprocesses of the installed ``aukit-finetune``."""
 
 import csv
 import json
@@ -8,8 +8,8 @@ import math
 import pytest
 from test_readers import make_bp4d
 
-from aukit.cv import PUBLISHED, main, results_table
 from aukit.data.protocol import dataset_parts
+from finetune.cv import PUBLISHED, main, results_table
 
 AUS = ["AU1", "AU2"]
 DISFA = [s for part in dataset_parts("disfa") for s in part]
@@ -85,6 +85,8 @@ def test_an_au_without_labels_in_a_fold_is_na_and_left_out_of_the_means():
 def test_one_epoch_fold_on_a_tiny_bp4d_tree(tmp_path, monkeypatch):
     root = make_bp4d(tmp_path / "bp4d", frames=4)
     out = tmp_path / "cv"
+    monkeypatch.chdir(tmp_path)  # the default configs are the shipped ones, found from anywhere
+    monkeypatch.delenv("PYTHONPATH", raising=False)
     main(["--dataset", "bp4d", "--data-root", str(root), "--folds", "1", "--out", str(out), "--",
           "--trainer.max_epochs", "1", "--data.image_size", "64", "--model.backbone", "swin_test",
           "--data.batch_size", "4",
@@ -105,7 +107,7 @@ def test_one_epoch_fold_on_a_tiny_bp4d_tree(tmp_path, monkeypatch):
 
 
 def test_a_second_run_into_the_same_folder_is_refused_not_mixed(tmp_path):
-    from aukit.cv import run_fold
+    from finetune.cv import run_fold
 
     stale = tmp_path / "fold1" / "fit" / "checkpoints"
     stale.mkdir(parents=True)

@@ -4,19 +4,19 @@ stages through their CLIs: one checkpoint set, loadable, and test metrics equal 
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from test_install import installed_script
 from torch.utils.data import Dataset
 
 from aukit.checkpoint import load_stage1_encoder, read_checkpoint
 from aukit.cli import OOM_HINT, check_trainer
 from aukit.data.datamodules import AUDataModule, make_loader
 from aukit.data.sampling import ResumableDataLoader
-from finetune.__main__ import FinetuneCLI
+from finetune.cli import FinetuneCLI
 from finetune.module import HiVAFinetuner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def test_gpu_settings_the_machine_cannot_meet_name_the_fix(monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without GPU")
 def test_gpu_preset_without_a_gpu_points_to_the_cpu_preset():
-    with pytest.raises(ValueError, match="conf/trainer/cpu.yaml"):
+    with pytest.raises(ValueError, match="-c trainer/cpu.yaml"):
         FinetuneCLI(HiVAFinetuner, AUDataModule, run=False,
                     args=["-c", "conf/trainer/gpu.yaml", "-c", "conf/finetune/synthau.yaml",
                           "--data.image_size", "64", "--model.use_text", "false"])
@@ -110,10 +110,12 @@ def test_a_batch_that_does_not_fit_names_the_fix(tmp_path):
     assert "accumulate_grad_batches" in OOM_HINT
 
 
-def cli(module: str, *args: str, timeout: int = 240) -> str:
+def cli(command: str, *args: str, timeout: int = 240) -> str:
+    """The installed console script ``command`` (Lightning's DDP launcher re-runs it per rank)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+           "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([installed_script(command), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout + done.stderr
@@ -121,7 +123,7 @@ def cli(module: str, *args: str, timeout: int = 240) -> str:
 
 @pytest.mark.slow
 def test_two_process_pretrain_writes_one_loadable_checkpoint(tmp_path):
-    cli("pretrain", "fit", "-c", "conf/trainer/cpu.yaml", "-c", "conf/pretrain/synthau.yaml",
+    cli("aukit-pretrain", "fit", "-c", "conf/trainer/cpu.yaml", "-c", "conf/pretrain/synthau.yaml",
         *COMMON, *DDP, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
         "--trainer.logger.init_args.save_dir", str(tmp_path),
         "--data.synthau_subjects", "8", "--data.synthau_samples_per_subject", "2",
@@ -144,7 +146,7 @@ def test_two_process_pretrain_writes_one_loadable_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_two_process_finetune_test_metrics_equal_one_process(tmp_path):
     text_cache = ["--model.text_cache_dir", str(tmp_path / "text")]
-    cli("finetune", "fit", *FINETUNE, *DDP, *text_cache, "--trainer.max_epochs", "1",
+    cli("aukit-finetune", "fit", *FINETUNE, *DDP, *text_cache, "--trainer.max_epochs", "1",
         "--trainer.limit_train_batches", "2", "--trainer.logger.init_args.save_dir",
         str(tmp_path / "ddp"))
     run = tmp_path / "ddp/finetune/version_0"

@@ -9,7 +9,7 @@ import yaml
 
 from aukit.checkpoint import META_KEY
 from aukit.data.datamodules import AUDataModule
-from finetune.__main__ import FinetuneCLI
+from finetune.cli import FinetuneCLI
 from finetune.module import HiVAFinetuner
 from pretrain.module import RegionRelationPretrainer
 
@@ -91,21 +91,39 @@ def test_model_selection_reads_the_validation_split_only(tmp_path):
 
 def test_stage1_checkpoint_initialises_backbone_and_region(tmp_path):
     stage1 = save_stage1(tmp_path / "s1.ckpt")
-    module = HiVAFinetuner(aus=["AU12", "AU1"], image_size=64, embed_dim=32, use_text=False,
-                           pretrained=str(tmp_path / "s1.ckpt"))
+    module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
+                                       embed_dim=32, use_text=False)
     for name, value in stage1.backbone.state_dict().items():
         assert torch.equal(module.model.backbone.state_dict()[name], value), name
     rows = [list(stage1.au_numbers).index(a) for a in (12, 1)]
     assert torch.equal(module.model.region.au_queries, stage1.region.au_queries[rows])
-    assert module.hparams.backbone == "swin_test"
+    assert module.model_config["backbone"] == "swin_test"
+
+
+def test_stage1_weights_arrive_when_training_starts_and_never_over_a_resumed_run(tmp_path):
+    from types import SimpleNamespace
+
+    stage1 = save_stage1(tmp_path / "s1.ckpt")
+    expected = stage1.region.au_queries[[list(stage1.au_numbers).index(12)]]
+    for resumed in ("last.ckpt", None):
+        module = HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False,
+                               pretrained=str(tmp_path / "s1.ckpt"))
+        assert not torch.equal(module.model.region.au_queries, expected)  # not read yet
+        module._trainer = SimpleNamespace(ckpt_path=resumed)
+        module.on_fit_start()
+        assert torch.equal(module.model.region.au_queries, expected) == (resumed is None)
+    with torch.no_grad():
+        module.model.region.au_queries.zero_()  # "trained"
+    module.on_fit_start()  # a second fit of the same module keeps its weights
+    assert not module.model.region.au_queries.any()
 
 
 @pytest.mark.parametrize("conv_stem", [True, False])
 def test_the_region_baseline_adopts_the_stage1_stem_and_weights(tmp_path, conv_stem):
     stage1 = save_stage1(tmp_path / "s1.ckpt", conv_stem=conv_stem)
-    module = HiVAFinetuner(aus=["AU12", "AU1"], image_size=64, embed_dim=32,
-                           architecture="region", pretrained=str(tmp_path / "s1.ckpt"))
-    assert module.hparams.conv_stem is conv_stem
+    module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
+                                       embed_dim=32, architecture="region")
+    assert module.model_config["conv_stem"] is conv_stem
     assert module.model.backbone.conv_stem is conv_stem
     for name, value in stage1.backbone.state_dict().items():
         assert torch.equal(module.model.backbone.state_dict()[name], value), name
@@ -115,9 +133,9 @@ def test_the_region_baseline_adopts_the_stage1_stem_and_weights(tmp_path, conv_s
 
 def test_roi_pooling_is_handed_over_from_stage1(tmp_path):
     stage1 = save_stage1(tmp_path / "s1.ckpt", roi_size=3, roi_extent=0.2)
-    module = HiVAFinetuner(aus=["AU12", "AU1"], image_size=64, embed_dim=32, roi_size=3,
-                           roi_extent=0.2, architecture="region",
-                           pretrained=str(tmp_path / "s1.ckpt"))
+    module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
+                                       embed_dim=32, roi_size=3, roi_extent=0.2,
+                                       architecture="region")
     assert torch.equal(module.model.region.roi_proj.weight, stage1.region.roi_proj.weight)
     with pytest.raises(ValueError, match="roi_size=3.*--model.roi_size 3"):
         HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, architecture="region",
@@ -159,10 +177,17 @@ def test_description_bank_missing_an_au_fails_before_training(tmp_path):
 
 
 def test_text_weights_that_cannot_be_had_offline_fail_fast(tmp_path):
+    from aukit.text.features import load_text_features
+
+    # the model is sized for the text encoder without loading it ...
+    module = HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32,
+                           text_encoder="open_clip:ViT-B-16", text_pretrained="openai",
+                           text_cache_dir=str(tmp_path))
+    assert module.model.text_proj.in_features == 512 and module.text is None
+    # ... which happens at set-up, before training, through this function
     with pytest.raises(OSError, match="--model.text_weights"):
-        HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32,
-                      text_encoder="open_clip:ViT-B-16", text_pretrained="openai",
-                      text_cache_dir=str(tmp_path))
+        load_text_features("open_clip:ViT-B-16", ["AU12"], pretrained="openai",
+                           cache_dir=tmp_path)
 
 
 def test_a_model_for_other_aus_is_refused_by_the_data(tmp_path):
@@ -222,6 +247,7 @@ def test_a_finetune_checkpoint_loads_without_its_stage1_file(tmp_path, capsys, c
 
     checkpoint = torch.load(ckpt, weights_only=False)
     assert checkpoint["hyper_parameters"]["pretrained"] is None
+    assert checkpoint[META_KEY]["model"]["conv_stem"] is True  # the config it was built from
     assert checkpoint[META_KEY]["pretrained"] == str(stage1_path)  # where it came from
     loaded = HiVAFinetuner.load_from_checkpoint(ckpt).eval()
     assert loaded.hparams.conv_stem is True and loaded.model.backbone.conv_stem is True

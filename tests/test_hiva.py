@@ -91,16 +91,24 @@ def test_cooccurrence_prior_reaches_the_graph():
     torch.testing.assert_close(model.graph.prior, prior)
 
 
+def test_a_reserved_prior_starts_as_the_identity_and_none_leaves_the_graph_without():
+    assert torch.equal(build(cooccurrence_prior=True).graph.prior, torch.eye(A))
+    assert build(cooccurrence_prior=False).graph.prior is None
+
+
 def test_parameter_groups_cover_everything_once_with_layer_decay():
+    from aukit.optim import parameter_groups
+
     model = build()
     lr, decay = 1e-3, 0.05
-    groups = model.parameter_groups(lr, decay, layer_decay=0.5)
+    groups = parameter_groups(model, lr, decay, layer_decay=0.5, layered="backbone.model")
     seen = [id(p) for g in groups for p in g["params"]]
     assert sorted(seen) == sorted(id(p) for p in model.parameters())
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     named = dict(model.named_parameters())
-    assert lr_of[id(named["region.au_queries"])] == lr
+    queries = id(named["region.au_queries"])
+    assert lr_of[queries] == lr and wd_of[queries] == 0
     assert lr_of[id(named["cosine_log_scale"])] == lr and wd_of[id(named["cosine_bias"])] == 0
     stem = lr_of[id(named["backbone.model.patch_embed.proj.weight"])]
     deep = lr_of[id(named["backbone.model.layers.2.blocks.1.mlp.fc1.weight"])]

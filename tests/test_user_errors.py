@@ -5,7 +5,6 @@ that are bugs keep theirs."""
 import csv
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from test_install import installed_script
 from torch.utils.data import DataLoader
 
 from aukit import cli
@@ -21,12 +21,11 @@ from aukit.cli import OOM_HINT, UserError, check_ckpt_path, user_error_message
 from aukit.data.datamodules import AUDataModule
 from aukit.data.datasets import ImageFolderDataset
 from aukit.data.transforms import eval_transform
-from finetune.__main__ import FinetuneCLI
+from finetune.cli import FinetuneCLI
 from finetune.module import HiVAFinetuner
 from pretrain.module import RegionRelationPretrainer
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["-c", "conf/trainer/cpu.yaml", "-c", "conf/finetune/csv.yaml",
+TINY = ["-c", "trainer/cpu.yaml", "-c", "finetune/csv.yaml",
         "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1",
         "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
         "--data.image_size", "64", "--data.batch_size", "2", "--data.num_workers", "0",
@@ -34,15 +33,17 @@ TINY = ["-c", "conf/trainer/cpu.yaml", "-c", "conf/finetune/csv.yaml",
         "--model.use_text", "false"]
 
 
-def run(tmp_path: Path, module: str, *args: str, debug: bool = False) -> tuple[int, str]:
-    """``python -m module args`` from the repository root: (exit status, stderr)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+def run(tmp_path: Path, command: str, *args: str, debug: bool = False) -> tuple[int, str]:
+    """The installed console script ``command`` with ``args``, run from ``tmp_path`` (not the
+    repository): (exit status, stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "NO_ALBUMENTATIONS_UPDATE": "1", "CUDA_VISIBLE_DEVICES": "",
            "TORCH_HOME": str(tmp_path / "torch"), "AUKIT_CACHE": str(tmp_path / "cache")}
-    env.pop("AUKIT_DEBUG", None)
+    for name in ("AUKIT_DEBUG", "PYTHONPATH"):
+        env.pop(name, None)
     if debug:
         env["AUKIT_DEBUG"] = "1"
-    done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, text=True,
+    done = subprocess.run([installed_script(command), *args], cwd=tmp_path, env=env, text=True,
                           capture_output=True, timeout=600)
     return done.returncode, done.stderr
 
@@ -103,9 +104,9 @@ def test_bad_manifest_rows_end_in_one_message_naming_each_row(tmp_path, faces):
     rows[2][3] = 2
     rows[3][2] = "five.npy"
     manifest = write_manifest(tmp_path, "train.csv", rows, landmarks=True)
-    text = message(*run(tmp_path, "finetune", *finetune_args(
+    text = message(*run(tmp_path, "aukit-finetune", *finetune_args(
         tmp_path, "--data.manifest", str(manifest), "--data.test_manifest", str(manifest))),
-        "python -m finetune")
+        "aukit-finetune")
     assert "has 3 bad row(s) of 8" in text and "skip_bad_rows" in text
     assert "row 2 (line 3)" in text and "missing.png does not exist" in text
     assert "row 3 (line 4)" in text and "AU1 = '2' is not a label" in text
@@ -115,18 +116,18 @@ def test_bad_manifest_rows_end_in_one_message_naming_each_row(tmp_path, faces):
 @pytest.mark.slow
 def test_an_unknown_au_column_ends_in_one_message(tmp_path, faces):
     manifest = write_manifest(tmp_path, "train.csv", faces, columns=("AU1", "AU99"))
-    text = message(*run(tmp_path, "finetune", *finetune_args(
+    text = message(*run(tmp_path, "aukit-finetune", *finetune_args(
         tmp_path, "--data.manifest", str(manifest), "--data.test_manifest", str(manifest))),
-        "python -m finetune")
+        "aukit-finetune")
     assert f"{manifest}, header: column 'AU99'" in text.splitlines()[0]
 
 
 @pytest.mark.slow
 def test_a_manifest_run_without_a_test_manifest_fails_before_training(tmp_path, faces):
     manifest = write_manifest(tmp_path, "train.csv", faces)
-    text = message(*run(tmp_path, "finetune",
+    text = message(*run(tmp_path, "aukit-finetune",
                         *finetune_args(tmp_path, "--data.manifest", str(manifest))),
-                   "python -m finetune")
+                   "aukit-finetune")
     assert "--data.test_manifest" in text and "--test_after_fit false" in text
     assert not list(tmp_path.rglob("*.ckpt"))  # nothing was trained
 
@@ -145,23 +146,23 @@ def test_a_stage1_checkpoint_given_to_finetune_says_how_to_use_it(tmp_path, face
     args = ["test", *finetune_args(tmp_path, "--data.manifest", str(manifest),
                                    "--data.test_manifest", str(manifest),
                                    "--ckpt_path", str(stage1))[1:]]
-    text = message(*run(tmp_path, "finetune", *args), "python -m finetune")
+    text = message(*run(tmp_path, "aukit-finetune", *args), "aukit-finetune")
     assert "is a stage-1 (pretrain) checkpoint" in text
     assert f"make finetune PRETRAINED={stage1}" in text and f"--model.pretrained {stage1}" in text
     assert "Parser key" not in text
     # AUKIT_DEBUG=1: the same error with its traceback
-    status, stderr = run(tmp_path, "finetune", *args, debug=True)
+    status, stderr = run(tmp_path, "aukit-finetune", *args, debug=True)
     assert status == 1 and "Traceback" in stderr and "UserError" in stderr
 
 
 @pytest.mark.slow
 def test_an_empty_pretraining_folder_ends_in_one_message(tmp_path):
     (tmp_path / "faces").mkdir()
-    text = message(*run(tmp_path, "pretrain", "fit", "-c", "conf/trainer/cpu.yaml", "-c",
-                        "conf/pretrain/synthau.yaml", "--trainer.logger", "false",
+    text = message(*run(tmp_path, "aukit-pretrain", "fit", "-c", "trainer/cpu.yaml", "-c",
+                        "pretrain/synthau.yaml", "--trainer.logger", "false",
                         "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks", "[]",
                         "--data.image_size", "64", "--data.batch_size", "4",
-                        "--data.source", str(tmp_path / "faces")), "python -m pretrain")
+                        "--data.source", str(tmp_path / "faces")), "aukit-pretrain")
     assert f"no images found under {tmp_path / 'faces'}" in text
 
 
@@ -236,7 +237,7 @@ def test_a_checkpoint_of_the_other_stage_is_refused_with_its_use(tmp_path):
     check_ckpt_path(str(stage2), "finetune")
     with pytest.raises(UserError, match="stage-1 .*`make finetune PRETRAINED="):
         check_ckpt_path(str(stage1), "finetune")
-    with pytest.raises(UserError, match="stage-2 .*python -m finetune test"):
+    with pytest.raises(UserError, match="stage-2 .*aukit-finetune test"):
         check_ckpt_path(str(stage2), "pretrain")
     (tmp_path / "junk.ckpt").write_text("junk")
     with pytest.raises(UserError, match="--ckpt_path checkpoint .*junk.ckpt could not be read"):

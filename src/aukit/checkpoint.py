@@ -1,9 +1,12 @@
 """The hand-over between stages: checkpoint metadata and the stage-1 encoder loader.
 
 Each stage writes ``checkpoint["aukit"] = {"stage": ..., "backbone": ..., "image_size": ...,
-"aus": [...], ...}`` so a checkpoint says what it holds. Stage 2 loads the backbone and AU region
-encoder of a stage-1 checkpoint by path alone, and refuses one that does not fit; only once, when
-it starts training: a stage-2 checkpoint holds those weights and loads without the stage-1 file.
+"aus": [...], ...}`` so a checkpoint says what it holds (a finetune checkpoint also stores its
+model's config, ``"model"``, see ``aukit.models.create_model``). Stage 2 checks a stage-1
+checkpoint's settings when it is built (``stage1_settings``, no weights read) and loads its
+backbone and AU region encoder once, when it starts training (``load_stage1_encoder``,
+``Stage1Encoder.load_into``): a stage-2 checkpoint holds those weights and loads without the
+stage-1 file.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 META_KEY = "aukit"
 STAGE_HINT = {
@@ -23,13 +26,14 @@ STAGE_HINT = {
 }
 
 
-def read_checkpoint(path: str | Path, stage: str) -> dict[str, Any]:
-    """Load a checkpoint on the CPU and check it comes from ``stage``."""
+def read_checkpoint(path: str | Path, stage: str, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint on the CPU and check it comes from ``stage``; ``mmap`` maps the tensors
+    from the file instead of reading them (for a look at the metadata)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; expected {STAGE_HINT[stage]}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as err:
         raise ValueError(f"checkpoint {path} could not be read ({err}); is it a complete "
                          f".ckpt file? expected {STAGE_HINT[stage]}") from err
@@ -52,17 +56,48 @@ class Stage1Encoder:
     region: dict[str, Tensor]
     path: Path
 
+    def load_into(self, model: nn.Module) -> None:
+        """Copy the weights into ``model.backbone`` and, where it has one, ``model.region``."""
+        model.backbone.load_state_dict(self.backbone)
+        if hasattr(model, "region"):
+            model.region.load_state_dict(self.region)
+
+
+def stage1_settings(path: str | Path, backbone: str | None, image_size: int, feature_stage: int,
+                    aus: Sequence[int], conv_stem: bool | None = None, roi_size: int = 0,
+                    roi_extent: float = 0.3) -> dict[str, Any]:
+    """The metadata of the stage-1 checkpoint at ``path`` (its ``backbone``, ``conv_stem``, ...),
+    checked against a stage-2 model built with these settings; refuses, with the flag to set,
+    one that does not fit. ``backbone=None`` / ``conv_stem=None`` accept the checkpoint's.
+    Maps the file without reading its weights."""
+    meta = read_checkpoint(path, "pretrain", mmap=True)[META_KEY]
+    _check_stage1(meta, path, backbone, image_size, feature_stage, aus, conv_stem, roi_size,
+                  roi_extent)
+    return meta
+
 
 def load_stage1_encoder(path: str | Path, backbone: str | None, image_size: int, feature_stage: int,
                         aus: Sequence[int], conv_stem: bool | None = None, roi_size: int = 0,
                         roi_extent: float = 0.3) -> Stage1Encoder:
-    """Read a stage-1 checkpoint for a stage-2 model built with these settings.
-
-    ``backbone=None`` / ``conv_stem=None`` adopt the checkpoint's. The region encoder's AU
-    queries are selected (and reordered) to match ``aus``.
+    """Read a stage-1 checkpoint for a stage-2 model built with these settings (checked as by
+    ``stage1_settings``). The region encoder's AU queries are selected (and reordered) to match
+    ``aus``.
     """
     checkpoint = read_checkpoint(path, "pretrain")
     meta = checkpoint[META_KEY]
+    _check_stage1(meta, path, backbone, image_size, feature_stage, aus, conv_stem, roi_size,
+                  roi_extent)
+    state = checkpoint["state_dict"]
+    backbone_state = _strip(state, "backbone.")
+    region_state = _strip(state, "region.")
+    rows = torch.tensor([meta["aus"].index(a) for a in aus])
+    region_state["au_queries"] = region_state["au_queries"][rows]
+    return Stage1Encoder(meta, backbone_state, region_state, Path(path))
+
+
+def _check_stage1(meta: dict[str, Any], path: str | Path, backbone: str | None, image_size: int,
+                  feature_stage: int, aus: Sequence[int], conv_stem: bool | None, roi_size: int,
+                  roi_extent: float) -> None:
     meta.setdefault("conv_stem", False)  # written before the conv stem existed
     meta.setdefault("roi_size", 0)  # ... and before ROI pooling
     meta.setdefault("roi_extent", 0.3)
@@ -80,12 +115,6 @@ def load_stage1_encoder(path: str | Path, backbone: str | None, image_size: int,
         raise ValueError(f"stage-1 checkpoint {path} has no region queries for "
                          f"{[f'AU{a}' for a in missing]} (it was pretrained on "
                          f"{[f'AU{a}' for a in meta['aus']]}); pretrain with --model.aus all")
-    state = checkpoint["state_dict"]
-    backbone_state = _strip(state, "backbone.")
-    region_state = _strip(state, "region.")
-    rows = torch.tensor([meta["aus"].index(a) for a in aus])
-    region_state["au_queries"] = region_state["au_queries"][rows]
-    return Stage1Encoder(meta, backbone_state, region_state, Path(path))
 
 
 def _strip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

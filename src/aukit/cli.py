@@ -9,11 +9,14 @@ import sys
 import warnings
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
-from lightning.pytorch.cli import LightningCLI
+from jsonargparse import ActionConfigFile
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from aukit.checkpoint import STAGE_HINT, read_checkpoint
+from aukit.configs import resolve_config
 from aukit.performance import Performance
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -122,7 +125,7 @@ def check_trainer(accelerator: str, devices: int | str | list | None,
     if not torch.cuda.is_available():
         raise ValueError(f"--trainer.accelerator {accelerator} (the gpu / ddp / multinode "
                          "presets) needs a CUDA GPU, but torch sees none: use "
-                         "-c conf/trainer/cpu.yaml (TRAINER=cpu), or install a CUDA build of "
+                         "-c trainer/cpu.yaml (TRAINER=cpu), or install a CUDA build of "
                          "torch and check nvidia-smi")
     found = torch.cuda.device_count()
     if str(devices).isdigit() and int(devices) > found:
@@ -153,13 +156,26 @@ def check_ckpt_path(path: str, stage: str) -> None:
             raise UserError(
                 f"--ckpt_path {path} is a stage-2 (finetune) checkpoint; pretraining resumes "
                 f"from {STAGE_HINT['pretrain']}. Evaluate a finetune checkpoint with "
-                f"`python -m finetune test ... --ckpt_path {path}`") from err
+                f"`aukit-finetune test ... --ckpt_path {path}`") from err
         raise UserError(f"--ckpt_path {err}") from err
+
+
+class ShippedConfigFile(ActionConfigFile):
+    """``-c`` / ``--config``: a config file by its path, or a shipped one by its name under
+    ``conf/`` (``-c trainer/cpu.yaml``) from any folder; see ``aukit.configs.resolve_config``."""
+
+    def __call__(self, parser, cfg, values, option_string=None):
+        try:
+            values = resolve_config(values)
+        except FileNotFoundError as err:
+            raise TypeError(str(err)) from err  # jsonargparse prints it under the usage, exit 2
+        super().__call__(parser, cfg, values, option_string)
 
 
 class AUCLI(LightningCLI):
     """LightningCLI in subclass mode with the links both stages need.
 
+    ``-c`` takes a config path or the name of a shipped config (``ShippedConfigFile``).
     The data module owns the image size; the model reads it from there so it is written once.
     ``performance:`` (channels-last, ``torch.compile``) is the ``aukit.performance.Performance``
     callback, always added.
@@ -174,6 +190,15 @@ class AUCLI(LightningCLI):
             super().__init__(*args, **kwargs)
         except torch.OutOfMemoryError as err:
             raise torch.OutOfMemoryError(f"{err}\n{OOM_HINT}") from err
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        # LightningCLI.init_parser with the config action that knows the shipped configs
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={pl.__version__}"])
+        parser = self.parser_class(**kwargs)
+        parser.add_argument("-c", "--config", action=ShippedConfigFile,
+                            help="a config file (yaml / json), or a shipped one by its name under "
+                                 "conf/, e.g. trainer/cpu.yaml; repeat to compose")
+        return parser
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.image_size", "model.image_size")
@@ -202,6 +227,7 @@ class AUCLI(LightningCLI):
         callback = trainer.checkpoint_callback
         best = getattr(callback, "best_model_path", "") or "-"
         last = getattr(callback, "last_model_path", "") or "-"
-        logs = trainer.logger.log_dir if trainer.logger is not None else "-"
-        print(f"\nfinished: last checkpoint {last} | best {best} | "
-              f"TensorBoard logs {logs} (tensorboard --logdir {Path(logs).parent})")
+        # fast_dev_run swaps the logger for one without a folder
+        logs = (trainer.logger.log_dir if trainer.logger is not None else None) or "-"
+        print(f"\nfinished: last checkpoint {last} | best {best} | TensorBoard logs {logs}"
+              + (f" (tensorboard --logdir {Path(logs).parent})" if logs != "-" else ""))

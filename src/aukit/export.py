@@ -82,7 +82,7 @@ def _metrics(checkpoint: dict[str, Any]) -> list[str]:
         if name.startswith("ModelCheckpoint") and state.get("best_model_score") is not None:
             lines.append(f"- best `{state['monitor']}` = {float(state['best_model_score']):.4f} "
                          f"(validation split; checkpoint `{state.get('best_model_path', '')}`)")
-    return lines or ["- none stored in the checkpoint; run `python -m finetune test` on a "
+    return lines or ["- none stored in the checkpoint; run `aukit-finetune test` on a "
                      "labelled set for per-AU F1"]
 
 
@@ -155,7 +155,7 @@ def model_card(checkpoint: dict[str, Any], ckpt_path: Path, exported: Path,
         "- Landmarks are not an input: the AU attention maps use the canonical template's 68 "
         "points, which is where alignment puts every face. A face that is not aligned this way "
         "gets wrong AU regions.",
-        "- `python -m aukit.predict` does all of this for images, folders and videos.",
+        "- `aukit-predict` does all of this for images, folders and videos.",
         "",
         "## Intended use and limits",
         "- Research on facial behaviour: frame-level AU occurrence, and where the model looks "

@@ -1,8 +1,9 @@
 """Inference models from finetune checkpoints, with the evaluation-time text baked in.
 
-A finetune checkpoint stores the model weights and its hyperparameters, not the text features:
-they are recomputed here from the description bank and text encoder the hyperparameters name
-(cached on disk by ``aukit.text.features.encode_bank``) and stored as buffers, so the predictor
+A finetune checkpoint stores the model weights and the config its model was built from
+(``aukit.models.create_model`` rebuilds it), not the text features: they are recomputed here from
+the description bank and text encoder the checkpoint names (cached on disk by
+``aukit.text.features.encode_bank``) and stored as buffers, so the predictor
 is a plain ``images -> probabilities, activation maps`` module that exports to TorchScript and
 ONNX. Inputs are aligned face crops (``aukit.data.prepare.align_face``); their 68 landmarks are an
 optional input (``aukit.predict`` gives each face's own), by default the canonical template, which
@@ -20,11 +21,10 @@ from torch import Tensor, nn
 from aukit.au import au_keys
 from aukit.au_maps import canonical_landmarks
 from aukit.checkpoint import META_KEY, read_checkpoint
+from aukit.models import create_model, model_config
 from aukit.models.hiva import HiVA
 from aukit.models.linear import LinearAUClassifier, RegionAUClassifier
-from aukit.text.bank import load_description_bank
-from aukit.text.encoders import build_text_encoder
-from aukit.text.features import TextFeatures, encode_bank
+from aukit.text.features import TextFeatures, load_text_features
 
 THRESHOLD = 0.5  # the decision threshold of the benchmark protocol: never tuned
 
@@ -63,40 +63,41 @@ class AUPredictor(nn.Module):
         return (probs, out["act_maps"].float()) if self.has_maps else (probs,)
 
 
-def build_model(meta: dict[str, Any], text_dim: int) -> nn.Module:
-    """The untrained stage-2 model a finetune checkpoint's metadata describes. It reads no other
-    file (no stage-1 checkpoint, no ImageNet weights): the checkpoint's state dict holds every
-    weight, so a checkpoint predicts and exports after its stage-1 file is gone."""
+def checkpoint_model_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The config (``aukit.models.model_config``) of a finetune checkpoint's model: the one it
+    stores, or, for checkpoints written before configs were stored, the one its metadata and
+    hyperparameters describe. ``create_model`` of it reads no other file (no stage-1 checkpoint,
+    no ImageNet weights): the checkpoint's state dict holds every weight, so a checkpoint
+    predicts and exports after its stage-1 file is gone."""
+    meta = checkpoint[META_KEY]
+    if "model" in meta:
+        return dict(meta["model"])
     cfg = meta["config"]
-    common = dict(au_numbers=meta["aus"], backbone=meta["backbone"],
-                  image_size=meta["image_size"], feature_stage=meta["feature_stage"],
-                  conv_stem=meta.get("conv_stem", False))
-    if meta["architecture"] == "linear":
-        return LinearAUClassifier(**common)
-    region = {k: cfg[k] for k in ("embed_dim", "num_heads", "region_depth", "attention_sigma",
-                                  "dropout")}
-    # map pooling: checkpoints written before ROI pooling existed
-    region.update(roi_size=cfg.get("roi_size", 0), roi_extent=cfg.get("roi_extent", 0.3))
-    if meta["architecture"] == "region":
-        return RegionAUClassifier(**common, **region)
-    # an identity prior only creates the buffer; the checkpoint holds the trained one
-    prior = torch.eye(len(meta["aus"])) if cfg["cooccurrence_prior"] else None
-    return HiVA(**common, **region, text_dim=text_dim, use_graph=cfg["use_graph"],
-                use_ddca=cfg["use_ddca"], use_cdca=cfg["use_cdca"], use_text=cfg["use_text"],
-                # False: checkpoints written before these existed
-                map_prior=cfg.get("map_prior", False),
-                region_head=cfg.get("region_supervision", 0) > 0,
-                graph_top_k=cfg["graph_top_k"], cooccurrence_prior=prior)
+    settings = dict(
+        au_numbers=meta["aus"], backbone=meta["backbone"], image_size=meta["image_size"],
+        feature_stage=meta["feature_stage"], conv_stem=meta.get("conv_stem", False),
+        **{k: cfg[k] for k in ("embed_dim", "num_heads", "region_depth", "attention_sigma",
+                               "dropout", "use_graph", "use_ddca", "use_cdca", "use_text",
+                               "graph_top_k", "cooccurrence_prior") if k in cfg},
+        # the defaults of checkpoints written before these existed
+        roi_size=cfg.get("roi_size", 0), roi_extent=cfg.get("roi_extent", 0.3),
+        map_prior=cfg.get("map_prior", False), region_head=cfg.get("region_supervision", 0) > 0)
+    text_proj = checkpoint["state_dict"].get("model.text_proj.weight")
+    if text_proj is not None:
+        settings["text_dim"] = int(text_proj.shape[1])
+    return model_config(meta["architecture"], strict=False, **settings)
 
 
 def text_features(meta: dict[str, Any], cache_dir: str | Path | None = None) -> TextFeatures:
     """The description features of the checkpoint's AUs under its text encoder and bank."""
-    cfg = meta["config"]
-    options = {k: v for k, v in (("pretrained", cfg.get("text_pretrained")),
-                                  ("weights_path", cfg.get("text_weights"))) if v}
-    encoder = build_text_encoder(cfg["text_encoder"], **options)
-    bank = load_description_bank(cfg.get("descriptions"), meta["aus"])
-    return encode_bank(encoder, bank, meta["aus"], cache_dir or cfg.get("text_cache_dir"))
+    text = meta.get("text")
+    if text is None:  # written before the text source was stored: the hyperparameters
+        cfg = meta["config"]
+        text = {"encoder": cfg["text_encoder"], "pretrained": cfg.get("text_pretrained"),
+                "weights": cfg.get("text_weights"), "descriptions": cfg.get("descriptions")}
+    return load_text_features(text["encoder"], meta["aus"], pretrained=text["pretrained"],
+                              weights=text["weights"], descriptions=text["descriptions"],
+                              cache_dir=cache_dir or meta["config"].get("text_cache_dir"))
 
 
 def read_finetune_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -114,14 +115,15 @@ def read_finetune_checkpoint(path: str | Path) -> dict[str, Any]:
 def predictor_from_checkpoint(checkpoint: dict[str, Any],
                               text_cache_dir: str | Path | None = None) -> AUPredictor:
     """An eval-mode ``AUPredictor`` on the CPU from a loaded finetune checkpoint."""
-    meta = checkpoint[META_KEY]
-    uses_text = meta["architecture"] == "hiva" and meta["config"]["use_text"]
-    text = text_features(meta, text_cache_dir).model_inputs() if uses_text else None
-    model = build_model(meta, text[0].shape[-1] if text else 384)
+    config = checkpoint_model_config(checkpoint)
+    model = create_model(config, pretrained_backbone=False)
+    text = None
+    if config.get("use_text"):
+        text = text_features(checkpoint[META_KEY], text_cache_dir).model_inputs()
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()
              if k.startswith("model.")}
     model.load_state_dict(state)
-    return AUPredictor(model, meta["image_size"], text).eval()
+    return AUPredictor(model, checkpoint[META_KEY]["image_size"], text).eval()
 
 
 def load_predictor(path: str | Path, text_cache_dir: str | Path | None = None) -> AUPredictor:

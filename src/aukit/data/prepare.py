@@ -1,7 +1,7 @@
 """Face preprocessing: MTCNN boxes + 5 points, 68 landmarks, similarity alignment to the
 canonical template, fixed-size crops, checksums and the labelled manifest.
 
-``python -m aukit.data.prepare --dataset bp4d|disfa|folder --data-root RAW --out OUT
+``aukit-prepare --dataset bp4d|disfa|folder --data-root RAW --out OUT
 [--workers N] [--size 256] [--device cpu] [--landmarks auto|dlib68|template]
 [--frames-root FRAMES [--frame-offset 0|1]]`` writes
 
@@ -414,7 +414,7 @@ def _write_outputs(out: Path, jobs: list[Job], raw: RawDataset | None,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m aukit.data.prepare",
+    parser = argparse.ArgumentParser(prog="aukit-prepare",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=("bp4d", "disfa", "folder"))
     parser.add_argument("--data-root", required=True, help="the raw data set (or image folder)")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from aukit.configs import CONFIG_DIR
 from aukit.data.synthau import split_subjects
 
 log = logging.getLogger(__name__)
@@ -26,19 +27,13 @@ log = logging.getLogger(__name__)
 FOLDS = (1, 2, 3)
 PROTOCOL_DATASETS = ("bp4d", "disfa", "synthau")
 ENV_FOLDS = "AUKIT_FOLDS"
-_FOLDS_RELPATH = Path("conf") / "protocol" / "folds.yaml"
 
 
 def default_folds_path() -> Path:
-    """``$AUKIT_FOLDS``, else ``conf/protocol/folds.yaml`` of the repo holding this file (or of
-    the working directory, for a plain install)."""
+    """``$AUKIT_FOLDS``, else the shipped ``conf/protocol/folds.yaml`` (``aukit.configs``)."""
     if os.environ.get(ENV_FOLDS):
         return Path(os.environ[ENV_FOLDS]).expanduser()
-    for start in (Path(__file__).resolve().parent, Path.cwd().resolve()):
-        for folder in (start, *start.parents):
-            if (folder / _FOLDS_RELPATH).is_file():
-                return folder / _FOLDS_RELPATH
-    return Path.cwd() / _FOLDS_RELPATH
+    return CONFIG_DIR / "protocol" / "folds.yaml"
 
 
 @lru_cache
@@ -46,8 +41,8 @@ def load_parts(path: str | None = None) -> dict[str, tuple[tuple[str, ...], ...]
     """``{dataset: (part1, part2, part3)}`` subject lists from the folds file, validated."""
     file = Path(path) if path else default_folds_path()
     if not file.is_file():
-        raise FileNotFoundError(f"fold list file {file} does not exist; run from the repo root or "
-                                f"set {ENV_FOLDS}=/path/to/folds.yaml")
+        raise FileNotFoundError(f"fold list file {file} does not exist; set "
+                                f"{ENV_FOLDS}=/path/to/folds.yaml")
     data = yaml.safe_load(file.read_text())
     parts: dict[str, tuple[tuple[str, ...], ...]] = {}
     for dataset, lists in data.items():

@@ -48,9 +48,10 @@ from aukit.utils.distributed import gather_with_grad, world_size
 _LOG2E = 1.0 / math.log(2)
 # log-marginals are clamped here so a saturated mass softmax never gives log(0) = -inf
 _MIN_LOG_MASS = -60.0
-# problems per cache-sized block of the torch solver on CPU (1024 measured fastest of 256..65536)
+# problems per cache-sized block of the torch solver on CPU (the fastest of 256..65536 in
+# `make bench-pretrain`'s solver timings)
 _CPU_CHUNK = 1024
-# the torch solver works in base 2 (exp2 is ~2.5x faster than exp on CPU); exp2 of float32 below
+# the torch solver works in base 2 (exp2 is cheaper than exp on CPU); exp2 of float32 below
 # -126 (underflow) takes a slower path, and every exponent is relative to a normaliser >= 1, so
 # 2^-115 ~ 2e-35 stands in for 0 (even next to float64's 2e-16 resolution)
 _EXP2_FLOOR = -115.0

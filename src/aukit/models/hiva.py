@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.optim import param_groups_layer_decay
 from torch import Tensor, nn
 
 from aukit.au import au_numbers as parse_aus
@@ -37,6 +36,9 @@ class HiVA(nn.Module):
     encoder's attention is; without it the maps start uniform and nothing ties them to an AU.
     ``region_head`` adds one linear classifier per AU on the region features before the graph
     ("region_logits", for deep supervision in training; the prediction is "logits").
+    ``cooccurrence_prior`` is the graph's label co-occurrence prior ``[A, A]``; ``True`` reserves
+    it as the identity, to be set from the training labels (``graph.set_prior``) or loaded from
+    a checkpoint. Build it by name or from a config with ``aukit.models.create_model``.
     """
 
     def __init__(self, au_numbers: Sequence[int | str] | str, backbone: str = "swin_test",
@@ -45,7 +47,7 @@ class HiVA(nn.Module):
                  num_heads: int = 4, region_depth: int = 1, attention_sigma: float = 0.3,
                  use_graph: bool = True, use_ddca: bool = True, use_cdca: bool = True,
                  use_text: bool = True, graph_top_k: int | None = 4,
-                 cooccurrence_prior: Tensor | None = None, dropout: float = 0.1,
+                 cooccurrence_prior: bool | Tensor | None = None, dropout: float = 0.1,
                  conv_stem: bool | None = None, map_prior: bool = True,
                  region_head: bool = True, roi_size: int = 0, roi_extent: float = 0.3) -> None:
         super().__init__()
@@ -61,6 +63,10 @@ class HiVA(nn.Module):
                                       roi_extent=roi_extent)
         self.region_head = PerAUHead(num_aus, embed_dim, dropout) if region_head else None
         self.graph = None
+        if cooccurrence_prior is True:
+            cooccurrence_prior = torch.eye(num_aus)
+        elif cooccurrence_prior is False:
+            cooccurrence_prior = None
         if use_graph:
             self.graph = AUDynamicGraph(embed_dim, num_aus, top_k=graph_top_k,
                                         prior=cooccurrence_prior, dropout=dropout)
@@ -90,6 +96,11 @@ class HiVA(nn.Module):
     @property
     def num_aus(self) -> int:
         return len(self.aus)
+
+    def no_weight_decay(self) -> set[str]:
+        """The learned AU embeddings (of the no-text ablation) are embeddings, not weights: no
+        weight decay (``aukit.optim``)."""
+        return {"au_embedding"}
 
     def text_inputs(self, text_tokens: Tensor | None, text_mask: Tensor | None,
                     text_vec: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -156,31 +167,3 @@ class HiVA(nn.Module):
                    cos_logits=cos_logits, au_features=v, text_anchors=anchors,
                    act_maps=act_maps.unflatten(-1, (h, w)))
         return out
-
-    def parameter_groups(self, lr: float, weight_decay: float,
-                         layer_decay: float = 0.75) -> list[dict]:
-        """Optimizer parameter groups (each with "params", "lr", "weight_decay").
-
-        The backbone gets layer-wise LR decay (timm's ``param_groups_layer_decay`` over its
-        Swin blocks, patch embedding first: the deepest block gets ``lr * layer_decay``, each
-        earlier one another factor of ``layer_decay``); everything after it trains at the full
-        ``lr``. Norms, biases, scales and Swin's position tables get no weight decay; frozen
-        parameters are left out.
-        """
-        if not 0.0 < layer_decay <= 1.0:
-            raise ValueError(f"layer_decay must lie in (0, 1], got {layer_decay}")
-        swin = self.backbone.model
-        groups = param_groups_layer_decay(swin, weight_decay=weight_decay,
-                                          no_weight_decay_list=swin.no_weight_decay(),
-                                          layer_decay=layer_decay)
-        for group in groups:
-            # the modules on top of the backbone act as its head: one more decay step
-            group["lr"] = lr * group.pop("lr_scale") * layer_decay
-        head = [(n, p) for n, p in self.named_parameters()
-                if p.requires_grad and not n.startswith("backbone.")]
-        decay = [p for n, p in head if p.ndim > 1]
-        no_decay = [p for n, p in head if p.ndim <= 1]
-        groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay})
-        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
-        return [g for g in groups if g["params"]]
-

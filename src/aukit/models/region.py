@@ -66,8 +66,7 @@ class RegionBlock(nn.Module):
         q = self.q(self.norm_q(queries)).view(b, a, h, e // h).transpose(1, 2)  # [B, h, A, E/h]
         k, v = self.kv(self.norm_kv(tokens)).view(b, -1, 2, h, e // h).permute(2, 0, 3, 1, 4)
         # explicit softmax, not F.scaled_dot_product_attention: A x N is tiny, and with a mask
-        # SDPA's cuDNN backward on H100 (torch 2.11) returns NaN dq for key lengths of 64 mod
-        # 128 (pytorch#196678): our 8x8 grid at 128 px, which stopped bf16 runs here
+        # SDPA's cuDNN backward returns NaN for key lengths of 64 mod 128 (pytorch#196678)
         logits = q @ k.transpose(-2, -1) * (e // h) ** -0.5  # [B, h, A, N]
         if bias is not None:
             logits = logits + bias.unsqueeze(1)
@@ -134,6 +133,11 @@ class AURegionEncoder(nn.Module):
                                     for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim)
         self.attention_bias = attention_bias
+
+    def no_weight_decay(self) -> set[str]:
+        """The learned AU queries are embeddings, not weights: no weight decay
+        (``aukit.optim``)."""
+        return {"au_queries"}
 
     def project_tokens(self, tokens: Tensor) -> Tensor:
         """Backbone tokens [B, N, D] -> [B, N, E] in the region feature space."""

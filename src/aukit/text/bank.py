@@ -21,23 +21,11 @@ from typing import Any
 import yaml
 
 from aukit.au import ALL_AUS, au_numbers, parse_au
+from aukit.configs import CONFIG_DIR
 
 ENV_DESCRIPTIONS = "AUKIT_DESCRIPTIONS"
-_BANK_RELPATH = Path("conf") / "au_descriptions.yaml"
-
-
-def _find_repo_bank() -> Path:
-    """The bank in the nearest ancestor of this file (or of the cwd) that holds ``conf/``."""
-    # An editable install runs from src/aukit/text inside the repo; a plain install does not ship
-    # conf/, so fall back to the working directory (the repo root under `make` and the CLIs).
-    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
-        for folder in start.parents if start.is_file() else (start, *start.parents):
-            if (folder / _BANK_RELPATH).is_file():
-                return folder / _BANK_RELPATH
-    return Path.cwd() / _BANK_RELPATH
-
-
-DEFAULT_BANK: Path = _find_repo_bank()
+# shipped with the library (aukit.configs), so found from any folder
+DEFAULT_BANK: Path = CONFIG_DIR / "au_descriptions.yaml"
 
 
 def default_bank_path() -> Path:

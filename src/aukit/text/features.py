@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from aukit.au import au_numbers
-from aukit.text.bank import DescriptionBank
-from aukit.text.encoders import TextEncoder
+from aukit.text.bank import DescriptionBank, load_description_bank
+from aukit.text.encoders import TextEncoder, build_text_encoder
 
 ENV_CACHE = "AUKIT_CACHE"
 # bump when the cached layout changes so stale files are never read
@@ -49,6 +49,11 @@ class TextFeatures:
                                  f" but tokens [A, M, L, D]={[a, m, l, d]} require {list(shape)}")
         if not bool(self.desc_mask.any(1).all()):
             raise ValueError("TextFeatures: every AU needs at least one real description")
+
+    @property
+    def dim(self) -> int:
+        """``D``, the text encoder's feature size."""
+        return int(self.tokens.shape[-1])
 
     @property
     def num_descriptions(self) -> Tensor:
@@ -171,3 +176,21 @@ def encode_bank(encoder: TextEncoder, bank: DescriptionBank, aus: Sequence[int |
     _save_atomic(features, path)
     _log.info("text features of %d AUs from %s cached at %s", len(aus), encoder.model_id, path)
     return features
+
+
+def load_text_features(encoder: str, aus: Sequence[int | str] | str, *,
+                       pretrained: str | None = None, weights: str | None = None,
+                       descriptions: str | Path | None = None, min_per_au: int = 1,
+                       cache_dir: str | Path | None = None) -> TextFeatures:
+    """The features of every description of ``aus`` in the bank ``descriptions`` (default
+    ``conf/au_descriptions.yaml``; each AU needs ``min_per_au``) under the text encoder
+    ``encoder`` (``build_text_encoder``: "minilm" or "open_clip:<model>"; ``pretrained``, an
+    open_clip tag; ``weights``, local weights), cached by ``encode_bank``.
+
+    What the finetune module calls at set-up and inference calls for a checkpoint: the encoder
+    is built here, used once and dropped, so it is never part of a model or a checkpoint.
+    """
+    options = {k: v for k, v in (("pretrained", pretrained), ("weights_path", weights)) if v}
+    text_encoder = build_text_encoder(encoder, **options)
+    bank = load_description_bank(descriptions, aus, min_per_au=min_per_au)
+    return encode_bank(text_encoder, bank, aus, cache_dir)

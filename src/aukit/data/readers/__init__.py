@@ -88,7 +88,7 @@ class RawDataset:
             raise ValueError(
                 f"{len(in_video)} {self.name} frames are only inside videos (e.g. "
                 f"{in_video[0].video}); "
-                f"extract and align them first: python -m aukit.data.prepare --dataset {self.name} "
+                f"extract and align them first: aukit-prepare --dataset {self.name} "
                 f"--data-root {self.root} --out <folder>, then use that folder as data_root")
         labels = np.array([f.labels for f in self.frames], dtype=np.int64).reshape(
             len(self.frames), len(self.aus))  # [N, A]
@@ -171,7 +171,7 @@ def dataset_manifest(dataset: str, data_root: str | os.PathLike,
     root = Path(data_root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"data_root {root} is not a folder; give the raw {dataset} root "
-                                "or a folder written by python -m aukit.data.prepare")
+                                "or a folder written by aukit-prepare")
     if (root / PREPARED_MANIFEST).is_file():
         return root / PREPARED_MANIFEST
     folder = Path(cache_dir).expanduser() if cache_dir else root

@@ -1,12 +1,14 @@
 """3-fold cross-validation: train and test every fold, then the per-AU F1 table people publish.
 
-``python -m aukit.cv --dataset disfa --data-root PREPARED [--folds 1 2 3]
-[--config conf/finetune/disfa.yaml] [--trainer-config conf/trainer/cpu.yaml] [--out runs/cv/disfa]
+``aukit-cv --dataset disfa --data-root PREPARED [--folds 1 2 3] [--config finetune/disfa.yaml]
+[--trainer-config trainer/cpu.yaml] [--out runs/cv/disfa]
 [-- extra LightningCLI overrides, e.g. --trainer.devices 4 --model.pretrained stage1.ckpt]``
 
-Each fold runs ``python -m finetune fit`` in a subprocess (GPUs, DDP and precision are trainer
-overrides), then ``test`` on the last and on the best-on-validation checkpoint (validation is a
-subject-disjoint carve of the training parts; nothing is selected on test). The table lists
+Each fold runs the installed ``aukit-finetune fit`` in a subprocess of its own (GPUs, DDP and
+precision are trainer overrides; Lightning's DDP launcher re-runs the command line, which is then
+that fold's and nothing else), then ``test`` on the last and on the best-on-validation checkpoint
+(validation is a subject-disjoint carve of the training parts; nothing is selected on test).
+Config names resolve as in ``aukit-finetune`` (a path, or a shipped config). The table lists
 per-AU F1 per fold, the fold means and the 3-fold mean for both checkpoints, as Markdown and
 CSV, with how many fold-list subjects the data has, next to published averages (DESIGN section
 4), which are comparable only when every subject is there and all three folds ran.
@@ -20,20 +22,24 @@ import argparse
 import csv
 import json
 import math
+import shutil
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import torch
 
 from aukit.au import au_keys
+from aukit.configs import resolve_config
 from aukit.data.manifest import read_manifest
 from aukit.data.protocol import FOLDS, PROTOCOL_DATASETS, dataset_parts
 from aukit.data.readers import dataset_manifest, manifest_hash
 
 CHECKPOINTS = ("last", "best")
-# published average F1 (%) BP4D / DISFA, DESIGN section 4 (test-fold model selection in most)
+# published average F1 (%) BP4D / DISFA, as each paper reports it (most select the model on
+# the test fold)
 PUBLISHED: dict[str, tuple[float, float]] = {
     "ME-GraphAU": (65.5, 63.1),
     "AU-Net": (65.0, 66.1),
@@ -42,6 +48,18 @@ PUBLISHED: dict[str, tuple[float, float]] = {
     "CLP (self-supervised)": (62.4, 57.4),
 }
 HIVA_DISFA_AU1 = 60.6
+PROG = "aukit-cv"
+FINETUNE_SCRIPT = "aukit-finetune"
+
+
+def finetune_command() -> list[str]:
+    """The ``aukit-finetune`` script installed with this environment (else the one on PATH)."""
+    script = Path(sysconfig.get_path("scripts")) / FINETUNE_SCRIPT
+    found = str(script) if script.is_file() else shutil.which(FINETUNE_SCRIPT)
+    if found is None:
+        raise FileNotFoundError(f"{FINETUNE_SCRIPT} is not installed in {sys.prefix} nor on PATH: "
+                                "install aukit (make install, or pip install -e .)")
+    return [found]
 
 
 def finetune_args(dataset: str, fold: int, data_root: str | None, config: str,
@@ -97,7 +115,7 @@ def run_fold(dataset: str, fold: int, data_root: str | None, config: str, traine
                               "--skip-finished to reuse finished folds, or choose another --out "
                               "(nothing was deleted)")
     folder.mkdir(parents=True, exist_ok=True)
-    cli = [sys.executable, "-m", "finetune"]
+    cli = finetune_command()
     _run([*cli, "fit", *finetune_args(dataset, fold, data_root, config, trainer_config, folder,
                                       "fit", extra), "--test_after_fit", "false"],
          folder / "fit.log")
@@ -209,13 +227,14 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(prog="python -m aukit.cv", description=__doc__
-                                     .split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=PROTOCOL_DATASETS)
     parser.add_argument("--data-root", help="raw root or prepare output (not for synthau)")
     parser.add_argument("--folds", type=int, nargs="+", default=list(FOLDS), choices=FOLDS)
-    parser.add_argument("--config", help="default: conf/finetune/<dataset>.yaml")
-    parser.add_argument("--trainer-config", default="conf/trainer/cpu.yaml")
+    parser.add_argument("--config", help="a config path, or a shipped config by name; default: "
+                                         "finetune/<dataset>.yaml")
+    parser.add_argument("--trainer-config", default="trainer/cpu.yaml",
+                        help="a config path, or a shipped config by name (default: %(default)s)")
     parser.add_argument("--out", help="default: runs/cv/<dataset>")
     parser.add_argument("--skip-finished", action="store_true",
                         help="reuse folds whose reports.json exists (resume a long run)")
@@ -227,13 +246,14 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:
         from aukit.cli import report_user_error  # Lightning loads only when something failed
 
-        report_user_error(err, "python -m aukit.cv")
+        report_user_error(err, PROG)
         raise
 
 
 def cross_validate(args: argparse.Namespace, extra: list[str]) -> None:
     """Run the folds ``main`` parsed and print the table."""
-    config = args.config or f"conf/finetune/{args.dataset}.yaml"
+    config_name = args.config or f"finetune/{args.dataset}.yaml"
+    config, trainer_config = resolve_config(config_name), resolve_config(args.trainer_config)
     out = Path(args.out or f"runs/cv/{args.dataset}")
     out.mkdir(parents=True, exist_ok=True)
     if args.data_root:
@@ -249,10 +269,10 @@ def cross_validate(args: argparse.Namespace, extra: list[str]) -> None:
         done = out / f"fold{fold}" / "reports.json"
         reports[fold] = (json.loads(done.read_text()) if args.skip_finished and done.is_file()
                          else run_fold(args.dataset, fold, args.data_root, config,
-                                       args.trainer_config, out, extra))
+                                       trainer_config, out, extra))
     aus = reports[args.folds[0]]["last"]["aus"]
     header = (f"## {args.dataset} {len(args.folds)}-fold cross-validation, per-AU F1 (%)\n\n"
-              f"config `{config}` + `{args.trainer_config}`"
+              f"config `{config_name}` + `{args.trainer_config}`"
               + (f", overrides `{' '.join(extra)}`" if extra else "")
               + f"; manifest sha256 `{digest}`; threshold 0.5, F1 over each whole test fold.")
     path = write_table(args.dataset, aus or au_keys(args.dataset), reports, present, out,
