@@ -41,6 +41,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "region + relation": ("both", []),
     "region + relation, random batches": ("both-random", ["--data.faces_per_subject", "0"]),
     "region + relation, one-image positives": ("both-augment", ["--data.positives", "augment"]),
+    "region + relation, own-subject negatives only": ("both-own",
+                                                      ["--model.other_subject_weight", "0"]),
 }
 
 
