@@ -21,6 +21,9 @@ from aukit.stage import StageModule
 from aukit.text.encoders import text_encoder_dim
 from aukit.text.features import TextFeatures, load_text_features
 
+# what a stage-1 checkpoint initialises: the Swin backbone and the AU region encoder, or the
+# backbone alone (the region encoder then starts from scratch)
+PRETRAINED_PARTS = ("backbone+region", "backbone")
 # TextFeatures fields, each a non-persistent buffer "text_<field>" of the module
 TEXT_FIELDS = ("tokens", "token_mask", "sentence", "desc_mask")
 
@@ -32,10 +35,11 @@ class HiVAFinetuner(StageModule):
     ``val/f1_mean`` only. The model is ``aukit.models.create_model`` of ``model_config``, which
     checkpoints store.
 
-    ``pretrained`` is a stage-1 checkpoint whose backbone and AU region encoder initialise the
-    model when training starts (not when resuming: the checkpoint holds newer weights); its
-    backbone name, stem and image size are checked when the module is built (``backbone: null``
-    and ``conv_stem: null`` adopt its own). A checkpoint of this module holds every weight and
+    ``pretrained`` is a stage-1 checkpoint whose backbone and AU region encoder
+    (``pretrained_parts``: both, or the backbone alone) initialise the model when training
+    starts (not when resuming: the checkpoint holds newer weights); its backbone name, stem
+    and image size are checked when the module is built (``backbone: null`` and ``conv_stem:
+    null`` adopt its own). A checkpoint of this module holds every weight and
     the resolved architecture, and loads without the stage-1 file (or ImageNet weights,
     ``pretrained_backbone``), which may since have moved; ``from_stage1`` builds a module with
     the stage-1 weights already in.
@@ -55,6 +59,7 @@ class HiVAFinetuner(StageModule):
 
     def __init__(self, aus: list[str], image_size: int = 128, architecture: str = "hiva",
                  backbone: str | None = None, pretrained: str | None = None,
+                 pretrained_parts: str = "backbone+region",
                  pretrained_backbone: bool = False, feature_stage: int = 3,
                  conv_stem: bool | None = None, embed_dim: int = 128, num_heads: int = 4,
                  region_depth: int = 1, attention_sigma: float = 0.3, dropout: float = 0.1,
@@ -74,6 +79,9 @@ class HiVAFinetuner(StageModule):
             raise ValueError(f"--model.architecture must be one of {', '.join(ARCHITECTURES)}, "
                              f"got {architecture!r} (presets such as 'hiva_swin_base' are for "
                              "aukit.models.create_model)")
+        if pretrained_parts not in PRETRAINED_PARTS:
+            raise ValueError(f"--model.pretrained_parts must be one of {PRETRAINED_PARTS}, got "
+                             f"{pretrained_parts!r}")
         if alignment not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {ALIGNMENTS} (--model.alignment), got "
                              f"{alignment!r}")
@@ -133,7 +141,7 @@ class HiVAFinetuner(StageModule):
         encoder = load_stage1_encoder(hp.pretrained, config["backbone"], hp.image_size,
                                       hp.feature_stage, self.au_numbers, config["conv_stem"],
                                       hp.roi_size, hp.roi_extent)
-        encoder.load_into(self.model)
+        encoder.load_into(self.model, region=hp.pretrained_parts == "backbone+region")
         self._stage1_pending = False
 
     # ---------------------------------------------------------------- text

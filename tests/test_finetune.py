@@ -100,6 +100,22 @@ def test_stage1_checkpoint_initialises_backbone_and_region(tmp_path):
     assert module.model_config["backbone"] == "swin_test"
 
 
+def test_pretrained_parts_backbone_leaves_the_region_encoder_fresh(tmp_path):
+    stage1 = save_stage1(tmp_path / "s1.ckpt")
+    kwargs = dict(aus=["AU12", "AU1"], image_size=64, embed_dim=32, use_text=False)
+    torch.manual_seed(0)
+    fresh = HiVAFinetuner(**kwargs)
+    torch.manual_seed(0)
+    module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", pretrained_parts="backbone",
+                                       **kwargs)
+    for name, value in stage1.backbone.state_dict().items():
+        assert torch.equal(module.model.backbone.state_dict()[name], value), name
+    for name, value in fresh.model.region.state_dict().items():
+        assert torch.equal(module.model.region.state_dict()[name], value), name
+    with pytest.raises(ValueError, match="--model.pretrained_parts"):
+        HiVAFinetuner(pretrained_parts="region", **kwargs)
+
+
 def test_stage1_weights_arrive_when_training_starts_and_never_over_a_resumed_run(tmp_path):
     from types import SimpleNamespace
 

@@ -56,10 +56,11 @@ class Stage1Encoder:
     region: dict[str, Tensor]
     path: Path
 
-    def load_into(self, model: nn.Module) -> None:
-        """Copy the weights into ``model.backbone`` and, where it has one, ``model.region``."""
+    def load_into(self, model: nn.Module, region: bool = True) -> None:
+        """Copy the weights into ``model.backbone`` and, with ``region`` and where it has one,
+        ``model.region``."""
         model.backbone.load_state_dict(self.backbone)
-        if hasattr(model, "region"):
+        if region and hasattr(model, "region"):
             model.region.load_state_dict(self.region)
 
 
