@@ -76,8 +76,13 @@ pretrain:
 	$(BIN)/aukit-pretrain fit -c trainer/$(TRAINER).yaml -c pretrain/synthau.yaml \
 		$(if $(DATA),--data.source $(DATA) --data.landmarks auto) $(ARGS)
 
+# a finetuning run composes, left to right: where it runs, the shared recipe, the data set and
+# that data set's entry (aukit.configs.finetune_configs, which aukit-cv uses, lists the same)
+FINETUNE_CONFIGS = -c trainer/$(TRAINER).yaml -c finetune/base.yaml -c data/$(DATASET).yaml \
+	-c finetune/$(DATASET).yaml
+
 finetune:
-	$(BIN)/aukit-finetune fit -c trainer/$(TRAINER).yaml -c finetune/$(DATASET).yaml \
+	$(BIN)/aukit-finetune fit $(FINETUNE_CONFIGS) \
 		$(init_flag) $(if $(DATA_ROOT),--data.data_root $(DATA_ROOT)) \
 		$(if $(FOLD),--data.fold $(FOLD)) $(ARGS)
 

@@ -1,7 +1,8 @@
 """3-fold cross-validation: train and test every fold, then the per-AU F1 table people publish.
 
-``aukit-cv --dataset disfa --data-root PREPARED [--folds 1 2 3] [--config finetune/disfa.yaml]
-[--trainer-config trainer/cpu.yaml] [--out runs/cv/disfa]
+``aukit-cv --dataset disfa --data-root PREPARED [--folds 1 2 3] [--trainer-config trainer/cpu.yaml]
+[--config finetune/base.yaml --config data/disfa.yaml --config finetune/disfa.yaml]
+[--out runs/cv/disfa]
 [-- extra LightningCLI overrides, e.g. --trainer.devices 4 --model.pretrained stage1.ckpt]``
 
 Each fold runs the installed ``aukit-finetune fit`` in a subprocess of its own (GPUs, DDP and
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 
 from aukit.au import au_keys
-from aukit.configs import resolve_config
+from aukit.configs import config_flags, finetune_configs, resolve_config
 from aukit.data.manifest import read_manifest
 from aukit.data.protocol import FOLDS, PROTOCOL_DATASETS, dataset_parts
 from aukit.data.readers import dataset_manifest, manifest_hash
@@ -62,10 +63,11 @@ def finetune_command() -> list[str]:
     return [found]
 
 
-def finetune_args(dataset: str, fold: int, data_root: str | None, config: str,
+def finetune_args(fold: int, data_root: str | None, configs: Sequence[str],
                   trainer_config: str, out: Path, version: str, extra: list[str]) -> list[str]:
-    """The LightningCLI arguments shared by a fold's fit and tests; logs go to out/version."""
-    return (["-c", trainer_config, "-c", config, *extra, "--data.dataset", dataset,
+    """The LightningCLI arguments shared by a fold's fit and tests (``configs`` select the data
+    module of the data set); logs go to out/version."""
+    return (["-c", trainer_config, *config_flags(list(configs)), *extra,
              "--data.fold", str(fold)]
             + (["--data.data_root", data_root] if data_root else [])
             + ["--trainer.logger.class_path", "lightning.pytorch.loggers.TensorBoardLogger",
@@ -105,7 +107,7 @@ def _same_weights(a: Path, b: Path) -> bool:
     return steps[0] == steps[1]
 
 
-def run_fold(dataset: str, fold: int, data_root: str | None, config: str, trainer_config: str,
+def run_fold(fold: int, data_root: str | None, configs: Sequence[str], trainer_config: str,
              out: Path, extra: list[str]) -> dict[str, dict]:
     """Fit one fold, test its last and best checkpoints; ``{checkpoint: test report}``."""
     folder = out / f"fold{fold}"
@@ -116,8 +118,8 @@ def run_fold(dataset: str, fold: int, data_root: str | None, config: str, traine
                               "(nothing was deleted)")
     folder.mkdir(parents=True, exist_ok=True)
     cli = finetune_command()
-    _run([*cli, "fit", *finetune_args(dataset, fold, data_root, config, trainer_config, folder,
-                                      "fit", extra), "--test_after_fit", "false"],
+    _run([*cli, "fit", *finetune_args(fold, data_root, configs, trainer_config, folder, "fit",
+                                      extra), "--test_after_fit", "false"],
          folder / "fit.log")
     checkpoints = _best_and_last(folder / "fit" / "checkpoints")
     reports: dict[str, dict] = {}
@@ -126,8 +128,8 @@ def run_fold(dataset: str, fold: int, data_root: str | None, config: str, traine
             reports["best"] = {**reports["last"], "checkpoint": str(checkpoints["best"])}
             continue  # the same weights give the same numbers: skip a second test
         version = f"test-{name}"
-        _run([*cli, "test", *finetune_args(dataset, fold, data_root, config, trainer_config,
-                                           folder, version, extra),
+        _run([*cli, "test", *finetune_args(fold, data_root, configs, trainer_config, folder,
+                                           version, extra),
               "--ckpt_path", str(checkpoints[name])], folder / f"{version}.log")
         reports[name] = json.loads((folder / version / "test_report.json").read_text())
     (folder / "reports.json").write_text(json.dumps(reports, indent=2))
@@ -231,8 +233,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", required=True, choices=PROTOCOL_DATASETS)
     parser.add_argument("--data-root", help="raw root or prepare output (not for synthau)")
     parser.add_argument("--folds", type=int, nargs="+", default=list(FOLDS), choices=FOLDS)
-    parser.add_argument("--config", help="a config path, or a shipped config by name; default: "
-                                         "finetune/<dataset>.yaml")
+    parser.add_argument("--config", action="append",
+                        help="a config path, or a shipped config by name, after the trainer "
+                             "config; repeat to compose (default: finetune/base.yaml, "
+                             "data/<dataset>.yaml, finetune/<dataset>.yaml)")
     parser.add_argument("--trainer-config", default="trainer/cpu.yaml",
                         help="a config path, or a shipped config by name (default: %(default)s)")
     parser.add_argument("--out", help="default: runs/cv/<dataset>")
@@ -252,8 +256,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def cross_validate(args: argparse.Namespace, extra: list[str]) -> None:
     """Run the folds ``main`` parsed and print the table."""
-    config_name = args.config or f"finetune/{args.dataset}.yaml"
-    config, trainer_config = resolve_config(config_name), resolve_config(args.trainer_config)
+    config_names = args.config or finetune_configs(args.dataset)
+    configs = [resolve_config(c) for c in config_names]
+    trainer_config = resolve_config(args.trainer_config)
     out = Path(args.out or f"runs/cv/{args.dataset}")
     out.mkdir(parents=True, exist_ok=True)
     if args.data_root:
@@ -268,11 +273,11 @@ def cross_validate(args: argparse.Namespace, extra: list[str]) -> None:
     for fold in args.folds:
         done = out / f"fold{fold}" / "reports.json"
         reports[fold] = (json.loads(done.read_text()) if args.skip_finished and done.is_file()
-                         else run_fold(args.dataset, fold, args.data_root, config,
-                                       trainer_config, out, extra))
+                         else run_fold(fold, args.data_root, configs, trainer_config, out,
+                                       extra))
     aus = reports[args.folds[0]]["last"]["aus"]
     header = (f"## {args.dataset} {len(args.folds)}-fold cross-validation, per-AU F1 (%)\n\n"
-              f"config `{config_name}` + `{args.trainer_config}`"
+              f"configs `{args.trainer_config}` + {' + '.join(f'`{c}`' for c in config_names)}"
               + (f", overrides `{' '.join(extra)}`" if extra else "")
               + f"; manifest sha256 `{digest}`; threshold 0.5, F1 over each whole test fold.")
     path = write_table(args.dataset, aus or au_keys(args.dataset), reports, present, out,

@@ -1,6 +1,7 @@
 """Stage 2 on SynthAU: does HiVA beat plain region features, and does stage 1 help?
 
-Every condition trains through the real CLI (``conf/finetune/synthau.yaml``) with the same
+Every condition trains through the real CLI (the configs of ``make finetune``:
+``finetune/base.yaml``, ``data/synthau.yaml``, ``finetune/synthau.yaml``) with the same
 number of optimisation steps, selects its checkpoint on the validation subjects only, and is
 scored on the unseen test subjects (mean F1 over SynthAU's 12 AUs). Conditions: (a) Swin +
 linear head, (a2) Swin + AU region features + one linear head per AU, (b) HiVA, all from
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from aukit.configs import config_flags, finetune_configs
 from aukit.data.datamodules import AUDataModule
 from aukit.map_quality import evaluate_maps
 from aukit.utils.report import benchmark_section, mean_sd, update_json, write_section
@@ -70,7 +72,8 @@ def run(condition: str, fraction: float, seed: int, args: argparse.Namespace) ->
     full_epoch = TRAIN_SUBJECTS * args.samples_per_subject // args.batch_size
     started = time.time()
     cli = FinetuneCLI(HiVAFinetuner, AUDataModule, args=[
-        "fit", "-c", f"conf/trainer/{args.trainer}.yaml", "-c", "conf/finetune/synthau.yaml",
+        "fit", "-c", f"trainer/{args.trainer}.yaml",
+        *config_flags(finetune_configs("synthau")),
         "--seed_everything", str(seed), "--trainer.max_epochs", "-1",
         "--trainer.max_steps", str(args.steps),
         "--trainer.check_val_every_n_epoch", str(max(1, round(full_epoch / steps_per_epoch))),

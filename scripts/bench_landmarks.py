@@ -8,7 +8,7 @@ alone (``aukit.landmarks.Landmarker``: dlib's fit from MTCNN's box plus the chec
 points) over 200 calls. The video is the astronaut as ``--frames`` MJPG frames at 25 fps, shifted
 a few pixels per frame; both sources run ``aukit.predict.predict`` on it, alternating; the best
 of ``--repeats`` runs is reported, and every run (their spread is the machine's noise). Without
-``--ckpt`` the model is an untrained HiVA of ``conf/finetune/synthau.yaml``'s shape (swin_test,
+``--ckpt`` the model is an untrained HiVA of ``make finetune``'s SynthAU shape (swin_test,
 128 px, 12 AUs, MiniLM text): the same cost per face as a trained one. Writes the
 ``## Landmarks`` section of ``--out``.
 """
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
                               progress=False, landmarks=source)
                 runs.append(run["fps"])
                 print(f"{source}: {run['fps']:.2f} frames/s", file=sys.stderr)
-    model = args.ckpt or "untrained HiVA, conf/finetune/synthau.yaml's model"
+    model = args.ckpt or "untrained HiVA, make finetune's SynthAU model"
     table = "\n".join([
         "| measure | template | dlib68 |", "|---|---:|---:|",
         f"| landmark stage per face (dlib fit + check) | 0 | {per_face:.1f} ms |",

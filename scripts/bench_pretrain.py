@@ -25,7 +25,7 @@ from torch import Tensor
 
 from aukit.au import ALL_AUS
 from aukit.cli import AUCLI
-from aukit.data.datamodules import AUDataModule, UnlabeledFaceDataModule
+from aukit.data.datamodules import SynthAUDataModule, UnlabeledFaceDataModule
 from aukit.models.region import landmark_maps, roi_tokens
 from aukit.probe import run_probe
 from aukit.utils.report import benchmark_section, mean_sd, update_json, write_section
@@ -86,11 +86,11 @@ def pretrain(variant: str, seed: int, args: argparse.Namespace) -> RegionRelatio
 
 
 def probe(module: RegionRelationPretrainer | PixelWindows, args: argparse.Namespace) -> float:
-    data = AUDataModule(dataset="synthau", image_size=args.image_size,
-                        batch_size=64, num_workers=args.workers,
-                        synthau_samples_per_subject=args.probe_samples,
-                        synthau_eval_samples_per_subject=args.probe_samples,
-                        synthau_cache=args.cache)
+    data = SynthAUDataModule(image_size=args.image_size, batch_size=64,
+                             num_workers=args.workers,
+                             synthau_samples_per_subject=args.probe_samples,
+                             synthau_eval_samples_per_subject=args.probe_samples,
+                             synthau_cache=args.cache)
     return 100 * run_probe(module.encode, module.au_numbers, data, "test")["f1_mean"]
 
 

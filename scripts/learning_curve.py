@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from aukit.data.datamodules import AUDataModule
+from aukit.data.datamodules import SynthAUDataModule
 from aukit.data.transforms import normalize_images
 from aukit.losses.au_bce import au_bce_loss
 from aukit.metrics import AUMetrics
@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", default="runs/cache/synthau", help="rendered-face cache")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    data = AUDataModule("synthau", image_size=args.image_size, batch_size=args.batch_size,
-                        num_workers=2, synthau_samples_per_subject=args.samples_per_subject,
-                        synthau_eval_samples_per_subject=20, synthau_cache=args.cache,
-                        seed=args.seed)
+    data = SynthAUDataModule(image_size=args.image_size, batch_size=args.batch_size,
+                             num_workers=2, synthau_samples_per_subject=args.samples_per_subject,
+                             synthau_eval_samples_per_subject=20, synthau_cache=args.cache,
+                             seed=args.seed)
     data.setup("fit")
     build = RegionAUClassifier if args.architecture == "region" else LinearAUClassifier
     model = build(data.aus, "swin_test", args.image_size, feature_stage=args.feature_stage,

@@ -9,7 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aukit.callbacks import ActivationMapLogger, TestReport
-from aukit.data.datamodules import AUDataModule
+from aukit.data.datamodules import SynthAUDataModule
 from finetune.module import HiVAFinetuner
 
 AUS = ["AU1", "AU12"]
@@ -19,8 +19,8 @@ AUS = ["AU1", "AU12"]
 def run(tmp_path):
     """A tiny untrained model, its data and a trainer with both callbacks and TensorBoard."""
     module = HiVAFinetuner(aus=AUS, image_size=64, embed_dim=32, use_text=False)
-    data = AUDataModule(image_size=64, batch_size=4, aus=AUS, num_workers=0,
-                        synthau_samples_per_subject=1, synthau_eval_samples_per_subject=1)
+    data = SynthAUDataModule(image_size=64, batch_size=4, aus=AUS, num_workers=0,
+                             synthau_samples_per_subject=1, synthau_eval_samples_per_subject=1)
     trainer = L.Trainer(accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="ft"),
                         callbacks=[TestReport(), ActivationMapLogger(num_images=1)],
                         limit_val_batches=1, limit_test_batches=2, enable_progress_bar=False,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from aukit.data.crop_store import CropStore, main, write_crop_store
-from aukit.data.datamodules import AUDataModule
+from aukit.data.datamodules import ManifestDataModule
 from aukit.data.datasets import ManifestDataset
 from aukit.data.manifest import read_manifest
 from aukit.data.transforms import eval_transform, train_transform
@@ -55,8 +55,8 @@ def test_datamodule_reads_through_the_store(tmp_path, capsys):
     path = write_manifest(tmp_path)
     main(["--manifest", str(path), "--out", str(tmp_path / "store"), "--size", "48"])
     assert "--data.crop_store" in capsys.readouterr().out
-    data = AUDataModule(dataset="csv", manifest=str(path), aus="AU1,AU12", image_size=32,
-                        batch_size=2, val_subjects=0, crop_store=str(tmp_path / "store"))
+    data = ManifestDataModule(manifest=str(path), aus="AU1,AU12", image_size=32, batch_size=2,
+                              val_subjects=0, crop_store=str(tmp_path / "store"))
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     assert batch["image"].shape == (2, 3, 32, 32)
@@ -69,5 +69,3 @@ def test_bad_stores_say_how_to_fix(tmp_path):
     store = CropStore(write_crop_store(manifest.subset(["S0"]), tmp_path / "part", size=48))
     with pytest.raises(ValueError, match="lacks 2 of the 4 images"):
         ManifestDataset(manifest, eval_transform(32), store=store)
-    with pytest.raises(ValueError, match="SynthAU renders its own"):
-        AUDataModule(dataset="synthau", crop_store=str(tmp_path / "part"))

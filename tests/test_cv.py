@@ -8,8 +8,9 @@ import math
 import pytest
 from test_readers import make_bp4d
 
+from aukit.configs import finetune_configs
 from aukit.data.protocol import dataset_parts
-from finetune.cv import PUBLISHED, main, results_table
+from finetune.cv import PUBLISHED, finetune_args, main, results_table
 
 AUS = ["AU1", "AU2"]
 DISFA = [s for part in dataset_parts("disfa") for s in part]
@@ -81,6 +82,22 @@ def test_an_au_without_labels_in_a_fold_is_na_and_left_out_of_the_means():
             "it out") in markdown
 
 
+def test_a_folds_arguments_compose_the_data_sets_configs_and_build(tmp_path):
+    from aukit.data.datamodules import AUDataModule, BP4DDataModule
+    from finetune.cli import FinetuneCLI
+    from finetune.module import HiVAFinetuner
+
+    root = make_bp4d(tmp_path / "bp4d", frames=2)
+    args = finetune_args(2, str(root), finetune_configs("bp4d"), "trainer/cpu.yaml", tmp_path,
+                         "fit", ["--data.image_size", "64", "--model.backbone", "swin_test",
+                                 "--model.use_text", "false"])
+    assert args[:8] == ["-c", "trainer/cpu.yaml", "-c", "finetune/base.yaml", "-c",
+                        "data/bp4d.yaml", "-c", "finetune/bp4d.yaml"]
+    cli = FinetuneCLI(HiVAFinetuner, AUDataModule, run=False, args=args)
+    assert isinstance(cli.datamodule, BP4DDataModule) and cli.datamodule.fold == 2
+    assert cli.trainer.logger.log_dir == str(tmp_path / "fit")
+
+
 @pytest.mark.slow
 def test_one_epoch_fold_on_a_tiny_bp4d_tree(tmp_path, monkeypatch):
     root = make_bp4d(tmp_path / "bp4d", frames=4)
@@ -113,6 +130,5 @@ def test_a_second_run_into_the_same_folder_is_refused_not_mixed(tmp_path):
     stale.mkdir(parents=True)
     (stale / "last.ckpt").write_bytes(b"an earlier run")
     with pytest.raises(FileExistsError, match="--skip-finished"):
-        run_fold("synthau", 1, None, "conf/finetune/synthau.yaml", "conf/trainer/cpu.yaml",
-                 tmp_path, [])
+        run_fold(1, None, finetune_configs("synthau"), "trainer/cpu.yaml", tmp_path, [])
     assert (stale / "last.ckpt").read_bytes() == b"an earlier run"

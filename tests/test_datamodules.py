@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from aukit.au import DATASET_AUS
-from aukit.data.datamodules import AUDataModule, UnlabeledFaceDataModule, label_statistics
+from aukit.data.datamodules import (
+    AUDataModule,
+    BP4DDataModule,
+    ManifestDataModule,
+    SynthAUDataModule,
+    UnlabeledFaceDataModule,
+    label_statistics,
+)
 from aukit.data.datasets import ImageFolderDataset, ManifestDataset
 from aukit.data.manifest import read_manifest
 from aukit.data.synthau import split_subjects
@@ -59,9 +66,8 @@ def toy(tmp_path: Path) -> Path:
     return write_manifest(tmp_path)
 
 
-def csv_module(manifest: Path, **kwargs) -> AUDataModule:
-    return AUDataModule(dataset="csv", manifest=str(manifest), image_size=S, batch_size=4,
-                        **kwargs)
+def csv_module(manifest: Path, **kwargs) -> ManifestDataModule:
+    return ManifestDataModule(manifest=str(manifest), image_size=S, batch_size=4, **kwargs)
 
 
 def check_labelled_batch(batch: dict, batch_size: int, num_aus: int) -> None:
@@ -147,9 +153,15 @@ def test_csv_errors(toy, tmp_path):
         csv_module(tmp_path / "missing.csv")
     with pytest.raises(FileNotFoundError, match="test_manifest .*nope.csv"):
         csv_module(toy, test_manifest=str(tmp_path / "nope.csv"))
-    with pytest.raises(ValueError, match="needs --data.manifest <path"):
-        AUDataModule(dataset="csv")
-    with pytest.raises(ValueError, match="no test split.*--data.test_manifest <path>"):
+    with pytest.raises(ValueError, match="ManifestDataModule needs --data.manifest <path"):
+        ManifestDataModule()
+    with pytest.raises(ValueError, match="BP4DDataModule needs --data.data_root .* or "
+                                         "--data.manifest"):
+        BP4DDataModule()
+    with pytest.raises(ValueError, match="names no source: use SynthAUDataModule"):
+        AUDataModule()
+    with pytest.raises(ValueError, match="no test split for ManifestDataModule: give "
+                                         "--data.test_manifest <path>"):
         csv_module(toy).setup("test")
     overlapping = write_manifest(tmp_path / "other", "test.csv", "S")
     with pytest.raises(ValueError, match="subject-exclusive"):
@@ -160,9 +172,9 @@ def test_csv_au_selection(toy, tmp_path):
     assert csv_module(toy, aus="AU12,AU1").au_names == ["AU12", "AU1"]
     dm = csv_module(toy, aus=["AU2"])
     assert dm.splits()["train"].labels.shape[1] == 1
-    assert AUDataModule(dataset="bp4d", manifest=str(toy)).aus == DATASET_AUS["bp4d"]
+    assert BP4DDataModule(manifest=str(toy)).aus == DATASET_AUS["bp4d"]
     with pytest.raises(ValueError, match="no column for AU4"):
-        AUDataModule(dataset="bp4d", manifest=str(toy)).splits()
+        BP4DDataModule(manifest=str(toy)).splits()
 
 
 def test_test_manifest_and_no_validation(toy, tmp_path):
@@ -189,8 +201,8 @@ def test_manifest_dataset_views(toy):
 
 
 def test_synthau_datamodule_batches():
-    dm = AUDataModule(image_size=S, batch_size=2, synthau_samples_per_subject=1,
-                      synthau_eval_samples_per_subject=1)
+    dm = SynthAUDataModule(image_size=S, batch_size=2, synthau_samples_per_subject=1,
+                           synthau_eval_samples_per_subject=1)
     assert dm.au_names == [f"AU{n}" for n in DATASET_AUS["synthau"]]
     splits = dm.splits()
     assert all(splits[s] for s in ("train", "val", "test"))
@@ -199,12 +211,12 @@ def test_synthau_datamodule_batches():
     dm.setup("fit")
     check_labelled_batch(next(iter(dm.train_dataloader())), 2, 12)
     check_labelled_batch(next(iter(dm.split_dataloader("test"))), 2, 12)
-    fewer = AUDataModule(image_size=S, label_fraction=0.5, synthau_samples_per_subject=1)
+    fewer = SynthAUDataModule(image_size=S, label_fraction=0.5, synthau_samples_per_subject=1)
     assert len(fewer.splits()["train"]) == round(0.5 * len(splits["train"]))
 
 
 def test_synthau_class_weights():
-    dm = AUDataModule(image_size=S, synthau_samples_per_subject=1)
+    dm = SynthAUDataModule(image_size=S, synthau_samples_per_subject=1)
     weights = dm.train_label_statistics().class_weights
     assert weights.shape == (12,) and torch.isfinite(weights).all()
     assert weights.mean().item() == pytest.approx(1.0, abs=1e-5)
@@ -222,7 +234,7 @@ def test_unlabeled_synthau_views():
     batch = next(iter(dm.train_dataloader()))
     check_views_batch(batch, 3, 2)
     assert "labels" not in batch
-    assert isinstance(dm.probe_datamodule(), AUDataModule)
+    assert isinstance(dm.probe_datamodule(), SynthAUDataModule)
 
 
 def test_unlabeled_synthau_batches_group_subjects_from_an_unlabelled_pool():
@@ -277,11 +289,18 @@ def test_unlabeled_folder_and_probe_manifest(toy):
     dm = UnlabeledFaceDataModule(source=source, image_size=S, batch_size=4, faces_per_subject=0,
                                  views=2, probe_dataset="csv", probe_manifest=str(toy))
     check_views_batch(next(iter(dm.train_dataloader())), 4, 2)
+    assert isinstance(dm.probe_datamodule(), ManifestDataModule)
     assert dm.probe_datamodule().au_names == ["AU1", "AU2", "AU12"]
     with pytest.raises(FileNotFoundError, match="neither 'synthau' nor an existing folder"):
         UnlabeledFaceDataModule(source=str(toy.parent / "nowhere"))
     with pytest.raises(FileNotFoundError, match="probe.csv"):
         UnlabeledFaceDataModule(probe_dataset="csv", probe_manifest=str(toy.parent / "probe.csv"))
+    with pytest.raises(ValueError, match="--data.probe_dataset csv needs --data.probe_manifest"):
+        UnlabeledFaceDataModule(probe_dataset="csv")
+    with pytest.raises(ValueError, match="--data.probe_dataset synthau renders its own"):
+        UnlabeledFaceDataModule(probe_manifest=str(toy))
+    with pytest.raises(ValueError, match="--data.probe_dataset must be one of synthau, csv"):
+        UnlabeledFaceDataModule(probe_dataset="nope")
 
 
 def landmarks_of(folder: Path, name: str, views: int = 1) -> torch.Tensor:

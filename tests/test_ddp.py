@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from aukit.checkpoint import load_stage1_encoder, read_checkpoint
 from aukit.cli import OOM_HINT, check_trainer
+from aukit.configs import config_flags, finetune_configs
 from aukit.data.datamodules import AUDataModule, make_loader
 from aukit.data.sampling import ResumableDataLoader
 from finetune.cli import FinetuneCLI
@@ -25,7 +26,7 @@ COMMON = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "fals
           "--data.batch_size", "4", "--data.num_workers", "0", "--model.embed_dim", "32"]
 DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
 # 20 test subjects x 1 sample: 5 batches of 4 on one process, 3 per rank (4, 4, 2) under DDP
-FINETUNE = ["-c", "conf/trainer/cpu.yaml", "-c", "conf/finetune/synthau.yaml", *COMMON,
+FINETUNE = [*config_flags(["trainer/cpu.yaml", *finetune_configs("synthau")]), *COMMON,
             "--data.synthau_samples_per_subject", "1",
             "--data.synthau_eval_samples_per_subject", "1", "--model.descriptions_per_step", "2"]
 
@@ -93,7 +94,7 @@ def test_gpu_settings_the_machine_cannot_meet_name_the_fix(monkeypatch):
 def test_gpu_preset_without_a_gpu_points_to_the_cpu_preset():
     with pytest.raises(ValueError, match="-c trainer/cpu.yaml"):
         FinetuneCLI(HiVAFinetuner, AUDataModule, run=False,
-                    args=["-c", "conf/trainer/gpu.yaml", "-c", "conf/finetune/synthau.yaml",
+                    args=[*config_flags(["trainer/gpu.yaml", *finetune_configs("synthau")]),
                           "--data.image_size", "64", "--model.use_text", "false"])
 
 

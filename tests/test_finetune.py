@@ -8,11 +8,14 @@ import torch
 import yaml
 
 from aukit.checkpoint import META_KEY
-from aukit.data.datamodules import AUDataModule
+from aukit.configs import config_flags, finetune_configs
+from aukit.data.datamodules import AUDataModule, SynthAUDataModule
 from finetune.cli import FinetuneCLI
 from finetune.module import HiVAFinetuner
 from pretrain.module import RegionRelationPretrainer
 
+# what `make finetune` composes (conf/ as shipped)
+SYNTHAU = config_flags(["trainer/cpu.yaml", *finetune_configs("synthau")])
 TINY = ["--trainer.accelerator", "cpu", "--trainer.devices", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--data.image_size", "64", "--data.batch_size", "8", "--data.num_workers", "0",
@@ -21,7 +24,7 @@ TINY = ["--trainer.accelerator", "cpu", "--trainer.devices", "1",
 
 
 def run_finetune(tmp_path: Path, *extra: str, subcommand: str = "fit") -> FinetuneCLI:
-    args = [subcommand, "-c", "conf/trainer/cpu.yaml", "-c", "conf/finetune/synthau.yaml", *TINY,
+    args = [subcommand, *SYNTHAU, *TINY,
             "--trainer.logger.init_args.save_dir", str(tmp_path),
             "--model.text_cache_dir", str(tmp_path / "text-cache"), *extra]
     return FinetuneCLI(HiVAFinetuner, AUDataModule, args=args)
@@ -39,7 +42,7 @@ def save_stage1(path: Path, image_size: int = 64, backbone: str = "swin_test",
     return module
 
 
-class NoTestDuringFit(AUDataModule):
+class NoTestDuringFit(SynthAUDataModule):
     """Fails if the test split is requested while fitting: selection must use val only."""
 
     def test_dataloader(self):
@@ -76,12 +79,13 @@ def test_fit_then_test_writes_checkpoints_and_a_per_au_report(tmp_path, capsys, 
 
 @pytest.mark.slow
 def test_model_selection_reads_the_validation_split_only(tmp_path):
-    args = ["fit", "-c", "conf/trainer/cpu.yaml", "-c", "conf/finetune/synthau.yaml", *TINY,
+    args = ["fit", *SYNTHAU, "--data", f"{__name__}.NoTestDuringFit", *TINY,
             "--trainer.logger.init_args.save_dir", str(tmp_path), "--test_after_fit", "false",
             "--model.text_cache_dir", str(tmp_path / "cache"), "--model.use_text", "false",
             "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "2",
             "--trainer.limit_val_batches", "2"]
-    cli = FinetuneCLI(HiVAFinetuner, NoTestDuringFit, args=args)
+    cli = FinetuneCLI(HiVAFinetuner, AUDataModule, args=args)
+    assert isinstance(cli.datamodule, NoTestDuringFit)
     callback = cli.trainer.checkpoint_callback
     best = torch.load(callback.best_model_path, weights_only=False)
     scores = [s for s in callback.best_k_models.values()]
@@ -210,8 +214,8 @@ def test_a_model_for_other_aus_is_refused_by_the_data(tmp_path):
     import lightning as L
 
     module = HiVAFinetuner(aus=["AU1", "AU2"], image_size=64, embed_dim=32, use_text=False)
-    data = AUDataModule(image_size=64, batch_size=4, synthau_samples_per_subject=1,
-                        synthau_eval_samples_per_subject=1)
+    data = SynthAUDataModule(image_size=64, batch_size=4, synthau_samples_per_subject=1,
+                             synthau_eval_samples_per_subject=1)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False,
                         default_root_dir=tmp_path, enable_progress_bar=False)
     with pytest.raises(ValueError, match="predicts.*but the data has"):
@@ -222,7 +226,7 @@ def test_a_model_for_other_aus_is_refused_by_the_data(tmp_path):
 def test_a_tiny_run_learns_its_training_faces_beyond_chance(tmp_path):
     """End to end through the CLI, a few minutes of CPU budget: the model must really learn the
     faces it trains on (held-out generalisation needs longer runs: see bench-finetune)."""
-    args = ["fit", "-c", "conf/trainer/cpu.yaml", "-c", "conf/finetune/synthau.yaml",
+    args = ["fit", *SYNTHAU,
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--trainer.logger.init_args.save_dir", str(tmp_path), "--test_after_fit", "false",
             "--model.text_cache_dir", str(tmp_path / "cache"), "--model.embed_dim", "32",

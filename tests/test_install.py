@@ -71,8 +71,8 @@ def test_a_config_is_a_path_or_the_name_of_a_shipped_one(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="trainer/tpu.yaml does not exist.*trainer/cpu"):
         resolve_config("trainer/tpu.yaml")
     assert shipped_config("../setup.cfg") is None and shipped_config("/etc/hosts") is None
-    assert {"trainer/cpu.yaml", "pretrain/synthau.yaml", "finetune/synthau.yaml"} <= set(
-        shipped_configs())
+    assert {"trainer/cpu.yaml", "pretrain/synthau.yaml", "finetune/base.yaml",
+            "data/synthau.yaml", "finetune/synthau.yaml"} <= set(shipped_configs())
 
 
 def test_the_library_reads_its_data_files_from_the_shipped_configs(monkeypatch):

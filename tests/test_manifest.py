@@ -261,9 +261,9 @@ def faces(tmp_path: Path) -> Path:
 
 
 def test_the_datamodule_refuses_a_corrupt_image_before_training(faces):
-    from aukit.data.datamodules import AUDataModule
+    from aukit.data.datamodules import ManifestDataModule
 
-    data = AUDataModule(dataset="csv", manifest=str(faces), val_subjects=0, image_size=32)
+    data = ManifestDataModule(manifest=str(faces), val_subjects=0, image_size=32)
     with pytest.raises(ValueError, match=r"(?s)3 bad row\(s\) of 6 \(2 unreadable images, 1 bad "
                                          r"label\).*row 2 \(line 3\): image .*f1.jpg cannot be "
                                          r"decoded.*row 5 \(line 6\): image .*f4.png cannot be "
@@ -272,10 +272,10 @@ def test_the_datamodule_refuses_a_corrupt_image_before_training(faces):
 
 
 def test_skip_bad_rows_drops_corrupt_images_with_counts(faces, caplog):
-    from aukit.data.datamodules import AUDataModule
+    from aukit.data.datamodules import ManifestDataModule
 
-    data = AUDataModule(dataset="csv", manifest=str(faces), val_subjects=0, image_size=32,
-                        skip_bad_rows=True)
+    data = ManifestDataModule(manifest=str(faces), val_subjects=0, image_size=32,
+                              skip_bad_rows=True)
     with caplog.at_level(logging.WARNING):
         data.setup("fit")
     train = data.splits()["train"]
@@ -304,7 +304,7 @@ def test_the_image_check_is_cached_by_file_size_and_time(faces, tmp_path, monkey
 
 def test_images_from_a_crop_store_are_not_checked_again(tmp_path, monkeypatch):
     from aukit.data.crop_store import write_crop_store
-    from aukit.data.datamodules import AUDataModule
+    from aukit.data.datamodules import ManifestDataModule
 
     records = [{"image": str(write_face(tmp_path / f"f{i}.jpg")), "subject": f"S{i}", "AU1": 1}
                for i in range(2)]
@@ -315,6 +315,6 @@ def test_images_from_a_crop_store_are_not_checked_again(tmp_path, monkeypatch):
         raise AssertionError("images of a crop store were checked")
 
     monkeypatch.setattr(manifest_module, "unreadable_images", fail)
-    data = AUDataModule(dataset="csv", manifest=str(path), val_subjects=0, image_size=32,
-                        crop_store=str(store))
+    data = ManifestDataModule(manifest=str(path), val_subjects=0, image_size=32,
+                              crop_store=str(store))
     assert len(data.splits()["train"]) == 2

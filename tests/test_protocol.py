@@ -6,7 +6,12 @@ import pytest
 import torch
 from test_readers import BP4D_SUBJECTS, make_bp4d
 
-from aukit.data.datamodules import AUDataModule, label_statistics
+from aukit.data.datamodules import (
+    BP4DDataModule,
+    ManifestDataModule,
+    SynthAUDataModule,
+    label_statistics,
+)
 from aukit.data.protocol import dataset_parts, fold_split, load_parts
 
 
@@ -44,8 +49,8 @@ def test_missing_subjects_are_reported_and_bad_folds_rejected(caplog):
 
 def test_datamodule_fold_from_raw_root_weights_from_train_only(tmp_path):
     root = make_bp4d(tmp_path)
-    dm = AUDataModule(dataset="bp4d", data_root=str(root), fold=1, val_subjects=["M011"],
-                      image_size=32, batch_size=4)
+    dm = BP4DDataModule(data_root=str(root), fold=1, val_subjects=["M011"], image_size=32,
+                        batch_size=4)
     splits = dm.splits()
     assert set(splits["test"].subjects) == {"F001", "F018"}  # part1
     assert set(splits["val"].subjects) == {"M011"}
@@ -54,7 +59,7 @@ def test_datamodule_fold_from_raw_root_weights_from_train_only(tmp_path):
     train = splits["train"]
     expected = label_statistics(torch.from_numpy(train.labels), torch.from_numpy(train.mask))[0]
     torch.testing.assert_close(dm.train_label_statistics().class_weights, expected)
-    everything = AUDataModule(dataset="bp4d", data_root=str(root), image_size=32)
+    everything = BP4DDataModule(data_root=str(root), image_size=32)
     full = everything.splits()["train"]  # no fold: carve only, weights differ
     assert set(full.subjects) < set(BP4D_SUBJECTS)
     assert not np.allclose(dm.train_label_statistics().class_weights.numpy(),
@@ -64,14 +69,18 @@ def test_datamodule_fold_from_raw_root_weights_from_train_only(tmp_path):
 
 
 def test_datamodule_rejects_fold_with_own_test_split(tmp_path):
-    with pytest.raises(ValueError, match="3-fold protocol"):
-        AUDataModule(dataset="csv", fold=1, manifest=str(tmp_path / "x.csv"))
-    with pytest.raises(ValueError, match="data_root"):
-        AUDataModule(dataset="csv", data_root=str(tmp_path))
+    with pytest.raises(ValueError, match="3-fold protocol.*drop --data.val_manifest"):
+        BP4DDataModule(fold=1, manifest=str(tmp_path / "x.csv"),
+                       test_manifest=str(tmp_path / "t.csv"))
+    with pytest.raises(ValueError, match="--data.data_root and --data.manifest: give one"):
+        BP4DDataModule(data_root=str(tmp_path), manifest=str(tmp_path / "x.csv"))
+    (tmp_path / "x.csv").write_text("image,subject,AU1\n")
+    with pytest.raises(TypeError, match="fold"):  # a CSV manifest has no fold lists
+        ManifestDataModule(fold=1, manifest=str(tmp_path / "x.csv"))
 
 
 def test_synthau_folds_cover_the_labelled_subjects():
-    dm = AUDataModule(dataset="synthau", fold=2, image_size=32)
+    dm = SynthAUDataModule(fold=2, image_size=32)
     splits = dm.splits()
     assert [str(s) for s in splits["test"]] == list(dataset_parts("synthau")[1])
     assert dm.manifest_hash is None and len(splits["val"]) >= 1

@@ -18,14 +18,15 @@ from torch.utils.data import DataLoader
 from aukit import cli
 from aukit.checkpoint import META_KEY
 from aukit.cli import OOM_HINT, UserError, check_ckpt_path, user_error_message
-from aukit.data.datamodules import AUDataModule
+from aukit.configs import config_flags, finetune_configs
+from aukit.data.datamodules import AUDataModule, ManifestDataModule
 from aukit.data.datasets import ImageFolderDataset
 from aukit.data.transforms import eval_transform
 from finetune.cli import FinetuneCLI
 from finetune.module import HiVAFinetuner
 from pretrain.module import RegionRelationPretrainer
 
-TINY = ["-c", "trainer/cpu.yaml", "-c", "finetune/csv.yaml",
+TINY = [*config_flags(["trainer/cpu.yaml", *finetune_configs("csv")]),
         "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1",
         "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
         "--data.image_size", "64", "--data.batch_size", "2", "--data.num_workers", "0",
@@ -135,8 +136,19 @@ def test_a_manifest_run_without_a_test_manifest_fails_before_training(tmp_path, 
 def test_testing_a_manifest_run_without_a_test_manifest_is_refused(tmp_path, faces):
     manifest = write_manifest(tmp_path, "train.csv", faces)
     args = finetune_args(tmp_path, "--data.manifest", str(manifest))
-    with pytest.raises(UserError, match="no test split.*--data.test_manifest <test.csv>"):
+    with pytest.raises(UserError, match="ManifestDataModule has no test split.*"
+                                        "--data.test_manifest <test.csv>"):
         FinetuneCLI(HiVAFinetuner, AUDataModule, args=["test", *args[1:]])
+
+
+def test_a_data_module_error_is_a_user_error_through_the_cli(tmp_path):
+    # jsonargparse wraps what the data module (subclass mode) raises; the message is unwrapped
+    with pytest.raises(ValueError) as info:
+        FinetuneCLI(HiVAFinetuner, AUDataModule, run=False, args=[
+            *finetune_args(tmp_path, "--data.manifest", str(tmp_path / "nope.csv"))[1:]])
+    assert user_error_message(info.value) == (
+        f"manifest {tmp_path / 'nope.csv'} does not exist; give the path of a CSV or JSON "
+        "manifest")
 
 
 @pytest.mark.slow
@@ -193,8 +205,8 @@ def test_predict_and_export_print_one_message_or_the_traceback_when_debugging(
 # ------------------------------------------------------------------ what counts as a user error
 def test_errors_the_library_raises_for_users_are_user_errors(tmp_path):
     with pytest.raises(ValueError) as info:
-        AUDataModule(dataset="nope")
-    assert user_error_message(info.value).startswith("unknown dataset 'nope'")
+        ManifestDataModule()
+    assert user_error_message(info.value).startswith("ManifestDataModule needs --data.manifest")
     assert user_error_message(UserError("bad")) == "bad"
     assert user_error_message(MisconfigurationException("no logger")) == "no logger"
     assert OOM_HINT in user_error_message(torch.OutOfMemoryError(f"CUDA OOM\n{OOM_HINT}"))

@@ -76,6 +76,19 @@ def _origin(err: BaseException) -> tuple[str, str, str]:
     return filename, linecache.getline(filename, tb.tb_lineno).strip(), text
 
 
+# jsonargparse re-raises an error of a subclass-mode class's constructor (the finetuning data
+# module) inside this message, with the original as its __cause__
+UNION_WRAPPER = "Does not validate against any of the Union subtypes"
+
+
+def _unwrap(err: BaseException) -> BaseException:
+    """The error a constructor raised, out of jsonargparse's union wrapper."""
+    while (isinstance(err, ValueError) and str(err).startswith(UNION_WRAPPER)
+           and err.__cause__ is not None):
+        err = err.__cause__
+    return err
+
+
 def user_error_message(err: BaseException) -> str | None:
     """What to print instead of a traceback when ``err`` is a user error, else None.
 
@@ -86,6 +99,7 @@ def user_error_message(err: BaseException) -> str | None:
     same types thrown by torch, numpy or Python itself (a bad reshape, an unpacking error) are
     bugs and keep their traceback.
     """
+    err = _unwrap(err)
     if isinstance(err, UserError | MisconfigurationException):
         return str(err)
     if isinstance(err, torch.OutOfMemoryError):
@@ -201,8 +215,10 @@ class AUCLI(LightningCLI):
         return parser
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.image_size", "model.image_size")
-        # always present, set by the trainer presets under `performance:`
+        # in subclass mode (finetuning: a data module per source) the value is under init_args
+        parser.link_arguments("data.init_args.image_size" if self.subclass_mode_data
+                              else "data.image_size", "model.image_size")
+        # always present, off unless a config or the command line sets `performance:`
         parser.add_lightning_class_args(Performance, "performance")
 
     def parse_arguments(self, parser, args) -> None:

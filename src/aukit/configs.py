@@ -3,7 +3,7 @@ package data ``aukit.conf`` (setup.cfg), so every command finds it from any fold
 
 ``resolve_config("trainer/cpu.yaml")`` is the path as given when it exists, else the shipped file
 of that name (``conf/trainer/cpu.yaml`` names the same one): ``aukit-finetune fit -c
-trainer/cpu.yaml -c finetune/synthau.yaml`` runs anywhere, and a config of your own is read by
+trainer/cpu.yaml -c finetune/base.yaml ...`` runs anywhere, and a config of your own is read by
 its path. The library reads its default data files (the AU description bank, the fold lists)
 from :data:`CONFIG_DIR` too.
 """
@@ -23,6 +23,18 @@ def _config_dir() -> Path:
 
 
 CONFIG_DIR: Path = _config_dir()
+
+
+def finetune_configs(dataset: str) -> list[str]:
+    """The shipped configs a finetuning run on ``dataset`` composes after its trainer config,
+    left to right: the shared recipe, the data set, the data set's entry (the Makefile's
+    ``finetune`` target writes the same list)."""
+    return ["finetune/base.yaml", f"data/{dataset}.yaml", f"finetune/{dataset}.yaml"]
+
+
+def config_flags(names: list[str]) -> list[str]:
+    """The command-line form of configs composed left to right: ``["-c", name, ...]``."""
+    return [flag for name in names for flag in ("-c", name)]
 
 
 def shipped_configs() -> list[str]:

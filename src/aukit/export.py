@@ -93,7 +93,9 @@ def model_card(checkpoint: dict[str, Any], ckpt_path: Path, exported: Path,
     cfg, size = meta["config"], predictor.image_size
     units = [ACTION_UNITS[a] for a in meta["aus"]]
     au_rows = [f"| {k} | {u.key} | {u.name} | {u.region} |" for k, u in enumerate(units)]
-    dataset = data.get("dataset", "unknown (no datamodule hyperparameters in the checkpoint)")
+    # the data module's class (checkpoints before the split by source saved a "dataset" name)
+    dataset = (data.get("dataset") or str(data.get("_class_path", "")).rpartition(".")[2]
+               or "unknown (no datamodule hyperparameters in the checkpoint)")
     facts = ("fold", "data_root", "manifest", "val_subjects", "label_fraction", "seed")
     data_lines = [f"- data set: **{dataset}**"] + [
         f"- {key}: `{data[key]}`" for key in facts if data.get(key) is not None]

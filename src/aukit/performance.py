@@ -1,9 +1,10 @@
-"""Speed switches of the trainer presets: channels-last layout and ``torch.compile``.
+"""Speed switches: channels-last layout and ``torch.compile``.
 
-``Performance`` is a callback that ``AUCLI`` always adds; a trainer preset sets it under the
-top-level ``performance:`` key (``conf/trainer/gpu.yaml``), or the command line with
-``--performance.compile true``. Both act on every ``SwinBackbone`` of the model, in place, so
-checkpoints keep their keys and load into an uncompiled model.
+``Performance`` is a callback that ``AUCLI`` always adds, both switches off (the defaults here,
+which no shipped config repeats); a config turns them on under the top-level ``performance:``
+key, or the command line with ``--performance.compile true``. Both act on every
+``SwinBackbone`` of the model, in place, so checkpoints keep their keys and load into an
+uncompiled model.
 """
 
 from __future__ import annotations

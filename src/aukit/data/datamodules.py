@@ -27,7 +27,7 @@ from aukit.data.datasets import (
 )
 from aukit.data.manifest import Manifest, manifest_aus, read_manifest
 from aukit.data.prepare import write_landmarks_sidecar
-from aukit.data.protocol import PROTOCOL_DATASETS, choose_subjects, fold_split
+from aukit.data.protocol import choose_subjects, fold_split
 from aukit.data.readers import dataset_manifest, manifest_hash, manifest_summary
 from aukit.data.sampling import GroupedKeySampler, ResumableDataLoader
 from aukit.data.synthau import split_subjects, unlabeled_subjects
@@ -35,7 +35,6 @@ from aukit.data.transforms import eval_transform, pretrain_transform, train_tran
 from aukit.landmarks import DLIB68, SOURCES, TEMPLATE, resolve_source
 
 SPLITS = ("train", "val", "test")
-MANIFEST_DATASETS = ("csv", "bp4d", "disfa")  # manifests; bp4d / disfa only set the default AUs
 # a split is a manifest, or the SynthAU subject ids it renders
 Split = Manifest | list[int]
 
@@ -134,70 +133,40 @@ def label_statistics(labels: torch.Tensor, mask: torch.Tensor) -> LabelStatistic
 
 
 class AUDataModule(L.LightningDataModule):
-    """Labelled AU data for finetuning and linear probing.
+    """Labelled AU data for finetuning and linear probing: what every source shares.
 
-    ``dataset="synthau"`` renders the SynthAU train / val / test subjects. ``"csv"`` (or
-    ``"bp4d"`` / ``"disfa"`` for manifests of those sets: same, with their standard AUs) reads
-    ``manifest`` for training, ``val_manifest`` or a subject-disjoint carve of ``val_subjects``
-    (a fraction or names) for validation and ``test_manifest`` for testing. ``label_fraction``
-    keeps a seeded fraction of the training subjects (after carving validation). Manifests are
-    checked before training, every image included (``read_manifest``, ``verify_images``); a bad row
-    (missing or corrupt image, bad label or landmarks) fails then, or with ``skip_bad_rows`` is
-    dropped with the counts logged.
+    A subclass says where the frames come from: ``SynthAUDataModule`` renders SynthAU subjects,
+    ``ManifestDataModule`` reads a CSV / JSON manifest, ``BP4DDataModule`` / ``DISFADataModule``
+    read those sets (a raw root or an ``aukit-prepare`` folder) with their 3-fold protocol. A
+    config selects one with ``data: {class_path: aukit.data.SynthAUDataModule, init_args: ...}``
+    (or ``--data SynthAUDataModule``); the arguments here are every source's.
 
-    ``data_root`` (bp4d / disfa) builds ``manifest`` from a raw root or a ``prepare`` output
-    folder (cached, see ``aukit.data.readers.dataset_manifest``). ``fold`` (bp4d / disfa /
-    synthau) applies the 3-fold protocol: test on part ``fold``, train on the other two parts,
-    validation carved from those by ``val_subjects`` (``aukit.data.protocol``).
-    ``manifest_hash`` (sha256 of the manifest) is logged with every run. ``synthau_cache`` (a
-    folder; ``"auto"`` the shared one of ``synthau_cache_dir``) keeps rendered SynthAU faces on disk
-    so later epochs and runs only read them.
+    ``aus``: AU names, ``"AU1,AU12"``, an AU-set name such as ``"bp4d"``, or None for the
+    source's standard AUs (a CSV manifest: its AU columns). ``val_subjects``: the validation
+    split carved from the training subjects, a fraction or names (0: none). ``label_fraction``
+    keeps a seeded fraction of the training subjects (after carving validation). Every split is
+    subject-exclusive (``check_subject_exclusive``).
 
     Batches hold ``image`` uint8 ``[B, 3, S, S]``, ``landmarks`` ``[B, 68, 2]``, ``labels`` and
     ``label_mask`` ``[B, A]``; the stage modules normalise images on the device
     (``aukit.data.transforms.normalize_images``).
     """
 
-    def __init__(self, dataset: str = "synthau", aus: list[str] | str | None = None,
-                 manifest: str | None = None, val_manifest: str | None = None,
-                 test_manifest: str | None = None, val_subjects: float | list[str] = 0.15,
+    dataset: str = ""  # the source's name in logs, summaries and the fold lists
+    fold: int | None = None  # the 3-fold protocol's test part, for the sources that have one
+    manifest: str | None = None  # the training manifest, for the sources that read one
+    manifest_hash: str | None = None
+
+    def __init__(self, aus: list[str] | str | None = None, val_subjects: float | list[str] = 0.15,
                  label_fraction: float = 1.0, image_size: int = 224, batch_size: int = 32,
-                 num_workers: int = 0, synthau_samples_per_subject: int = 40,
-                 synthau_eval_samples_per_subject: int = 20, seed: int = 0,
-                 skip_bad_rows: bool = False, data_root: str | None = None,
-                 fold: int | None = None, synthau_cache: str | None = None,
-                 crop_store: str | None = None) -> None:
+                 num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
+        if not self.dataset:
+            raise ValueError(f"{type(self).__name__} names no source: use SynthAUDataModule, "
+                            "ManifestDataModule, BP4DDataModule or DISFADataModule "
+                            "(--data SynthAUDataModule)")
         # the model logs the resolved AU list; the raw request would clash with it
         self.save_hyperparameters(ignore=["aus"])
-        dataset = dataset.lower()
-        if dataset != "synthau" and dataset not in MANIFEST_DATASETS:
-            raise ValueError(f"unknown dataset {dataset!r}; use 'synthau' or 'csv' (a manifest; "
-                             "'bp4d' / 'disfa' for manifests of those sets)")
-        given = [n for n, v in (("manifest", manifest), ("val_manifest", val_manifest),
-                                ("test_manifest", test_manifest)) if v is not None]
-        if data_root is not None:
-            if dataset not in ("bp4d", "disfa") or manifest is not None:
-                raise ValueError(f"--data.data_root reads a bp4d / disfa root; got --data.dataset "
-                                 f"{dataset}" + (" and --data.manifest too: give one of them"
-                                                 if manifest else ""))
-            manifest = str(dataset_manifest(dataset, data_root))
-        if fold is not None and (dataset not in PROTOCOL_DATASETS or val_manifest or test_manifest):
-            raise ValueError(f"--data.fold {fold} applies the 3-fold protocol of "
-                             f"{PROTOCOL_DATASETS}, which carves validation and test itself; use "
-                             "--data.dataset bp4d / disfa / synthau without --data.val_manifest / "
-                             "--data.test_manifest")
-        if dataset == "synthau" and given:
-            raise ValueError("--data.dataset synthau renders its own data but "
-                             f"{', '.join('--data.' + n for n in given)} was given; set "
-                             "--data.dataset csv to use manifests")
-        if dataset != "synthau" and manifest is None:
-            raise ValueError(f"--data.dataset {dataset} needs --data.manifest <path to the "
-                             "training manifest (CSV or JSON)>")
-        if crop_store is not None and dataset == "synthau":
-            raise ValueError("--data.crop_store holds the images of a manifest; SynthAU renders "
-                             "its own: drop --data.crop_store or use --data.dataset csv / bp4d "
-                             "/ disfa")
         if not 0 < label_fraction <= 1:
             raise ValueError(f"--data.label_fraction must be in (0, 1], got {label_fraction}")
         if isinstance(val_subjects, float | int) and not 0 <= val_subjects < 1:
@@ -207,105 +176,40 @@ class AUDataModule(L.LightningDataModule):
             raise ValueError("need --data.image_size >= 32, --data.batch_size >= 1 and "
                              f"--data.num_workers >= 0; got {image_size}, {batch_size}, "
                              f"{num_workers}")
-        self.dataset = dataset
-        self.fold = fold
-        self.manifest = _existing_file(manifest, "manifest")
-        self.manifest_hash = manifest_hash(self.manifest) if self.manifest else None
-        self.val_manifest = _existing_file(val_manifest, "val_manifest")
-        self.test_manifest = _existing_file(test_manifest, "test_manifest")
-        self.aus = resolve_aus(aus, dataset, manifest)
+        self.aus = resolve_aus(aus, self.dataset, self.manifest)
         self.au_names = [f"AU{n}" for n in self.aus]
         self.val_subjects = val_subjects
         self.label_fraction = label_fraction
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.samples_per_subject = {"train": synthau_samples_per_subject,
-                                    "val": synthau_eval_samples_per_subject,
-                                    "test": synthau_eval_samples_per_subject}
         self.seed = seed
-        self.skip_bad_rows = skip_bad_rows
-        self.crop_store = CropStore(crop_store) if crop_store is not None else None
         self._splits: dict[str, Split] | None = None
         self._datasets: dict[tuple[str, bool], Dataset] = {}  # key: (split, augmenting?)
         self._labels: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ----------------------------------------------------------------- what a source provides
+    def _read_splits(self) -> dict[str, Split]:
+        """Train / val / test of this source; a split it does not have is left out."""
+        raise NotImplementedError
+
+    def _make_dataset(self, split: str, source: Split, transform) -> Dataset:
+        """The dataset of one split's ``source`` with ``transform``."""
+        raise NotImplementedError
+
+    def _missing_split_fix(self, split: str) -> str:
+        """What to set so that ``split`` exists."""
+        return "give --data.val_subjects > 0"
 
     # ----------------------------------------------------------------- splits
     def splits(self) -> dict[str, Split]:
         """Train / val / test as manifests or SynthAU subject lists (read once, then cached);
         a split that is not available (no test manifest, ``val_subjects=0``) is left out."""
         if self._splits is None:
-            splits = self._synthau_splits() if self.dataset == "synthau" else self._csv_splits()
+            splits = self._read_splits()
             check_subject_exclusive(splits)
             self._splits = splits
         return self._splits
-
-    def _synthau_splits(self) -> dict[str, Split]:
-        if self.fold is not None:
-            split = fold_split("synthau", self.fold, None, self.val_subjects, self.seed)
-            train = choose_subjects([int(s) for s in split.train], self.label_fraction, self.seed)
-            return {"train": train, "val": [int(s) for s in split.val],
-                    "test": [int(s) for s in split.test]}
-        train = choose_subjects(split_subjects("train"), self.label_fraction, self.seed)
-        return {"train": train, "val": split_subjects("val"), "test": split_subjects("test")}
-
-    def _fold_splits(self, full: Manifest) -> dict[str, Split]:
-        split = fold_split(self.dataset, self.fold, full.subject_names,  # type: ignore[arg-type]
-                           self.val_subjects, self.seed)
-        splits: dict[str, Split] = {"test": full.subset(split.test)}
-        if split.val:
-            splits["val"] = full.subset(split.val)
-        splits["train"] = full.subset(choose_subjects(split.train, self.label_fraction,
-                                                      self.seed))
-        return splits
-
-    def _read(self, path: str) -> Manifest:
-        # every image is checked to decode now, not when a loader first reaches a corrupt one
-        # hours in (cached: a second run only stats the files); images served from a crop store
-        # were decoded when the store was written and are not read again, so no check there
-        return read_manifest(path, self.aus, skip_bad_rows=self.skip_bad_rows,
-                             verify_images=self.crop_store is None)
-
-    def _csv_splits(self) -> dict[str, Split]:
-        full = self._read(self.manifest)  # type: ignore[arg-type]  # required in __init__
-        if self.fold is not None:
-            return self._fold_splits(full)
-        splits: dict[str, Split] = {}
-        subjects = full.subject_names
-        if self.val_manifest is not None:
-            splits["val"] = self._read(self.val_manifest)
-            train_subjects = subjects
-        else:
-            val = self._carve_val(full)
-            if val:
-                splits["val"] = full.subset(val)
-            train_subjects = [s for s in subjects if s not in set(val)]
-        kept = choose_subjects(train_subjects, self.label_fraction, self.seed)
-        splits["train"] = full.subset(kept)
-        if self.test_manifest is not None:
-            splits["test"] = self._read(self.test_manifest)
-        return splits
-
-    def _carve_val(self, full: Manifest) -> list[str]:
-        subjects = full.subject_names
-        if not isinstance(self.val_subjects, float | int):
-            val = [str(s) for s in self.val_subjects]
-            unknown = sorted(set(val) - set(subjects))
-            if unknown:
-                raise ValueError(f"--data.val_subjects {unknown} are not in {full.source}; it has "
-                                 f"{sorted(subjects)}")
-        elif self.val_subjects == 0:
-            return []
-        else:
-            if len(subjects) < 2:
-                raise ValueError(f"{full.source} has {len(subjects)} subject; a validation "
-                                 "split needs 2 or more: give --data.val_manifest <path> or "
-                                 "--data.val_subjects 0")
-            val = choose_subjects(subjects, self.val_subjects, self.seed + 1)
-        if len(val) >= len(subjects):
-            raise ValueError(f"--data.val_subjects takes every subject of {full.source}; leave "
-                             "some for training")
-        return val
 
     # ----------------------------------------------------------------- datasets
     def dataset_for(self, split: str, train: bool = False) -> Dataset:
@@ -314,21 +218,14 @@ class AUDataModule(L.LightningDataModule):
             raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
         splits = self.splits()
         if split not in splits:
-            fix = ("give --data.test_manifest <path>" if split == "test"
-                   else "give --data.val_manifest <path> or --data.val_subjects > 0")
-            raise ValueError(f"no {split} split for --data.dataset {self.dataset}: {fix}")
+            raise ValueError(f"no {split} split for {type(self).__name__}: "
+                             f"{self._missing_split_fix(split)}")
         key = (split, train)
         if key not in self._datasets:
             # uint8 out: the stage modules normalise whole batches on the device
             transform = (train_transform(self.image_size, _transform_seed(self), normalize=False)
                          if train else eval_transform(self.image_size, normalize=False))
-            source = splits[split]
-            self._datasets[key] = (
-                ManifestDataset(source, transform, store=self.crop_store)
-                if isinstance(source, Manifest)
-                else SynthAUDataset(source, self.samples_per_subject[split], self.aus, transform,
-                                    seed=self.seed,
-                                    cache_dir=synthau_cache_dir(self.hparams.synthau_cache)))
+            self._datasets[key] = self._make_dataset(split, splits[split], transform)
         return self._datasets[key]
 
     def setup(self, stage: str | None = None) -> None:
@@ -377,7 +274,7 @@ class AUDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return make_loader(dataset, self.batch_size, self.num_workers, shuffle,
-                           seed=self.hparams.seed, replicas=_replicas(self))
+                           seed=self.seed, replicas=_replicas(self))
 
     # ----------------------------------------------------------------- statistics
     def split_labels(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -411,6 +308,194 @@ class AUDataModule(L.LightningDataModule):
         return "\n".join(lines)
 
 
+class SynthAUDataModule(AUDataModule):
+    """The embedded SynthAU faces, rendered: its train / val / test subjects, or with ``fold``
+    the 3-fold stand-in protocol over the labelled subjects (``aukit.data.protocol``; validation
+    carved from the training parts by ``val_subjects``).
+
+    ``synthau_samples_per_subject`` faces per training subject, ``synthau_eval_samples_per_subject``
+    per validation / test subject. ``synthau_cache`` (a folder; ``"auto"`` the shared one of
+    ``synthau_cache_dir``) keeps rendered faces on disk so later epochs and runs only read them.
+    Takes ``AUDataModule``'s arguments too.
+    """
+
+    dataset = "synthau"
+
+    def __init__(self, synthau_samples_per_subject: int = 40,
+                 synthau_eval_samples_per_subject: int = 20, fold: int | None = None,
+                 synthau_cache: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.fold = fold
+        self.samples_per_subject = {"train": synthau_samples_per_subject,
+                                    "val": synthau_eval_samples_per_subject,
+                                    "test": synthau_eval_samples_per_subject}
+        self.cache_dir = synthau_cache_dir(synthau_cache)
+
+    def _read_splits(self) -> dict[str, Split]:
+        if self.fold is not None:
+            split = fold_split(self.dataset, self.fold, None, self.val_subjects, self.seed)
+            train = choose_subjects([int(s) for s in split.train], self.label_fraction, self.seed)
+            return {"train": train, "val": [int(s) for s in split.val],
+                    "test": [int(s) for s in split.test]}
+        train = choose_subjects(split_subjects("train"), self.label_fraction, self.seed)
+        return {"train": train, "val": split_subjects("val"), "test": split_subjects("test")}
+
+    def _make_dataset(self, split: str, source: Split, transform) -> Dataset:
+        return SynthAUDataset(source, self.samples_per_subject[split], self.aus,  # type: ignore[arg-type]
+                              transform, seed=self.seed, cache_dir=self.cache_dir)
+
+
+class ManifestDataModule(AUDataModule):
+    """Labelled faces of your own: ``manifest`` (CSV or JSON: image, subject, AU columns; see
+    ``aukit.data.manifest``) for training, ``val_manifest`` or a subject-disjoint carve of
+    ``val_subjects`` for validation, ``test_manifest`` for testing.
+
+    Manifests are checked before training, every image included (``read_manifest``,
+    ``verify_images``); a bad row (missing or corrupt image, bad label or landmarks) fails then,
+    or with ``skip_bad_rows`` is dropped with the counts logged. ``crop_store`` serves the images
+    from an ``aukit.data.crop_store`` array. ``manifest_hash`` (sha256 of the manifest) is logged
+    with every run. Takes ``AUDataModule``'s arguments too.
+    """
+
+    dataset = "csv"
+
+    def __init__(self, manifest: str | None = None, val_manifest: str | None = None,
+                 test_manifest: str | None = None, skip_bad_rows: bool = False,
+                 crop_store: str | None = None, **kwargs) -> None:
+        if manifest is None:
+            raise ValueError(f"{type(self).__name__} needs {self._manifest_flags()}")
+        self.manifest = _existing_file(manifest, "manifest")
+        self.manifest_hash = manifest_hash(manifest)
+        super().__init__(**kwargs)
+        self.val_manifest = _existing_file(val_manifest, "val_manifest")
+        self.test_manifest = _existing_file(test_manifest, "test_manifest")
+        self.skip_bad_rows = skip_bad_rows
+        self.crop_store = CropStore(crop_store) if crop_store is not None else None
+
+    @staticmethod
+    def _manifest_flags() -> str:
+        return "--data.manifest <path to the training manifest (CSV or JSON)>"
+
+    def _missing_split_fix(self, split: str) -> str:
+        return ("give --data.test_manifest <path>" if split == "test"
+                else "give --data.val_manifest <path> or --data.val_subjects > 0")
+
+    def _read(self, path: str) -> Manifest:
+        # every image is checked to decode now, not when a loader first reaches a corrupt one
+        # hours in (cached: a second run only stats the files); images served from a crop store
+        # were decoded when the store was written and are not read again, so no check there
+        return read_manifest(path, self.aus, skip_bad_rows=self.skip_bad_rows,
+                             verify_images=self.crop_store is None)
+
+    def _read_splits(self) -> dict[str, Split]:
+        full = self._read(self.manifest)  # type: ignore[arg-type]  # required in __init__
+        splits: dict[str, Split] = {}
+        subjects = full.subject_names
+        if self.val_manifest is not None:
+            splits["val"] = self._read(self.val_manifest)
+            train_subjects = subjects
+        else:
+            val = self._carve_val(full)
+            if val:
+                splits["val"] = full.subset(val)
+            train_subjects = [s for s in subjects if s not in set(val)]
+        kept = choose_subjects(train_subjects, self.label_fraction, self.seed)
+        splits["train"] = full.subset(kept)
+        if self.test_manifest is not None:
+            splits["test"] = self._read(self.test_manifest)
+        return splits
+
+    def _carve_val(self, full: Manifest) -> list[str]:
+        subjects = full.subject_names
+        if not isinstance(self.val_subjects, float | int):
+            val = [str(s) for s in self.val_subjects]
+            unknown = sorted(set(val) - set(subjects))
+            if unknown:
+                raise ValueError(f"--data.val_subjects {unknown} are not in {full.source}; it has "
+                                 f"{sorted(subjects)}")
+        elif self.val_subjects == 0:
+            return []
+        else:
+            if len(subjects) < 2:
+                raise ValueError(f"{full.source} has {len(subjects)} subject; a validation "
+                                 "split needs 2 or more: give --data.val_manifest <path> or "
+                                 "--data.val_subjects 0")
+            val = choose_subjects(subjects, self.val_subjects, self.seed + 1)
+        if len(val) >= len(subjects):
+            raise ValueError(f"--data.val_subjects takes every subject of {full.source}; leave "
+                             "some for training")
+        return val
+
+    def _make_dataset(self, split: str, source: Split, transform) -> Dataset:
+        return ManifestDataset(source, transform, store=self.crop_store)  # type: ignore[arg-type]
+
+
+class ProtocolDataModule(ManifestDataModule):
+    """A public data set with a reader and the 3-fold protocol; ``BP4DDataModule`` and
+    ``DISFADataModule`` name the set (its standard AUs, reader and fold lists).
+
+    ``data_root`` builds the manifest from a raw root or an ``aukit-prepare`` output folder
+    (cached, see ``aukit.data.readers.dataset_manifest``); or give ``manifest``. ``fold`` applies
+    the 3-fold protocol: test on part ``fold``, train on the other two parts, validation carved
+    from those by ``val_subjects`` (``aukit.data.protocol``); without it the splits are
+    ``ManifestDataModule``'s. Takes ``ManifestDataModule``'s arguments too.
+    """
+
+    def __init__(self, data_root: str | None = None, fold: int | None = None,
+                 manifest: str | None = None, val_manifest: str | None = None,
+                 test_manifest: str | None = None, **kwargs) -> None:
+        if data_root is not None:
+            if manifest is not None:
+                raise ValueError(f"{type(self).__name__} got --data.data_root and "
+                                 "--data.manifest: give one of them")
+            manifest = str(dataset_manifest(self.dataset, data_root))
+        if fold is not None and (val_manifest or test_manifest):
+            raise ValueError(f"--data.fold {fold} applies the 3-fold protocol, which carves "
+                             "validation and test itself; drop --data.val_manifest / "
+                             "--data.test_manifest (or --data.fold)")
+        super().__init__(manifest=manifest, val_manifest=val_manifest,
+                         test_manifest=test_manifest, **kwargs)
+        self.fold = fold
+
+    @staticmethod
+    def _manifest_flags() -> str:
+        return ("--data.data_root <raw root or aukit-prepare folder> or --data.manifest <path to "
+                "the training manifest (CSV or JSON)>")
+
+    def _missing_split_fix(self, split: str) -> str:
+        return super()._missing_split_fix(split) + " (or --data.fold 1|2|3)"
+
+    def _read_splits(self) -> dict[str, Split]:
+        if self.fold is None:
+            return super()._read_splits()
+        full = self._read(self.manifest)  # type: ignore[arg-type]
+        split = fold_split(self.dataset, self.fold, full.subject_names, self.val_subjects,
+                           self.seed)
+        splits: dict[str, Split] = {"test": full.subset(split.test)}
+        if split.val:
+            splits["val"] = full.subset(split.val)
+        splits["train"] = full.subset(choose_subjects(split.train, self.label_fraction,
+                                                      self.seed))
+        return splits
+
+
+class BP4DDataModule(ProtocolDataModule):
+    """BP4D: 12 AUs, 41 subjects in the 3-fold lists (``conf/protocol/folds.yaml``)."""
+
+    dataset = "bp4d"
+
+
+class DISFADataModule(ProtocolDataModule):
+    """DISFA: 8 AUs (present = intensity >= 2), 27 subjects in the 3-fold lists."""
+
+    dataset = "disfa"
+
+
+# the labelled sources by name (the probe's --data.probe_dataset)
+LABELLED_DATAMODULES: dict[str, type[AUDataModule]] = {
+    m.dataset: m for m in (SynthAUDataModule, ManifestDataModule, BP4DDataModule,
+                           DISFADataModule)}
+
 def synthau_cache_dir(cache: str | None) -> str | None:
     """The folder where SynthAU keeps rendered faces: ``"auto"`` is ``$AUKIT_CACHE/synthau``
     (the variable the text feature cache also reads) or else ``~/.cache/aukit/synthau``; ``None``
@@ -438,11 +523,12 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
     light: SynthAU renders them; a folder takes a neighbouring image of the same sub-folder or
     ``subjects.csv`` group, within ``clip_window`` images in sorted order), each augmented. The
     ``probe_*`` arguments describe the labelled set the linear probe uses
-    (an ``AUDataModule``, sharing the SynthAU cache). Batches hold ``image`` uint8
-    ``[B, V, 3, S, S]`` and ``landmarks`` ``[B, V, 68, 2]``. ``landmarks`` ``dlib68`` (or
-    ``auto`` with dlib installed) fits 68 landmarks once to a folder that has none, cached as its
-    ``landmarks.json`` (``aukit.data.prepare.write_landmarks_sidecar``); ``template`` leaves the
-    folder as it is.
+    (``make_probe_datamodule``: ``probe_dataset`` names the source, ``synthau`` sharing the
+    SynthAU cache, or ``csv`` / ``bp4d`` / ``disfa`` reading ``probe_manifest``). Batches hold
+    ``image`` uint8 ``[B, V, 3, S, S]`` and ``landmarks`` ``[B, V, 68, 2]``. ``landmarks``
+    ``dlib68`` (or ``auto`` with dlib installed) fits 68 landmarks once to a folder that has
+    none, cached as its ``landmarks.json`` (``aukit.data.prepare.write_landmarks_sidecar``);
+    ``template`` leaves the folder as it is.
     """
 
     def __init__(self, source: str = "synthau", image_size: int = 224, views: int = 2,
@@ -485,12 +571,9 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
         self.landmarks = landmarks
         self.synthau_cache = synthau_cache_dir(synthau_cache)
         # built now so that a bad probe configuration fails before pretraining starts
-        self._probe = AUDataModule(
-            dataset=probe_dataset, aus=probe_aus, manifest=probe_manifest, image_size=image_size,
-            batch_size=batch_size, num_workers=num_workers,
-            synthau_samples_per_subject=probe_samples_per_subject,
-            synthau_eval_samples_per_subject=probe_samples_per_subject, seed=seed,
-            synthau_cache=self.synthau_cache)
+        self._probe = make_probe_datamodule(probe_dataset, probe_manifest, probe_aus,
+                                            probe_samples_per_subject, image_size, batch_size,
+                                            num_workers, seed, self.synthau_cache)
         self._train: SynthAUDataset | ImageFolderDataset | None = None
 
     def prepare_data(self) -> None:
@@ -547,6 +630,32 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
     def probe_datamodule(self) -> AUDataModule:
         """Labelled data for the linear probe (use its ``split_dataloader``: eval transforms)."""
         return self._probe
+
+
+def make_probe_datamodule(dataset: str, manifest: str | None, aus: list[str] | str | None,
+                     samples_per_subject: int, image_size: int, batch_size: int,
+                     num_workers: int, seed: int, synthau_cache: str | None) -> AUDataModule:
+    """The linear probe's labelled data (``UnlabeledFaceDataModule``'s ``probe_*`` arguments):
+    SynthAU rendered with ``samples_per_subject`` faces per subject, or the manifest of a
+    ``csv`` / ``bp4d`` / ``disfa`` source."""
+    source = LABELLED_DATAMODULES.get(dataset.lower())
+    if source is None:
+        raise ValueError(f"--data.probe_dataset must be one of {', '.join(LABELLED_DATAMODULES)}, "
+                         f"got {dataset!r}")
+    common = dict(aus=aus, image_size=image_size, batch_size=batch_size, num_workers=num_workers,
+                  seed=seed)
+    if source is SynthAUDataModule:
+        if manifest is not None:
+            raise ValueError("--data.probe_dataset synthau renders its own probe data but "
+                             "--data.probe_manifest was given; set --data.probe_dataset csv to "
+                             "probe on a manifest")
+        return SynthAUDataModule(synthau_samples_per_subject=samples_per_subject,
+                                 synthau_eval_samples_per_subject=samples_per_subject,
+                                 synthau_cache=synthau_cache, **common)
+    if manifest is None:
+        raise ValueError(f"--data.probe_dataset {dataset} needs --data.probe_manifest <path to a "
+                         "labelled manifest (CSV or JSON)>")
+    return source(manifest=manifest, **common)
 
 
 def _check_grouping(source: str, batch_size: int, faces_per_subject: int, synthau_subjects: int,

@@ -11,7 +11,7 @@ A manifest is a CSV file or a JSON list of records with the columns
 Other columns (``frame``, ``task`` ...) are allowed and ignored. Rows are numbered as a user sees
 them: data row 1 is the first record (line 2 of a CSV, after the header).
 
-``read_manifest(..., verify_images=True)`` (what ``AUDataModule`` does) also checks that every
+``read_manifest(..., verify_images=True)`` (what ``ManifestDataModule`` does) also checks that every
 image decodes, so a corrupt file fails (or is skipped) before training rather than hours in
 (``unreadable_images``).
 """
