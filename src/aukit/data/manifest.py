@@ -387,8 +387,8 @@ def _write_verdicts(cache: Path | None, bad: dict[Path, str]) -> None:
 def _decode_problem(path: Path) -> str | None:
     """None if OpenCV (the training reader) will decode ``path``, else why not.
 
-    Header checks, measured 3x (256 px JPEG) to 35x (1392 px JPEG) faster than a 1/8-scale
-    decode, which alone misses truncated JPEGs: PIL's ``verify`` parses the header and, for PNG,
+    Header checks, much faster than a 1/8-scale decode (docs/benchmarks.md, "Image checks"),
+    which alone misses truncated JPEGs: PIL's ``verify`` parses the header and, for PNG,
     checks every chunk's CRC to the end. A JPEG must end with its end-of-image marker, which a
     truncated file lacks; one without it (or with bytes after it) is decoded at 1/8 scale by PIL,
     which raises on truncated data where OpenCV only warns and fills the rest grey. Any other

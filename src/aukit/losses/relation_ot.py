@@ -22,12 +22,9 @@ iterations in the same order as POT's ``sinkhorn_log`` (column potential first),
 in value and gradient:
 
 - ``"torch"`` (default): ours, batched, with a hand-written backward that recomputes each
-  step's softmax from saved potentials instead of keeping ``iters`` autograd graphs. Measured
-  with ``scripts/bench_ot.py`` (relation loss forward + backward, B=256 views, A=12: 65,536
-  problems, 50 iterations) on CPU (AMD EPYC, 1 torch thread, shared 2-core box): 3.3 s vs
-  18.9 s for ``"pot"`` and ~645 s (extrapolated) for ``"pot_loop"``; peak RSS 1.2 GB vs 5.4 GB
-  for ``"pot"``. Hence the default. Not measured on GPU (none available); see
-  docs/benchmarks.md, "Relation OT solver".
+  step's softmax from saved potentials instead of keeping ``iters`` autograd graphs; the
+  fastest and leanest of the three (``make bench-pretrain`` times them side by side:
+  docs/benchmarks.md, "Relation OT solver"), hence the default.
 - ``"pot"``: POT's batched solver ``ot.batch.solve_batch(method="log_sinkhorn", grad="autodiff")``.
 - ``"pot_loop"``: a Python loop over ``ot.sinkhorn2`` - slow; the reference in tests.
 """
@@ -335,8 +332,8 @@ def au_structure(z: Tensor) -> Tensor:
 def _matmul_problems_last(x: Tensor, y: Tensor) -> Tensor:
     """``[K, M, P] @ [M, L, P] -> [K, L, P]``, one problem per index of the last dim.
 
-    ``M`` broadcast multiply-adds across problems: ~10x faster on CPU than ``einsum``, which
-    would permute to a ``bmm`` of tiny matrices.
+    ``M`` broadcast multiply-adds across problems: faster on CPU than ``einsum``, which would
+    permute to a ``bmm`` of tiny matrices.
     """
     out = x[:, 0, None] * y[0]
     for k in range(1, x.shape[1]):
