@@ -219,13 +219,22 @@ def build_text_encoder(name: str = "minilm", **kwargs: Any) -> TextEncoder:
     """``"minilm"``, ``"open_clip"`` (ViT-B-16) or ``"open_clip:<model name>"``; ``kwargs`` go to
     the encoder's constructor (e.g. ``pretrained="openai"``); ``weights_path`` is open_clip's
     weights file or MiniLM's model folder."""
-    family, _, model_name = name.partition(":")
-    if family == "minilm" and not model_name:
+    family, model_name = _parse_encoder_name(name)
+    if family == "minilm":
         if "weights_path" in kwargs:  # local weights: for MiniLM a model folder
             kwargs["model_dir"] = kwargs.pop("weights_path")
         return MiniLMTextEncoder(**kwargs)
+    return OpenCLIPTextEncoder(model_name, **kwargs)
+
+
+def _parse_encoder_name(name: str) -> tuple[str, str]:
+    """``"minilm"`` -> ("minilm", ""); ``"open_clip[:<model>]"`` -> ("open_clip", model name,
+    ViT-B-16 by default); anything else is refused."""
+    family, _, model_name = name.partition(":")
+    if family == "minilm" and not model_name:
+        return family, ""
     if family == "open_clip":
-        return OpenCLIPTextEncoder(model_name or "ViT-B-16", **kwargs)
+        return family, model_name or "ViT-B-16"
     raise ValueError(f"unknown text encoder {name!r}; use 'minilm', 'open_clip' or "
                      "'open_clip:<model>' such as 'open_clip:ViT-B-16'")
 
@@ -234,18 +243,15 @@ def text_encoder_dim(name: str = "minilm") -> int:
     """The feature size ``D`` of ``build_text_encoder(name)``'s tokens and sentences, read from
     the model's configuration without loading any weights (a model sized for the text is built
     before the encoder itself, which is loaded only to encode the descriptions)."""
-    family, _, model_name = name.partition(":")
-    if family == "minilm" and not model_name:
+    family, model_name = _parse_encoder_name(name)
+    if family == "minilm":
         return MiniLMTextEncoder.dim
-    if family == "open_clip":
-        import open_clip
+    import open_clip
 
-        config = open_clip.get_model_config(model_name or "ViT-B-16")
-        if config is None:
-            raise ValueError(f"unknown open_clip model {model_name!r}; choose one of "
-                             f"open_clip.list_models(), e.g. 'ViT-B-16'")
-        text = config.get("text_cfg", {})
-        # tokens pass through the text projection to the joint embedding (see _project)
-        return text.get("width", 512) if text.get("proj_type") == "none" else config["embed_dim"]
-    raise ValueError(f"unknown text encoder {name!r}; use 'minilm', 'open_clip' or "
-                     "'open_clip:<model>' such as 'open_clip:ViT-B-16'")
+    config = open_clip.get_model_config(model_name)
+    if config is None:
+        raise ValueError(f"unknown open_clip model {model_name!r}; choose one of "
+                         f"open_clip.list_models(), e.g. 'ViT-B-16'")
+    text = config.get("text_cfg", {})
+    # tokens pass through the text projection to the joint embedding (see _project)
+    return text.get("width", 512) if text.get("proj_type") == "none" else config["embed_dim"]
