@@ -11,8 +11,8 @@ that fold's and nothing else), then ``test`` on the last and on the best-on-vali
 (validation is a subject-disjoint carve of the training parts; nothing is selected on test).
 Config names resolve as in ``aukit-finetune`` (a path, or a shipped config). The table lists
 per-AU F1 per fold, the fold means and the 3-fold mean for both checkpoints, as Markdown and
-CSV, with how many fold-list subjects the data has, next to published averages (DESIGN section
-4), which are comparable only when every subject is there and all three folds ran.
+CSV, with how many fold-list subjects the data has, next to published averages (as each paper
+reports them), which are comparable only when every subject is there and all three folds ran.
 ``--dataset synthau`` runs the same code on three folds of SynthAU's labelled subjects
 (``aukit.data.protocol.dataset_parts``).
 """
