@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aukit.au import au_numbers
+from aukit.losses.masked_pixels import block_mask, masked_pixel_loss
 from aukit.losses.region_contrastive import (
     global_contrastive_loss,
     other_subject_bias,
@@ -27,8 +28,11 @@ class RegionRelationPretrainer(StageModule):
     distance between the views' AU embedding sets (relation: ``relation="fgw"``, fused
     Gromov-Wasserstein that compares how each face's AUs relate to each other, weight
     ``fgw_alpha``; ``"ot"``, version 1's entropic OT with AU-saliency marginals and an identity
-    prior), and optionally a global InfoNCE. A loss with weight 0 is switched off, so ablations
-    are config changes. ``other_subject_weight`` weights the negatives of other subjects in every
+    prior), optionally a global InfoNCE, and optionally masked-pixel prediction (``masked_weight``:
+    ``mask_ratio`` of the first view's ``mask_block``-pixel squares are hidden before the
+    encoder, and a linear decoder on the backbone tokens predicts their patch-standardised
+    pixels; the contrastive losses then compare the hidden view with the whole second view). A
+    loss with weight 0 is switched off, so ablations are config changes. ``other_subject_weight`` weights the negatives of other subjects in every
     loss (1 keeps them, 0 drops them: only the same person's other expressions are negatives;
     needs the batch's ``subject`` ids, e.g. person-aware SynthAU or folder batches).
     """
@@ -42,7 +46,8 @@ class RegionRelationPretrainer(StageModule):
                  region_depth: int = 1, attention_sigma: float = 0.3, roi_size: int = 0,
                  roi_extent: float = 0.3,
                  region_weight: float = 1.0, relation_weight: float = 1.0,
-                 global_weight: float = 0.0, temperature: float = 0.1,
+                 global_weight: float = 0.0, masked_weight: float = 0.0,
+                 mask_ratio: float = 0.5, mask_block: int = 16, temperature: float = 0.1,
                  relation: str = "fgw", fgw_alpha: float = 0.5, gw_iters: int = 5,
                  ot_temperature: float = 0.1, ot_epsilon: float = 0.05, ot_iters: int = 30,
                  identity_prior: float = 0.5, ot_solver: str = "torch",
@@ -50,9 +55,9 @@ class RegionRelationPretrainer(StageModule):
                  weight_decay: float = 0.05, warmup_epochs: float = 1.0):
         super().__init__()
         self.save_hyperparameters()
-        if region_weight <= 0 and relation_weight <= 0 and global_weight <= 0:
+        if max(region_weight, relation_weight, global_weight, masked_weight) <= 0:
             raise ValueError("all pretraining losses are switched off: set region_weight, "
-                             "relation_weight or global_weight > 0")
+                             "relation_weight, global_weight or masked_weight > 0")
         if not 0 <= other_subject_weight <= 1:
             raise ValueError("--model.other_subject_weight must be in [0, 1] (1 keeps other "
                              f"subjects' negatives, 0 drops them), got {other_subject_weight}")
@@ -73,6 +78,11 @@ class RegionRelationPretrainer(StageModule):
         self.au_mass = nn.Linear(embed_dim, 1) if relation == "ot" else None
         self.global_proj = Mlp(self.backbone.out_dim, 2 * embed_dim, proj_dim) \
             if global_weight > 0 else None
+        stride = image_size // self.backbone.grid[0]  # pixels per token side
+        self.pixel_decoder = nn.Linear(self.backbone.out_dim, 3 * stride ** 2) \
+            if masked_weight > 0 else None
+        if masked_weight > 0:
+            block_mask(1, (image_size, image_size), mask_block, mask_ratio)  # checks the flags
 
     def _features(self, images: Tensor, landmarks: Tensor) -> tuple[Tensor, Tensor]:
         """-> backbone tokens [B, N, D] and AU region features [B, A, E]."""
@@ -86,8 +96,8 @@ class RegionRelationPretrainer(StageModule):
         return self._features(images, landmarks)[1]
 
     def forward(self, images: Tensor, landmarks: Tensor) -> dict[str, Tensor]:
-        """-> ``z`` [B, A, P] unit AU embeddings; ``mass`` [B, A] (relation "ot") and ``g``
-        [B, P] (global loss on) or absent."""
+        """-> ``z`` [B, A, P] unit AU embeddings; ``mass`` [B, A] (relation "ot"), ``g`` [B, P]
+        (global loss on) and ``pixels`` [B, 3, H, W] (masked-pixel loss on) or absent."""
         tokens, features = self._features(images, landmarks)
         hidden = features + self.projector(features)
         out = {"z": F.normalize(torch.einsum("bae,aep->bap", hidden, self.au_proj), dim=-1)}
@@ -95,6 +105,10 @@ class RegionRelationPretrainer(StageModule):
             out["mass"] = self.au_mass(features).squeeze(-1)
         if self.global_proj is not None:
             out["g"] = F.normalize(self.global_proj(tokens.mean(1)), dim=-1)
+        if self.pixel_decoder is not None:
+            patches = self.pixel_decoder(tokens).transpose(1, 2)  # [B, 3 * s * s, N]
+            stride = images.shape[-1] // self.backbone.grid[1]
+            out["pixels"] = F.pixel_shuffle(patches.unflatten(-1, self.backbone.grid), stride)
         return out
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -103,9 +117,13 @@ class RegionRelationPretrainer(StageModule):
             raise ValueError("pretraining needs at least two views per image "
                              f"(image batch of shape {tuple(images.shape)}); set data.views: 2")
         b, v = images.shape[:2]
+        hp = self.hparams
+        if hp.masked_weight > 0:
+            clean = images[:, 0]
+            mask = block_mask(b, clean.shape[-2:], hp.mask_block, hp.mask_ratio, self.device)
+            images = torch.cat([clean.masked_fill(mask[:, None], 0.0)[:, None], images[:, 1:]], 1)
         out = self(images.flatten(0, 1), landmarks.flatten(0, 1))
         out = {k: t.unflatten(0, (b, v)) for k, t in out.items()}  # [B, V, ...]
-        hp = self.hparams
         bias = self._key_bias(batch, b)
         losses = {}
         if hp.region_weight > 0:
@@ -122,6 +140,9 @@ class RegionRelationPretrainer(StageModule):
         if hp.global_weight > 0:
             losses["global"] = global_contrastive_loss(out["g"][:, 0], out["g"][:, 1],
                                                        hp.temperature, key_bias=bias)
+        if hp.masked_weight > 0:
+            patch = clean.shape[-1] // self.backbone.grid[0]
+            losses["masked"] = masked_pixel_loss(out["pixels"][:, 0], clean, mask, patch)
         loss = sum(getattr(hp, f"{name}_weight") * value for name, value in losses.items())
         self.log_dict({f"train/{k}_loss": val for k, val in losses.items()}, batch_size=b)
         self.log("train/loss", loss, prog_bar=True, batch_size=b)

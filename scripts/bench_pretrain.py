@@ -1,9 +1,10 @@
 """Representation quality of stage 1: linear-probe mean F1 on SynthAU after pretraining.
 
-For each seed: a randomly initialised encoder (no training) and five pretraining variants
-(region loss only, relation loss only, both, on person-aware batches with clip positives; both
-on random batches; both with two augmentations of one image as the positive pair),
-each trained with the same budget through the real CLI (``conf/pretrain/synthau.yaml``), then
+For each seed: a randomly initialised encoder (no training), raw pixels around each AU, and the
+pretraining variants of ``VARIANTS`` (region loss only, relation loss only, both, on person-aware
+batches with clip positives; both on random batches; both with two augmentations of one image as
+the positive pair; both with own-subject negatives only; masked-pixel prediction alone and next
+to both), each trained with the same budget through the real CLI (``conf/pretrain/synthau.yaml``), then
 probed: one logistic regression per AU on its frozen AU region feature, fitted on the SynthAU
 train subjects and scored on the test subjects (nothing is tuned on them). Writes
 ``## Pretraining: linear probe`` into ``--out``, the figures into ``--json``, and keeps each
@@ -43,6 +44,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "region + relation, one-image positives": ("both-augment", ["--data.positives", "augment"]),
     "region + relation, own-subject negatives only": ("both-own",
                                                       ["--model.other_subject_weight", "0"]),
+    "masked pixels only": ("masked", ["--model.region_weight", "0", "--model.relation_weight", "0",
+                                      "--model.masked_weight", "1"]),
+    "region + relation + masked pixels": ("both-masked", ["--model.masked_weight", "1"]),
 }
 
 

@@ -12,6 +12,7 @@ import torch
 from aukit.checkpoint import load_stage1_encoder, read_checkpoint
 from aukit.cli import AUCLI
 from aukit.data.datamodules import UnlabeledFaceDataModule
+from aukit.losses.masked_pixels import block_mask
 from pretrain.module import RegionRelationPretrainer
 
 TINY = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.logger", "false",
@@ -108,6 +109,28 @@ def test_every_loss_switch_trains_and_gradients_reach_the_encoder():
             assert module.au_mass.weight.grad.abs().sum() > 0
         else:  # FGW transports uniform marginals: no saliency head to leave untrained
             assert module.au_mass is None
+
+
+def test_masked_pixel_loss_alone_trains_the_backbone_and_never_sees_hidden_pixels():
+    images = torch.randn(4, 2, 3, 64, 64)
+    batch = {"image": images, "landmarks": torch.from_numpy(np.tile(_template(64), (4, 2, 1, 1)))}
+    module = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, proj_dim=16,
+                                      region_weight=0, relation_weight=0, masked_weight=1.0,
+                                      mask_block=8)
+    seen = []
+    module.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    torch.manual_seed(1)
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and module.pixel_decoder.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in module.backbone.parameters())
+    torch.manual_seed(1)
+    hidden = block_mask(4, (64, 64), 8, 0.5)[:, None]  # the same draw as in the step
+    encoded = seen[0].unflatten(0, (4, 2))
+    assert torch.equal(encoded[:, 0], images[:, 0].masked_fill(hidden, 0.0))  # first view hidden
+    assert torch.equal(encoded[:, 1], images[:, 1])  # second view whole
+    with pytest.raises(ValueError, match="must divide the image size"):
+        RegionRelationPretrainer(image_size=64, masked_weight=1.0, mask_block=24)
 
 
 def test_other_subject_negatives_can_be_dropped_and_need_subject_ids():
