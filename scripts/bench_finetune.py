@@ -176,7 +176,8 @@ def write_report(runs: dict, args: argparse.Namespace, argv: list[str], key: str
         f"in brackets); best-on-validation checkpoint, {args.steps} steps of batch "
         f"{args.batch_size} for every condition, swin_test (conv stem) at {args.image_size} px, "
         f"{args.samples_per_subject} faces per training subject. Stage-1 checkpoints: "
-        f"`{args.stage1}` (both losses) and `{args.stage1_no_relation}` (region loss only). "
+        f"`{args.stage1}` ((c), (d)) and `{args.stage1_no_relation}` (stage 1 without the "
+        f"relation loss). "
         f"Wall time is the sum of the runs' own times.",
         "\n".join(rows) + "\n\nActivation maps on the test subjects (best checkpoint; mean "
         "over AUs and seeds): the map's mass inside the AU's landmark region relative to a "
