@@ -92,12 +92,16 @@ def _read_image(path: Path) -> np.ndarray | None:
     return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def _open_video(path: Path) -> cv2.VideoCapture | None:
-    probe = cv2.VideoCapture(str(path))
-    readable = probe.isOpened() and probe.grab()
-    probe.release()
-    # a fresh capture starts at frame 0 (seeking back is not exact for every codec)
-    return cv2.VideoCapture(str(path)) if readable else None
+def _video_info(path: Path) -> tuple[int | None, float | None] | None:
+    """``(frame count or None, fps or None)`` of a decodable video, None if it is not one."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not (capture.isOpened() and capture.grab()):
+            return None
+        count, fps = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), capture.get(cv2.CAP_PROP_FPS)
+        return (count if count > 0 else None), (fps or None)
+    finally:
+        capture.release()
 
 
 def _video_frames(path: Path, fps: float) -> Iterator[Frame]:
@@ -122,16 +126,16 @@ def open_input(path: str | Path) -> tuple[Iterator[Frame], int | None, float | N
     image = _read_image(path) if suffix not in VIDEO_SUFFIXES else None
     if image is not None:
         return iter([Frame(str(path), 0, None, image)]), 1, None
-    capture = _open_video(path) if suffix not in IMAGE_SUFFIXES else None
-    if capture is None:
+    info = _video_info(path) if suffix not in IMAGE_SUFFIXES else None
+    if info is None:
         kind = "image" if suffix in IMAGE_SUFFIXES else "video" if suffix in VIDEO_SUFFIXES \
             else "image or video"
         raise ValueError(f"{path} could not be decoded as an {kind}; give an image "
                          f"({', '.join(IMAGE_SUFFIXES)}), a folder of images or a video "
                          f"({', '.join(VIDEO_SUFFIXES)})")
-    count, fps = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), capture.get(cv2.CAP_PROP_FPS)
-    capture.release()
-    return _video_frames(path, fps or 0.0), count if count > 0 else None, fps or None
+    count, fps = info
+    # the frames come from a fresh capture at frame 0 (seeking back is not exact for every codec)
+    return _video_frames(path, fps or 0.0), count, fps
 
 
 # ---------------------------------------------------------------- detection and model
