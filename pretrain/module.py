@@ -32,9 +32,10 @@ class RegionRelationPretrainer(StageModule):
     ``mask_ratio`` of the first view's ``mask_block``-pixel squares are hidden before the
     encoder, and a linear decoder on the backbone tokens predicts their patch-standardised
     pixels; the contrastive losses then compare the hidden view with the whole second view). A
-    loss with weight 0 is switched off, so ablations are config changes. ``other_subject_weight`` weights the negatives of other subjects in every
-    loss (1 keeps them, 0 drops them: only the same person's other expressions are negatives;
-    needs the batch's ``subject`` ids, e.g. person-aware SynthAU or folder batches).
+    loss with weight 0 is switched off, so ablations are config changes.
+    ``other_subject_weight`` weights the negatives of other subjects in every loss (1 keeps
+    them, 0 drops them: only the same person's other expressions are negatives; needs the
+    batch's ``subject`` ids, e.g. person-aware SynthAU or folder batches).
     """
 
     stage = "pretrain"

@@ -103,13 +103,16 @@ def test_sources_template_and_a_failed_fit_give_none(detector, dlib68, monkeypat
 def test_alignment_on_the_landmarks_keeps_them_in_crop_pixels(detector, dlib68):
     image = astronaut()
     (((box, _, points),),) = detector([image])
-    crop, landmarks, source = align_with_landmarks(image, box, points, dlib68, 128)
+    crop, landmarks, source, matrix = align_with_landmarks(image, box, points, dlib68, 128)
     assert crop.shape == (128, 128, 3) and source == "dlib68"
     # least squares onto the template: her eyes land on its eyes within a few pixels
     assert np.linalg.norm(five_points(landmarks)[:2] - template_points(128)[:2], axis=1).max() < 4
     again = dlib68(crop, np.array([16.0, 16.0, 112.0, 112.0]), five_points(landmarks))
     assert np.abs(again - landmarks).mean() < 2  # the crop's own fit agrees
-    _, template, source = align_with_landmarks(image, box, points, Landmarker(TEMPLATE), 128)
+    # the matrix maps the image onto the crop: the crop's landmarks map back onto the image's fit
+    back = (landmarks - matrix[:, 2]) @ np.linalg.inv(matrix[:, :2]).T
+    np.testing.assert_allclose(back, dlib68(image, box, points), atol=1e-3)
+    _, template, source, _ = align_with_landmarks(image, box, points, Landmarker(TEMPLATE), 128)
     assert source == TEMPLATE and np.array_equal(template, canonical_landmarks(128))
 
 

@@ -10,7 +10,7 @@ import skimage.data
 from test_export import AUS, save_finetune
 from test_prepare import cut_avi
 
-from aukit.predict import main, predict
+from aukit.predict import Face, annotate, main, predict
 
 # MTCNN's box of the astronaut's face in skimage.data.astronaut() (512x512), checked by eye
 FACE_X, FACE_Y = (181, 268), (62, 172)
@@ -73,6 +73,17 @@ def test_a_video_gives_one_row_per_frame_and_empty_cells_without_a_face(ckpt, tm
     assert pictures == ["clip_frame000000_face0.png"]  # every 2nd frame; frame 2 has no face
     annotated = cv2.VideoCapture(str(tmp_path / "annotated.avi"))
     assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+
+
+def test_the_annotated_frame_shows_the_landmarks_where_they_are_in_the_frame():
+    # a crop at half scale, shifted by (-40, -20): crop point (10, 30) is frame point (100, 100)
+    matrix = np.array([[0.5, 0.0, -40.0], [0.0, 0.5, -20.0]])
+    landmarks = np.tile(np.array([[10.0, 30.0]], np.float32), (68, 1))
+    face = Face(np.array([80.0, 80.0, 120.0, 120.0]), 0.99, np.zeros((64, 64, 3), np.uint8),
+                landmarks, "dlib68", matrix, probs=np.zeros(len(AUS)))
+    out = annotate(np.zeros((200, 200, 3), np.uint8), [face], AUS)
+    assert out[100, 100, 1] > 0 and out[95:106, 95:106].any(axis=2).sum() < 20  # a dot, drawn
+    assert out[100, 104:115].sum() == 0  # nothing else near it (the box is at x 80 and 120)
 
 
 def test_a_folder_numbers_several_faces_and_reports_unreadable_files(ckpt, tmp_path):

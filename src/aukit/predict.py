@@ -14,7 +14,7 @@
 - with ``--visualize``: ``DIR/visualize/*.png`` per face of every image (or every Nth video
   frame): the aligned face with its 68 landmarks, its predicted AUs and the per-AU
   activation-map grid;
-- with ``--video-out``: the video with boxes and predicted AUs drawn on every frame.
+- with ``--video-out``: the video with boxes, landmarks and predicted AUs drawn on every frame.
 
 Faces are found by MTCNN, get their 68 landmarks (``aukit.landmarks``) and are aligned onto the
 canonical template like the training crops (``aukit.data.prepare``); the landmarks place the
@@ -64,14 +64,16 @@ class Frame:
 @dataclass
 class Face:
     """A detected face: box ``[4]`` (x1, y1, x2, y2), MTCNN score, aligned crop RGB, its
-    landmarks ``[68, 2]`` in crop pixels and their source, and the model's probabilities ``[A]``
-    and activation maps ``[A, h, w]`` (None without maps)."""
+    landmarks ``[68, 2]`` in crop pixels and their source, the ``[2, 3]`` matrix from frame to
+    crop pixels, and the model's probabilities ``[A]`` and activation maps ``[A, h, w]`` (None
+    without maps)."""
 
     box: np.ndarray
     score: float
     crop: np.ndarray
     landmarks: np.ndarray
     landmark_source: str
+    matrix: np.ndarray
     probs: np.ndarray | None = None
     maps: np.ndarray | None = None
 
@@ -272,11 +274,15 @@ def face_panel(face: Face, au_names: list[str]) -> np.ndarray:
 
 
 def annotate(image: np.ndarray, faces: list[Face], au_names: list[str]) -> np.ndarray:
-    """A copy of RGB ``image`` with each face's box, index and predicted AUs drawn."""
+    """A copy of RGB ``image`` with each face's box, 68 landmarks, index and predicted AUs
+    drawn."""
     out = image.copy()
     for k, face in enumerate(faces):
         x1, y1, x2, y2 = (int(round(v)) for v in face.box)
         cv2.rectangle(out, (x1, y1), (x2, y2), (0, 255, 0), 2)
+        frame_landmarks = (face.landmarks - face.matrix[:, 2]) @ np.linalg.inv(face.matrix[:, :2]).T
+        for x, y in frame_landmarks:
+            cv2.circle(out, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1, cv2.LINE_AA)
         for i, line in enumerate([f"face {k}", *_au_lines(face, au_names)]):
             cv2.putText(out, line, (x1, y2 + 16 * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                         (0, 255, 0), 1, cv2.LINE_AA)

@@ -100,16 +100,19 @@ def align_face(image: np.ndarray, points: np.ndarray, size: int) -> np.ndarray:
 
 
 def align_with_landmarks(image: np.ndarray, box: np.ndarray, points: np.ndarray,
-                         landmarker: Landmarker, size: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """``(crop [size, size, 3], landmarks [68, 2] in crop pixels, their source)`` of the face
-    with MTCNN ``box`` ``[4]`` and ``points`` ``[5, 2]``: aligned on the 5 points of its 68
-    landmarks when ``landmarker`` finds them, else on MTCNN's, with the template's landmarks."""
+                         landmarker: Landmarker, size: int
+                         ) -> tuple[np.ndarray, np.ndarray, str, np.ndarray]:
+    """``(crop [size, size, 3], landmarks [68, 2] in crop pixels, their source, matrix [2, 3])``
+    of the face with MTCNN ``box`` ``[4]`` and ``points`` ``[5, 2]``: aligned on the 5 points of
+    its 68 landmarks when ``landmarker`` finds them, else on MTCNN's, with the template's
+    landmarks; ``matrix`` maps image to crop coordinates."""
     found = landmarker(image, box, points)
     if found is None:
-        return align_face(image, points, size), canonical_landmarks(size), TEMPLATE
+        matrix = similarity_transform(points, template_points(size))
+        return _warp(image, matrix, size), canonical_landmarks(size), TEMPLATE, matrix
     matrix = similarity_transform(five_points(found), template_points(size))
     landmarks = (found @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
-    return _warp(image, matrix, size), landmarks, landmarker.source
+    return _warp(image, matrix, size), landmarks, landmarker.source, matrix
 
 
 @dataclass(frozen=True)
@@ -213,8 +216,8 @@ def process_job(job: Job, out: Path, size: int, device: str = "cpu",
                 box, score, points = face
                 path = out / crop
                 path.parent.mkdir(parents=True, exist_ok=True)
-                aligned, crop_landmarks, source = align_with_landmarks(image, box, points,
-                                                                       landmarker, size)
+                aligned, crop_landmarks, source, _ = align_with_landmarks(image, box, points,
+                                                                          landmarker, size)
                 cv2.imwrite(str(path), cv2.cvtColor(aligned, cv2.COLOR_RGB2BGR),
                             [cv2.IMWRITE_JPEG_QUALITY, 95])
                 if source != TEMPLATE:  # before the record: a recorded crop has its landmarks
