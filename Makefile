@@ -99,7 +99,7 @@ cv:
 predict:
 	$(BIN)/aukit-predict --input $(INPUT) --ckpt $(CKPT) $(if $(OUT),--out $(OUT)) $(ARGS)
 
-# make export CKPT=best.ckpt FORMAT=onnx|torchscript [OUT=exported]
+# make export CKPT=best.ckpt FORMAT=onnx|torchscript [OUT=exported] [ARGS="--landmarks-input"]
 FORMAT ?= onnx
 export:
-	$(BIN)/aukit-export --ckpt $(CKPT) --format $(FORMAT) --out $(or $(OUT),exported)
+	$(BIN)/aukit-export --ckpt $(CKPT) --format $(FORMAT) --out $(or $(OUT),exported) $(ARGS)

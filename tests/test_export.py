@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from aukit.checkpoint import META_KEY
-from aukit.export import export, main
+from aukit.export import export, main, run_exported
 from aukit.inference import load_predictor
 from finetune.module import HiVAFinetuner
 
@@ -77,6 +77,28 @@ def test_onnx_round_trip_matches_pytorch(ckpt, tmp_path):
     expected = _reference(ckpt, images)
     for got, want in zip(session.run(None, {"image": images.numpy()}), expected, strict=True):
         np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_landmarks_input_export_takes_each_face_s_landmarks(ckpt, tmp_path, fmt):
+    main(["--ckpt", str(ckpt), "--format", fmt, "--out", str(tmp_path), "--landmarks-input"])
+    path = tmp_path / f"au_detector.{'onnx' if fmt == 'onnx' else 'pt'}"
+    predictor = load_predictor(ckpt)
+    images = torch.randn(4, 3, 64, 64)
+    template = predictor.landmarks.expand(4, -1, -1)
+    moved = template + torch.tensor([6.0, -4.0])  # the face sits 6 px right, 4 px up
+    with torch.no_grad():
+        want, at_template = predictor(images, moved), predictor(images)
+    got = run_exported(path, images.numpy(), moved.numpy())
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=0)
+    # the landmarks are an input, not baked in: other landmarks, other maps
+    assert not np.allclose(got[1], at_template[1].numpy(), atol=1e-4)
+    if fmt == "onnx":
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == ["image", "landmarks"]
+    card = path.with_suffix(".md").read_text()
+    assert "`landmarks` float32 `[B, 68, 2]`" in card and "not an input" not in card
 
 
 @pytest.mark.slow  # loads the MiniLM text encoder

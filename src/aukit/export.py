@@ -1,13 +1,17 @@
 """Export a finetune checkpoint as a standalone AU detector (ONNX or TorchScript) + model card.
 
-``python -m aukit.export --ckpt best.ckpt --format onnx|torchscript --out DIR [--name NAME]``
-writes ``DIR/NAME.onnx`` (or ``DIR/NAME.pt``) and ``DIR/NAME.md``, the model card.
+``python -m aukit.export --ckpt best.ckpt --format onnx|torchscript --out DIR [--name NAME]
+[--landmarks-input]`` writes ``DIR/NAME.onnx`` (or ``DIR/NAME.pt``) and ``DIR/NAME.md``, the
+model card.
 
 The exported graph is ``image [B, 3, S, S] -> probabilities [B, A]`` and, for HiVA,
 ``activation_maps [B, A, h, w]``; the batch size is free. The evaluation-time text features (all
-descriptions of every AU) and the canonical landmarks are baked in (see ``aukit.inference``), so
-the input is an aligned, normalised face crop and nothing else. Every export is checked against
-the PyTorch model on a batch size other than the traced one and refused beyond ``1e-4``.
+descriptions of every AU) are baked in (see ``aukit.inference``). The AU regions come from the
+canonical template's 68 landmarks, baked in, so the input is an aligned, normalised face crop
+and nothing else; with ``--landmarks-input`` the graph takes each face's own 68 landmarks as a
+second input, ``landmarks [B, 68, 2]`` in crop pixels (what ``aukit-predict`` feeds the model).
+Every export is checked against the PyTorch model on a batch size other than the traced one and
+refused beyond ``1e-4``.
 """
 
 from __future__ import annotations
@@ -35,9 +39,12 @@ from aukit.text.bank import load_description_bank
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-4
 ONNX_OPSET = 17
+INPUT_NAMES = ["image", "landmarks"]
 
 
-def _save(predictor: AUPredictor, example: torch.Tensor, fmt: str, path: Path) -> None:
+def _save(predictor: AUPredictor, example: tuple[torch.Tensor, ...], fmt: str,
+          path: Path) -> None:
+    """Trace ``predictor`` on ``example``: ``(images,)`` or ``(images, landmarks)``."""
     # tracing sees Python checks on constant tensors (text masks, shapes) and warns that they
     # are frozen; they are constants of the exported model, so the warnings are noise
     with warnings.catch_warnings():
@@ -45,16 +52,21 @@ def _save(predictor: AUPredictor, example: torch.Tensor, fmt: str, path: Path) -
         if fmt == "torchscript":
             torch.jit.trace(predictor, example, check_trace=False).save(str(path))
             return
-        names = ["image", *predictor.output_names]
+        inputs = INPUT_NAMES[:len(example)]
+        names = [*inputs, *predictor.output_names]
         # the TorchScript-based exporter: the dynamo one cannot pass the models' input checks
-        torch.onnx.export(predictor, (example,), str(path), dynamo=False, input_names=names[:1],
-                          output_names=names[1:], dynamic_axes={n: {0: "batch"} for n in names},
+        torch.onnx.export(predictor, example, str(path), dynamo=False, input_names=inputs,
+                          output_names=names[len(inputs):],
+                          dynamic_axes={n: {0: "batch"} for n in names},
                           opset_version=ONNX_OPSET)
 
 
-def run_exported(path: str | Path, images: np.ndarray) -> list[np.ndarray]:
+def run_exported(path: str | Path, images: np.ndarray,
+                 landmarks: np.ndarray | None = None) -> list[np.ndarray]:
     """Outputs of an exported model (``.onnx`` via onnxruntime, ``.pt`` via torch.jit) for
-    images float32 ``[B, 3, S, S]``."""
+    images float32 ``[B, 3, S, S]`` (and, for a ``--landmarks-input`` export, landmarks float32
+    ``[B, 68, 2]`` in crop pixels)."""
+    inputs = (images,) if landmarks is None else (images, landmarks)
     path = Path(path)
     if path.suffix == FORMATS["onnx"]:
         try:
@@ -63,16 +75,17 @@ def run_exported(path: str | Path, images: np.ndarray) -> list[np.ndarray]:
             raise ImportError("checking an ONNX export needs onnxruntime: pip install "
                               "onnxruntime (or aukit[dev])") from err
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run(None, {"image": images})
+        return session.run(None, dict(zip(INPUT_NAMES, inputs, strict=False)))
     with torch.no_grad():
-        return [t.numpy() for t in torch.jit.load(str(path))(torch.from_numpy(images))]
+        return [t.numpy() for t in torch.jit.load(str(path))(*map(torch.from_numpy, inputs))]
 
 
-def max_difference(path: Path, predictor: AUPredictor, images: torch.Tensor) -> float:
+def max_difference(path: Path, predictor: AUPredictor, images: torch.Tensor,
+                   landmarks: torch.Tensor | None = None) -> float:
     """Largest absolute difference between the exported model's outputs and PyTorch's."""
     with torch.no_grad():
-        expected = predictor(images)
-    got = run_exported(path, images.numpy())
+        expected = predictor(images, landmarks)
+    got = run_exported(path, images.numpy(), None if landmarks is None else landmarks.numpy())
     return max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected, strict=True))
 
 
@@ -87,7 +100,7 @@ def _metrics(checkpoint: dict[str, Any]) -> list[str]:
 
 
 def model_card(checkpoint: dict[str, Any], ckpt_path: Path, exported: Path,
-               predictor: AUPredictor, difference: float) -> str:
+               predictor: AUPredictor, difference: float, landmarks_input: bool = False) -> str:
     """The Markdown model card of an exported checkpoint."""
     meta, data = checkpoint[META_KEY], checkpoint.get("datamodule_hyper_parameters", {})
     cfg, size = meta["config"], predictor.image_size
@@ -112,6 +125,16 @@ def model_card(checkpoint: dict[str, Any], ckpt_path: Path, exported: Path,
         outputs.append(f"- `activation_maps` float32 `[B, A, {h}, {w}]`: DDCA text->vision "
                        "attention of each AU over the backbone's token grid (each map sums to 1); "
                        "upsample onto the crop to display")
+    landmark_input = [f"- `landmarks` float32 `[B, 68, 2]`: the face's 68 landmarks (iBUG "
+                      f"order), x then y, in pixels of the {size}x{size} input crop"
+                      ] if landmarks_input else []
+    landmark_note = [
+        "- Landmarks: give each face's own 68 points, mapped into the crop by the alignment's "
+        "similarity transform (`aukit-predict` does this with dlib's 68-point model); the AU "
+        "attention maps sit where they say."] if landmarks_input else [
+        "- Landmarks are not an input: the AU attention maps use the canonical template's 68 "
+        "points, which is where alignment puts every face. A face that is not aligned this way "
+        "gets wrong AU regions (export with `--landmarks-input` to feed each face's own)."]
     synthetic = ["- **Trained on synthetic faces (SynthAU).** It demonstrates the pipeline; its "
                  "outputs on real faces are not AU measurements."] if dataset == "synthau" else []
     return "\n".join([
@@ -143,6 +166,7 @@ def model_card(checkpoint: dict[str, Any], ckpt_path: Path, exported: Path,
         "",
         "## Inputs and outputs",
         f"- `image` float32 `[B, 3, {size}, {size}]`, RGB, one aligned face per row",
+        *landmark_input,
         *outputs,
         f"- the exported model matches the PyTorch model within {difference:.1e} "
         f"(checked at export; tolerance {TOLERANCE:g})",
@@ -154,9 +178,7 @@ def model_card(checkpoint: dict[str, Any], ckpt_path: Path, exported: Path,
         "(`aukit.data.prepare.align_face`, 256x256 crop, OpenFace mean face).",
         f"3. Resize to {size}x{size} (bilinear), scale to [0, 1], normalise with mean "
         f"{IMAGENET_MEAN} and std {IMAGENET_STD}, channels first.",
-        "- Landmarks are not an input: the AU attention maps use the canonical template's 68 "
-        "points, which is where alignment puts every face. A face that is not aligned this way "
-        "gets wrong AU regions.",
+        *landmark_note,
         "- `aukit-predict` does all of this for images, folders and videos.",
         "",
         "## Intended use and limits",
@@ -176,9 +198,11 @@ def model_card(checkpoint: dict[str, Any], ckpt_path: Path, exported: Path,
 
 
 def export(ckpt: str | Path, fmt: str, out: str | Path, name: str = "au_detector",
-           text_cache_dir: str | Path | None = None) -> Path:
+           text_cache_dir: str | Path | None = None, landmarks_input: bool = False) -> Path:
     """Export ``ckpt`` to ``out/name{.onnx,.pt}`` with its model card ``out/name.md``; returns
-    the model path. Raises if the export differs from PyTorch by more than ``TOLERANCE``."""
+    the model path. ``landmarks_input``: the graph takes each face's 68 landmarks as a second
+    input instead of the template's. Raises if the export differs from PyTorch by more than
+    ``TOLERANCE``."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
     ckpt = Path(ckpt)
@@ -189,14 +213,22 @@ def export(ckpt: str | Path, fmt: str, out: str | Path, name: str = "au_detector
     path = out / f"{name}{FORMATS[fmt]}"
     generator = torch.Generator().manual_seed(0)
     size = predictor.image_size
-    _save(predictor, torch.randn(2, 3, size, size, generator=generator), fmt, path)
+
+    def example(batch: int) -> tuple[torch.Tensor, ...]:
+        images = torch.randn(batch, 3, size, size, generator=generator)
+        if not landmarks_input:
+            return (images,)
+        # the template moved by up to 3 px per point: landmarks other than the baked-in ones
+        shift = 3 * (2 * torch.rand(batch, 68, 2, generator=generator) - 1)
+        return images, predictor.landmarks.expand(batch, -1, -1) + shift
+
+    _save(predictor, example(2), fmt, path)
     # another batch size than the traced one: the batch dimension must stay free
-    difference = max_difference(path, predictor,
-                                torch.randn(3, 3, size, size, generator=generator))
+    difference = max_difference(path, predictor, *example(3))
     if not difference <= TOLERANCE:
         raise RuntimeError(f"the exported {fmt} model differs from PyTorch by {difference:.2e} "
                            f"(> {TOLERANCE:g}); please report this with the checkpoint's config")
-    card = model_card(checkpoint, ckpt, path, predictor, difference)
+    card = model_card(checkpoint, ckpt, path, predictor, difference, landmarks_input)
     path.with_suffix(".md").write_text(card)
     return path
 
@@ -208,11 +240,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", required=True, choices=sorted(FORMATS))
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--name", default="au_detector", help="file name without suffix")
+    parser.add_argument("--landmarks-input", action="store_true",
+                        help="the exported model takes each face's 68 landmarks (crop pixels) "
+                             "as a second input instead of the template's")
     parser.add_argument("--text-cache-dir", default=None,
                         help="where text features are cached (default ~/.cache/aukit/text)")
     args = parser.parse_args(argv)
     try:
-        path = export(args.ckpt, args.format, args.out, args.name, args.text_cache_dir)
+        path = export(args.ckpt, args.format, args.out, args.name, args.text_cache_dir,
+                      args.landmarks_input)
     except Exception as err:
         from aukit.cli import report_user_error  # Lightning loads only when something failed
 
