@@ -79,8 +79,8 @@ class RegionRelationPretrainer(StageModule):
         self.au_mass = nn.Linear(embed_dim, 1) if relation == "ot" else None
         self.global_proj = Mlp(self.backbone.out_dim, 2 * embed_dim, proj_dim) \
             if global_weight > 0 else None
-        stride = image_size // self.backbone.grid[0]  # pixels per token side
-        self.pixel_decoder = nn.Linear(self.backbone.out_dim, 3 * stride ** 2) \
+        self.pixel_stride = image_size // self.backbone.grid[0]  # pixels per token side
+        self.pixel_decoder = nn.Linear(self.backbone.out_dim, 3 * self.pixel_stride ** 2) \
             if masked_weight > 0 else None
         if masked_weight > 0:
             block_mask(1, (image_size, image_size), mask_block, mask_ratio)  # checks the flags
@@ -108,8 +108,8 @@ class RegionRelationPretrainer(StageModule):
             out["g"] = F.normalize(self.global_proj(tokens.mean(1)), dim=-1)
         if self.pixel_decoder is not None:
             patches = self.pixel_decoder(tokens).transpose(1, 2)  # [B, 3 * s * s, N]
-            stride = images.shape[-1] // self.backbone.grid[1]
-            out["pixels"] = F.pixel_shuffle(patches.unflatten(-1, self.backbone.grid), stride)
+            out["pixels"] = F.pixel_shuffle(patches.unflatten(-1, self.backbone.grid),
+                                            self.pixel_stride)
         return out
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -142,8 +142,8 @@ class RegionRelationPretrainer(StageModule):
             losses["global"] = global_contrastive_loss(out["g"][:, 0], out["g"][:, 1],
                                                        hp.temperature, key_bias=bias)
         if hp.masked_weight > 0:
-            patch = clean.shape[-1] // self.backbone.grid[0]
-            losses["masked"] = masked_pixel_loss(out["pixels"][:, 0], clean, mask, patch)
+            losses["masked"] = masked_pixel_loss(out["pixels"][:, 0], clean, mask,
+                                                 self.pixel_stride)
         loss = sum(getattr(hp, f"{name}_weight") * value for name, value in losses.items())
         self.log_dict({f"train/{k}_loss": val for k, val in losses.items()}, batch_size=b)
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
