@@ -37,7 +37,10 @@ class HiVAFinetuner(StageModule):
 
     ``pretrained`` is a stage-1 checkpoint whose backbone and AU region encoder
     (``pretrained_parts``: both, or the backbone alone) initialise the model when training
-    starts (not when resuming: the checkpoint holds newer weights); its backbone name, stem
+    starts (not when resuming: the checkpoint holds newer weights), shrunk towards this
+    module's own fresh initialisation by ``pretrained_shrink`` (weights = s * stage 1 +
+    (1 - s) * fresh; 1 = the stage-1 weights as they are; "shrink and perturb", Ash & Adams,
+    against warm starts that fit as well but generalise worse); its backbone name, stem
     and image size are checked when the module is built (``backbone: null`` and ``conv_stem:
     null`` adopt its own). A checkpoint of this module holds every weight and
     the resolved architecture, and loads without the stage-1 file (or ImageNet weights,
@@ -59,7 +62,7 @@ class HiVAFinetuner(StageModule):
 
     def __init__(self, aus: list[str], image_size: int = 128, architecture: str = "hiva",
                  backbone: str | None = None, pretrained: str | None = None,
-                 pretrained_parts: str = "backbone+region",
+                 pretrained_parts: str = "backbone+region", pretrained_shrink: float = 1.0,
                  pretrained_backbone: bool = False, feature_stage: int = 3,
                  conv_stem: bool | None = None, embed_dim: int = 128, num_heads: int = 4,
                  region_depth: int = 1, attention_sigma: float = 0.3, dropout: float = 0.1,
@@ -82,6 +85,9 @@ class HiVAFinetuner(StageModule):
         if pretrained_parts not in PRETRAINED_PARTS:
             raise ValueError(f"--model.pretrained_parts must be one of {PRETRAINED_PARTS}, got "
                              f"{pretrained_parts!r}")
+        if not 0 <= pretrained_shrink <= 1:
+            raise ValueError("--model.pretrained_shrink must lie in [0, 1] (1 = the stage-1 "
+                             f"weights as they are), got {pretrained_shrink}")
         if alignment not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {ALIGNMENTS} (--model.alignment), got "
                              f"{alignment!r}")
@@ -136,12 +142,18 @@ class HiVAFinetuner(StageModule):
 
     def load_stage1(self) -> None:
         """Copy the stage-1 checkpoint's backbone and region encoder (``pretrained``) into the
-        model."""
+        model, shrunk towards the fresh weights by ``pretrained_shrink``."""
         hp, config = self.hparams, self.model_config
         encoder = load_stage1_encoder(hp.pretrained, config["backbone"], hp.image_size,
                                       hp.feature_stage, self.au_numbers, config["conv_stem"],
                                       hp.roi_size, hp.roi_extent)
+        shrink = hp.pretrained_shrink < 1
+        fresh = [p.detach().clone() for p in self.model.parameters()] if shrink else []
         encoder.load_into(self.model, region=hp.pretrained_parts == "backbone+region")
+        if shrink:  # parameters only: normalisation statistics stay stage 1's
+            with torch.no_grad():
+                for param, init in zip(self.model.parameters(), fresh, strict=True):
+                    param.lerp_(init, 1 - hp.pretrained_shrink)
         self._stage1_pending = False
 
     # ---------------------------------------------------------------- text

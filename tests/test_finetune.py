@@ -120,6 +120,25 @@ def test_pretrained_parts_backbone_leaves_the_region_encoder_fresh(tmp_path):
         HiVAFinetuner(pretrained_parts="region", **kwargs)
 
 
+def test_pretrained_shrink_moves_stage1_weights_towards_the_fresh_init(tmp_path):
+    stage1 = save_stage1(tmp_path / "s1.ckpt")
+    kwargs = dict(aus=["AU12", "AU1"], image_size=64, embed_dim=32, use_text=False)
+    torch.manual_seed(0)
+    fresh = HiVAFinetuner(**kwargs).model.backbone.state_dict()
+    modules = {}
+    for shrink in (0.0, 0.25):
+        torch.manual_seed(0)
+        modules[shrink] = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", pretrained_shrink=shrink,
+                                                    **kwargs).model.backbone
+    params = dict(modules[0.25].named_parameters())
+    assert params
+    for name, value in stage1.backbone.named_parameters():
+        assert torch.allclose(params[name], 0.25 * value + 0.75 * fresh[name], atol=1e-6), name
+        assert torch.equal(dict(modules[0.0].named_parameters())[name], fresh[name]), name
+    with pytest.raises(ValueError, match="--model.pretrained_shrink"):
+        HiVAFinetuner(pretrained_shrink=1.5, **kwargs)
+
+
 def test_stage1_weights_arrive_when_training_starts_and_never_over_a_resumed_run(tmp_path):
     from types import SimpleNamespace
 
