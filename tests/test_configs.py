@@ -97,7 +97,7 @@ def test_finetune_builds_with_each_trainer_preset(trainer, tmp_path):
                             "--trainer.strategy", "auto", "--trainer.precision", "32-true",
                             "--trainer.num_nodes", "1", "--data.image_size", "64",
                             "--model.use_text", "false"])
-    assert cli.trainer.max_epochs == 12 and cli.datamodule.image_size == 64
+    assert cli.trainer.max_epochs == 6 and cli.datamodule.image_size == 64
 
 
 def test_the_data_module_is_chosen_by_class_and_keeps_short_overrides(tmp_path):
