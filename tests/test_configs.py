@@ -67,7 +67,7 @@ def test_every_finetune_config_is_part_of_a_dataset_composition():
 
 # the values each composed config builds with (today's configs, one value written once)
 EXPECTED = {
-    "synthau": ("SynthAUDataModule", "finetune", 12, None, 128, 128),
+    "synthau": ("SynthAUDataModule", "finetune", 6, None, 128, 128),
     "bp4d": ("BP4DDataModule", "finetune-bp4d", 20, "swin_base", 256, 224),
     "disfa": ("DISFADataModule", "finetune-disfa", 20, "swin_base", 256, 224),
     "csv": ("ManifestDataModule", "finetune-csv", 20, "swin_tiny", 256, 224),
