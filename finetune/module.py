@@ -147,13 +147,8 @@ class HiVAFinetuner(StageModule):
         encoder = load_stage1_encoder(hp.pretrained, config["backbone"], hp.image_size,
                                       hp.feature_stage, self.au_numbers, config["conv_stem"],
                                       hp.roi_size, hp.roi_extent)
-        shrink = hp.pretrained_shrink < 1
-        fresh = [p.detach().clone() for p in self.model.parameters()] if shrink else []
-        encoder.load_into(self.model, region=hp.pretrained_parts == "backbone+region")
-        if shrink:  # parameters only: normalisation statistics stay stage 1's
-            with torch.no_grad():
-                for param, init in zip(self.model.parameters(), fresh, strict=True):
-                    param.lerp_(init, 1 - hp.pretrained_shrink)
+        encoder.load_into(self.model, region=hp.pretrained_parts == "backbone+region",
+                          shrink=hp.pretrained_shrink)
         self._stage1_pending = False
 
     # ---------------------------------------------------------------- text

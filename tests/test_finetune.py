@@ -131,10 +131,11 @@ def test_pretrained_shrink_moves_stage1_weights_towards_the_fresh_init(tmp_path)
         modules[shrink] = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", pretrained_shrink=shrink,
                                                     **kwargs).model.backbone
     params = dict(modules[0.25].named_parameters())
+    unshrunk = dict(modules[0.0].named_parameters())
     assert params
     for name, value in stage1.backbone.named_parameters():
         assert torch.allclose(params[name], 0.25 * value + 0.75 * fresh[name], atol=1e-6), name
-        assert torch.equal(dict(modules[0.0].named_parameters())[name], fresh[name]), name
+        assert torch.equal(unshrunk[name], fresh[name]), name
     with pytest.raises(ValueError, match="--model.pretrained_shrink"):
         HiVAFinetuner(pretrained_shrink=1.5, **kwargs)
 

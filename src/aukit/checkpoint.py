@@ -56,12 +56,21 @@ class Stage1Encoder:
     region: dict[str, Tensor]
     path: Path
 
-    def load_into(self, model: nn.Module, region: bool = True) -> None:
+    def load_into(self, model: nn.Module, region: bool = True, shrink: float = 1.0) -> None:
         """Copy the weights into ``model.backbone`` and, with ``region`` and where it has one,
-        ``model.region``."""
-        model.backbone.load_state_dict(self.backbone)
+        ``model.region``; ``shrink`` < 1 keeps ``shrink`` of each loaded parameter and ``1 -
+        shrink`` of the module's own (fresh) value. Normalisation statistics are copied as
+        they are."""
+        parts = [(model.backbone, self.backbone)]
         if region and hasattr(model, "region"):
-            model.region.load_state_dict(self.region)
+            parts.append((model.region, self.region))
+        for module, weights in parts:
+            fresh = [p.detach().clone() for p in module.parameters()] if shrink < 1 else None
+            module.load_state_dict(weights)
+            if fresh is not None:
+                with torch.no_grad():
+                    for param, init in zip(module.parameters(), fresh, strict=True):
+                        param.lerp_(init, 1 - shrink)
 
 
 def stage1_settings(path: str | Path, backbone: str | None, image_size: int, feature_stage: int,
