@@ -13,9 +13,11 @@ from aukit.au import au_keys, au_numbers
 from aukit.checkpoint import META_KEY, load_stage1_encoder, stage1_settings
 from aukit.losses.alignment import ALIGNMENTS, alignment_loss, state_alignment_loss
 from aukit.losses.au_bce import au_bce_loss
+from aukit.losses.stage1 import SETTINGS, Stage1Objective
 from aukit.metrics import AUMetrics
 from aukit.models import ARCHITECTURES, create_model, model_config
 from aukit.models.backbone import default_conv_stem
+from aukit.models.region import encode_regions
 from aukit.optim import parameter_groups
 from aukit.stage import StageModule
 from aukit.text.encoders import text_encoder_dim
@@ -56,6 +58,14 @@ class HiVAFinetuner(StageModule):
     (``aukit.text.features.load_text_features``); the module keeps only their features
     (``set_text_features``). Test reports and activation-map images are callbacks
     (``aukit.callbacks``).
+
+    ``unlabeled_weight`` > 0 co-trains: every step also optimises the stage-1 objective
+    (``aukit.losses.stage1.Stage1Objective``) on a batch of unlabeled faces (the data module's
+    ``unlabeled`` pool), weighted by it, so the unlabeled identities keep shaping the encoder
+    while the labelled ones are fitted ("S4L", Zhai et al. 2019). The objective's settings are
+    ``unlabeled_losses`` (e.g. ``{masked_weight: 1, region_weight: 0, relation_weight: 0}``)
+    over the stage-1 checkpoint's own (``pretrained``; without one, the objective's defaults);
+    its heads start fresh and are not part of the model that inference loads.
     """
 
     stage = "finetune"
@@ -75,6 +85,7 @@ class HiVAFinetuner(StageModule):
                  text_cache_dir: str | None = None, alignment_weight: float = 0.1,
                  alignment: str = "state", region_supervision: float = 1.0,
                  class_weighted: bool = True, balance_positives: bool = True,
+                 unlabeled_weight: float = 0.0, unlabeled_losses: dict | None = None,
                  lr: float = 5e-4, weight_decay: float = 0.05,
                  layer_decay: float = 0.75, warmup_epochs: float = 1.0):
         super().__init__()
@@ -97,6 +108,7 @@ class HiVAFinetuner(StageModule):
         # where the weights come from, kept through checkpoints that no longer read it
         self.stage1_path = pretrained
         self._stage1_pending = bool(pretrained)  # applied once, when training starts
+        meta = {}
         if pretrained:  # refuse a stage-1 checkpoint that does not fit, before anything trains
             meta = stage1_settings(pretrained, backbone, image_size, feature_stage,
                                    self.au_numbers, conv_stem, roi_size, roi_extent)
@@ -116,6 +128,7 @@ class HiVAFinetuner(StageModule):
             use_text=use_text, map_prior=map_prior, region_head=region_supervision > 0,
             graph_top_k=graph_top_k, cooccurrence_prior=cooccurrence_prior, **text)
         self.model = create_model(self.model_config)
+        self.objective = self._unlabeled_objective(meta.get("config", {}))
         self.uses_text = bool(self.model_config.get("use_text"))
         for field in TEXT_FIELDS:  # set at set-up; recomputed, never stored in checkpoints
             self.register_buffer(f"text_{field}", None, persistent=False)
@@ -131,6 +144,38 @@ class HiVAFinetuner(StageModule):
                                             for s in ("fit", "val", "test")})
         # the last computed values of each split (AUMetrics.compute() keys), for callbacks
         self.metric_values: dict[str, dict[str, float]] = {}
+
+    def _unlabeled_objective(self, stage1_config: dict) -> Stage1Objective | None:
+        """The co-training objective (``unlabeled_weight`` > 0), or None: ``unlabeled_losses``
+        over the stage-1 checkpoint's objective settings (``stage1_config``)."""
+        hp = self.hparams
+        if hp.unlabeled_weight < 0:
+            raise ValueError("--model.unlabeled_weight must be >= 0 (0 = no co-training), got "
+                             f"{hp.unlabeled_weight}")
+        if hp.unlabeled_weight == 0:
+            return None
+        settings = {k: v for k, v in stage1_config.items() if k in SETTINGS}
+        settings.update(hp.unlabeled_losses or {})
+        unknown = sorted(set(settings) - set(SETTINGS))
+        if unknown:
+            raise ValueError(f"--model.unlabeled_losses has unknown settings {unknown}; use "
+                             f"{', '.join(SETTINGS)}")
+        if not hasattr(self.model, "region"):
+            raise ValueError("--model.unlabeled_weight > 0 co-trains the AU region features; "
+                             f"architecture {self.model_config['architecture']!r} has none (use "
+                             "hiva or region)")
+        self.objective_settings = settings  # what checkpoints store, to rebuild it
+        backbone = self.model.backbone
+        return Stage1Objective(len(self.au_numbers), backbone.out_dim, self.hparams.embed_dim,
+                               backbone.grid, self.hparams.image_size, **settings)
+
+    def encode(self, images: Tensor, landmarks: Tensor) -> tuple[Tensor, Tensor]:
+        """images [B, 3, H, W], landmarks [B, 68, 2] -> the model's backbone tokens [B, N, D]
+        and AU region features [B, A, E] (what the co-training objective reads)."""
+        model = self.model
+        tokens, _, features = encode_regions(model.backbone, model.region, images, landmarks,
+                                             model.aus, model.attention_sigma)
+        return tokens, features
 
     @classmethod
     def from_stage1(cls, pretrained: str | Path, **kwargs) -> HiVAFinetuner:
@@ -225,6 +270,16 @@ class HiVAFinetuner(StageModule):
 
     # ---------------------------------------------------------------- steps
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        unlabeled = batch.get("unlabeled")
+        if "labelled" in batch:  # a labelled and an unlabeled stream (co-training)
+            batch = batch["labelled"]
+        if (self.objective is None) != (unlabeled is None):
+            raise ValueError("--model.unlabeled_weight > 0 co-trains on unlabeled faces, which "
+                             "need --data.unlabeled (an UnlabeledFaceDataModule); give both or "
+                             "neither" if self.objective is not None else
+                             "the data module has an unlabeled pool (--data.unlabeled) but "
+                             "--model.unlabeled_weight is 0; set it > 0 to co-train, or drop "
+                             "--data.unlabeled")
         out = self(batch["image"], batch["landmarks"])
         labels, mask = batch["labels"], batch["label_mask"]
         bce = au_bce_loss(out["logits"], labels, mask, self.class_weights, self.pos_weight)
@@ -240,6 +295,11 @@ class HiVAFinetuner(StageModule):
             align = loss_fn(out["au_features"], out["text_anchors"], labels, mask)
             loss = loss + self.hparams.alignment_weight * align
             self.log("train/align_loss", align, batch_size=len(labels))
+        if unlabeled is not None:
+            stage1 = self.objective(self.encode, unlabeled["image"], unlabeled["landmarks"])
+            loss = loss + self.hparams.unlabeled_weight * stage1.pop("loss")
+            self.log_dict({f"train/unlabeled_{k}_loss": v for k, v in stage1.items()},
+                          batch_size=len(unlabeled["image"]))
         self.log("train/bce_loss", bce, batch_size=len(labels))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
         return loss
@@ -286,6 +346,8 @@ class HiVAFinetuner(StageModule):
         hp = self.hparams
         groups = parameter_groups(self.model, hp.lr, hp.weight_decay, hp.layer_decay,
                                   layered="backbone.model")
+        if self.objective is not None:
+            groups += parameter_groups(self.objective, hp.lr, hp.weight_decay)
         return self.adamw_warmup_cosine(groups)
 
     # ---------------------------------------------------------------- checkpoints
@@ -315,6 +377,8 @@ class HiVAFinetuner(StageModule):
             hparams.update(pretrained=None, pretrained_backbone=False,
                            backbone=self.model_config["backbone"],
                            conv_stem=self.model_config["conv_stem"])
+            if self.objective is not None:  # its settings, without the stage-1 file
+                hparams["unlabeled_losses"] = dict(self.objective_settings)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)

@@ -2,37 +2,25 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from aukit.au import au_numbers
-from aukit.losses.masked_pixels import block_mask, masked_pixel_loss
-from aukit.losses.region_contrastive import (
-    global_contrastive_loss,
-    other_subject_bias,
-    region_contrastive_loss,
-)
-from aukit.losses.relation_ot import RELATIONS, relation_ot_loss
+from aukit.losses.region_contrastive import other_subject_bias
+from aukit.losses.stage1 import SETTINGS, Stage1Objective
 from aukit.models.backbone import SwinBackbone
-from aukit.models.region import AURegionEncoder, Mlp, landmark_maps
+from aukit.models.region import AURegionEncoder, encode_regions
 from aukit.optim import parameter_groups
 from aukit.stage import StageModule
 from aukit.utils.distributed import world_size
 
+# the objective's parts, which checkpoints written before ``Stage1Objective`` hold at the top
+OBJECTIVE_PARTS = ("projector", "au_proj", "au_mass", "global_proj", "pixel_decoder")
 
 class RegionRelationPretrainer(StageModule):
-    """Swin -> AU attention pooling -> region transformer -> per-AU projections.
+    """Swin -> AU attention pooling -> region transformer -> ``Stage1Objective``.
 
-    Losses on two augmented views: per-AU InfoNCE (region), InfoNCE over images on a transport
-    distance between the views' AU embedding sets (relation: ``relation="fgw"``, fused
-    Gromov-Wasserstein that compares how each face's AUs relate to each other, weight
-    ``fgw_alpha``; ``"ot"``, version 1's entropic OT with AU-saliency marginals and an identity
-    prior), optionally a global InfoNCE, and optionally masked-pixel prediction (``masked_weight``:
-    ``mask_ratio`` of the first view's ``mask_block``-pixel squares are hidden before the
-    encoder, and a linear decoder on the backbone tokens predicts their patch-standardised
-    pixels; the contrastive losses then compare the hidden view with the whole second view). A
-    loss with weight 0 is switched off, so ablations are config changes.
+    The objective's losses on two augmented views (region, relation, global, masked pixels;
+    each ``*_weight``, 0 = off; see ``aukit.losses.stage1.Stage1Objective``).
     ``other_subject_weight`` weights the negatives of other subjects in every loss (1 keeps
     them, 0 drops them: only the same person's other expressions are negatives; needs the
     batch's ``subject`` ids, e.g. person-aware SynthAU or folder batches).
@@ -56,97 +44,42 @@ class RegionRelationPretrainer(StageModule):
                  weight_decay: float = 0.05, warmup_epochs: float = 1.0):
         super().__init__()
         self.save_hyperparameters()
-        if max(region_weight, relation_weight, global_weight, masked_weight) <= 0:
-            raise ValueError("all pretraining losses are switched off: set region_weight, "
-                             "relation_weight, global_weight or masked_weight > 0")
         if not 0 <= other_subject_weight <= 1:
             raise ValueError("--model.other_subject_weight must be in [0, 1] (1 keeps other "
                              f"subjects' negatives, 0 drops them), got {other_subject_weight}")
-        if relation not in RELATIONS:
-            raise ValueError(f"relation must be one of {RELATIONS} (--model.relation), got "
-                             f"{relation!r}")
         self.au_numbers = au_numbers(aus)
         self.backbone = SwinBackbone(backbone, image_size, pretrained_backbone, feature_stage,
                                      conv_stem)
         self.region = AURegionEncoder(self.backbone.out_dim, embed_dim, len(self.au_numbers),
                                       num_heads, region_depth, roi_size=roi_size,
                                       roi_extent=roi_extent)
-        num_aus = len(self.au_numbers)
-        # per-AU projection heads, stored as one [A, E, P] weight
-        self.projector = Mlp(embed_dim, 2 * embed_dim, embed_dim)
-        self.au_proj = nn.Parameter(torch.randn(num_aus, embed_dim, proj_dim) * embed_dim ** -0.5)
-        # AU saliency logits -> OT marginals; FGW transports uniform marginals
-        self.au_mass = nn.Linear(embed_dim, 1) if relation == "ot" else None
-        self.global_proj = Mlp(self.backbone.out_dim, 2 * embed_dim, proj_dim) \
-            if global_weight > 0 else None
-        self.pixel_stride = image_size // self.backbone.grid[0]  # pixels per token side
-        self.pixel_decoder = nn.Linear(self.backbone.out_dim, 3 * self.pixel_stride ** 2) \
-            if masked_weight > 0 else None
-        if masked_weight > 0:
-            block_mask(1, (image_size, image_size), mask_block, mask_ratio)  # checks the flags
+        self.objective = Stage1Objective(
+            len(self.au_numbers), self.backbone.out_dim, embed_dim, self.backbone.grid,
+            image_size, **{k: self.hparams[k] for k in SETTINGS})
 
     def _features(self, images: Tensor, landmarks: Tensor) -> tuple[Tensor, Tensor]:
         """-> backbone tokens [B, N, D] and AU region features [B, A, E]."""
-        tokens = self.backbone(images)
-        maps = landmark_maps(landmarks, images, self.backbone.grid, self.au_numbers,
-                             self.hparams.attention_sigma)  # [B, A, N]
-        return tokens, self.region(tokens, maps)
+        tokens, _, features = encode_regions(self.backbone, self.region, images, landmarks,
+                                             self.au_numbers, self.hparams.attention_sigma)
+        return tokens, features
 
     def encode(self, images: Tensor, landmarks: Tensor) -> Tensor:
         """images [B, 3, H, W], landmarks [B, 68, 2] -> AU region features [B, A, E]."""
         return self._features(images, landmarks)[1]
 
     def forward(self, images: Tensor, landmarks: Tensor) -> dict[str, Tensor]:
-        """-> ``z`` [B, A, P] unit AU embeddings; ``mass`` [B, A] (relation "ot"), ``g`` [B, P]
-        (global loss on) and ``pixels`` [B, 3, H, W] (masked-pixel loss on) or absent."""
-        tokens, features = self._features(images, landmarks)
-        hidden = features + self.projector(features)
-        out = {"z": F.normalize(torch.einsum("bae,aep->bap", hidden, self.au_proj), dim=-1)}
-        if self.au_mass is not None:
-            out["mass"] = self.au_mass(features).squeeze(-1)
-        if self.global_proj is not None:
-            out["g"] = F.normalize(self.global_proj(tokens.mean(1)), dim=-1)
-        if self.pixel_decoder is not None:
-            patches = self.pixel_decoder(tokens).transpose(1, 2)  # [B, 3 * s * s, N]
-            out["pixels"] = F.pixel_shuffle(patches.unflatten(-1, self.backbone.grid),
-                                            self.pixel_stride)
-        return out
+        """images [B, 3, H, W], landmarks [B, 68, 2] -> the objective's heads
+        (``Stage1Objective.heads``: ``z`` [B, A, P] unit AU embeddings, ...)."""
+        return self.objective.heads(*self._features(images, landmarks))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        images, landmarks = batch["image"], batch["landmarks"]  # [B, V, 3, H, W], [B, V, 68, 2]
-        if images.ndim != 5 or images.shape[1] < 2:
-            raise ValueError("pretraining needs at least two views per image "
-                             f"(image batch of shape {tuple(images.shape)}); set data.views: 2")
-        b, v = images.shape[:2]
-        hp = self.hparams
-        if hp.masked_weight > 0:
-            clean = images[:, 0]
-            mask = block_mask(b, clean.shape[-2:], hp.mask_block, hp.mask_ratio, self.device)
-            images = torch.cat([clean.masked_fill(mask[:, None], 0.0)[:, None], images[:, 1:]], 1)
-        out = self(images.flatten(0, 1), landmarks.flatten(0, 1))
-        out = {k: t.unflatten(0, (b, v)) for k, t in out.items()}  # [B, V, ...]
-        bias = self._key_bias(batch, b)
-        losses = {}
-        if hp.region_weight > 0:
-            losses["region"] = region_contrastive_loss(out["z"][:, 0], out["z"][:, 1],
-                                                       hp.temperature, key_bias=bias)
-        if hp.relation_weight > 0:
-            mass = out.get("mass")
-            losses["relation"] = relation_ot_loss(
-                out["z"][:, 0], out["z"][:, 1], *((mass[:, 0], mass[:, 1]) if mass is not None
-                                                  else (None, None)),
-                temperature=hp.ot_temperature, epsilon=hp.ot_epsilon, iters=hp.ot_iters,
-                formulation=hp.relation, alpha=hp.fgw_alpha, gw_iters=hp.gw_iters,
-                identity_prior=hp.identity_prior, solver=hp.ot_solver, key_bias=bias)
-        if hp.global_weight > 0:
-            losses["global"] = global_contrastive_loss(out["g"][:, 0], out["g"][:, 1],
-                                                       hp.temperature, key_bias=bias)
-        if hp.masked_weight > 0:
-            losses["masked"] = masked_pixel_loss(out["pixels"][:, 0], clean, mask,
-                                                 self.pixel_stride)
-        loss = sum(getattr(hp, f"{name}_weight") * value for name, value in losses.items())
-        self.log_dict({f"train/{k}_loss": val for k, val in losses.items()}, batch_size=b)
-        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        images = batch["image"]  # [B, V, 3, H, W], landmarks [B, V, 68, 2]
+        losses = self.objective(self._features, images, batch["landmarks"],
+                                self._key_bias(batch, len(images)))
+        loss = losses.pop("loss")
+        self.log_dict({f"train/{k}_loss": val for k, val in losses.items()},
+                      batch_size=len(images))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
 
     def _key_bias(self, batch: dict, b: int) -> Tensor | None:
@@ -170,3 +103,9 @@ class RegionRelationPretrainer(StageModule):
                 "feature_stage": hp.feature_stage, "conv_stem": self.backbone.conv_stem,
                 "embed_dim": hp.embed_dim, "roi_size": hp.roi_size, "roi_extent": hp.roi_extent,
                 "aus": list(self.au_numbers)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.split(".")[0] in OBJECTIVE_PARTS]:
+            state[f"objective.{key}"] = state.pop(key)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aukit.checkpoint import META_KEY
 from aukit.configs import config_flags, finetune_configs
@@ -317,3 +318,56 @@ def test_a_finetune_checkpoint_loads_without_its_stage1_file(tmp_path, capsys, c
         capsys.readouterr().out + caplog.text)
     resaved = torch.load(resumed.trainer.checkpoint_callback.last_model_path, weights_only=False)
     assert resaved[META_KEY]["pretrained"] == str(stage1_path)
+
+
+UNLABELED = ["--data.unlabeled", "aukit.data.UnlabeledFaceDataModule",
+             "--data.unlabeled.image_size", "64", "--data.unlabeled.batch_size", "4",
+             "--data.unlabeled.faces_per_subject", "2", "--data.unlabeled.synthau_subjects", "6",
+             "--data.unlabeled.synthau_samples_per_subject", "2",
+             "--data.unlabeled.synthau_cache", "null"]
+
+
+@pytest.mark.slow
+def test_cotraining_continues_the_stage1_objective_on_unlabeled_faces(tmp_path):
+    save_stage1(tmp_path / "s1.ckpt", feature_stage=2, roi_size=4, roi_extent=0.15,
+                region_weight=0, relation_weight=0, masked_weight=1, mask_block=8)
+    cli = run_finetune(tmp_path, *UNLABELED, "--model.pretrained", str(tmp_path / "s1.ckpt"),
+                       "--model.unlabeled_weight", "0.5",
+                       "--model.unlabeled_losses", "{region_weight: 1}",
+                       "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3",
+                       "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+                       "--trainer.log_every_n_steps", "1")
+    module = cli.model
+    # the stage-1 file's objective (masked pixels), with the override added
+    assert module.objective.weights == {"region": 1, "relation": 0, "global": 0, "masked": 1}
+    events = EventAccumulator(cli.trainer.logger.log_dir)
+    events.Reload()
+    for name in ("train/unlabeled_masked_loss", "train/unlabeled_region_loss"):
+        assert len(events.Scalars(name)) == 6  # every step
+    assert cli.trainer.global_step == 6  # the labelled loader sets the epoch (3 batches)
+    last = Path(cli.trainer.logger.log_dir) / "checkpoints" / "last.ckpt"
+    loops = torch.load(last, weights_only=False)["loops"]["fit_loop"]["state_dict"]
+    # both streams' positions are saved, for an exact resume (see test_sampling)
+    assert loops["combined_loader"] == [{"epoch": 0, "consumed": 3}] * 2
+    # the checkpoint rebuilds the objective without the stage-1 file; inference ignores it
+    reloaded = HiVAFinetuner.load_from_checkpoint(last)
+    assert reloaded.objective.weights == module.objective.weights
+
+
+def test_cotraining_needs_both_the_weight_and_the_pool(tmp_path):
+    module = HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False,
+                           unlabeled_weight=1.0, unlabeled_losses={"masked_weight": 1,
+                                                                   "mask_block": 8})
+    batch = {"image": torch.randn(2, 3, 64, 64), "landmarks": torch.zeros(2, 68, 2),
+             "labels": torch.ones(2, 1), "label_mask": torch.ones(2, 1, dtype=torch.bool)}
+    with pytest.raises(ValueError, match="need --data.unlabeled"):
+        module.training_step(batch, 0)
+    with pytest.raises(ValueError, match="unknown settings \\['masked'\\]"):
+        HiVAFinetuner(aus=["AU12"], image_size=64, use_text=False, unlabeled_weight=1.0,
+                      unlabeled_losses={"masked": 1})
+    with pytest.raises(ValueError, match="architecture 'linear' has none"):
+        HiVAFinetuner(aus=["AU12"], image_size=64, use_text=False, architecture="linear",
+                      unlabeled_weight=1.0)
+    with pytest.raises(ValueError, match="set --data.unlabeled.image_size 64"):
+        from aukit.data.datamodules import UnlabeledFaceDataModule
+        SynthAUDataModule(image_size=64, unlabeled=UnlabeledFaceDataModule(image_size=128))

@@ -67,9 +67,13 @@ class StageModule(L.LightningModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Normalise uint8 ``batch["image"]`` on the device, one batched pass (the loaders'
-        workers only decode and augment)."""
+        workers only decode and augment); in each part of a combined batch (a dict of such
+        batches, e.g. ``{"labelled": ..., "unlabeled": ...}``)."""
         if isinstance(batch, dict) and "image" in batch:
             batch["image"] = normalize_images(batch["image"])
+        elif isinstance(batch, dict):
+            for part in batch.values():
+                self.on_after_batch_transfer(part, dataloader_idx)
         return batch
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -95,7 +99,8 @@ class StageModule(L.LightningModule):
         # the LR schedule) and then never hands the loader its saved position; do it here.
         states = getattr(self, "_loader_states", [])
         loaders = self.trainer.train_dataloader
-        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        loaders = (list(loaders.values()) if isinstance(loaders, dict) else loaders
+                   if isinstance(loaders, (list, tuple)) else [loaders])
         stateful = [dl for dl in loaders if hasattr(dl, "load_state_dict")]
         for loader, state in zip(stateful, states, strict=False):
             loader.load_state_dict(state)

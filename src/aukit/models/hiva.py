@@ -18,7 +18,7 @@ from aukit.au import au_numbers as parse_aus
 from aukit.models.backbone import SwinBackbone
 from aukit.models.cross_attention import CDCA, DDCA
 from aukit.models.graph import AUDynamicGraph
-from aukit.models.region import MIN_ATTENTION, AURegionEncoder, PerAUHead, landmark_maps
+from aukit.models.region import MIN_ATTENTION, AURegionEncoder, PerAUHead, encode_regions
 
 # CLIP-style cap so the learned cosine scale cannot blow the logits up
 MAX_COSINE_SCALE = 100.0
@@ -138,10 +138,8 @@ class HiVA(nn.Module):
         "adjacency" [B, A, A] when the graph is on; "region_logits" [B, A] with the region
         head."""
         h, w = self.backbone.grid
-        tokens = self.backbone(images)  # [B, N, D]
-        maps = landmark_maps(landmarks, images, (h, w), self.aus,
-                             self.attention_sigma).to(tokens.dtype)  # [B, A, N]
-        v = self.region(tokens, maps)
+        tokens, maps, v = encode_regions(self.backbone, self.region, images, landmarks, self.aus,
+                                         self.attention_sigma)  # [B, N, D], [B, A, N], [B, A, E]
         out: dict[str, Tensor] = {}
         if self.region_head is not None:
             out["region_logits"] = self.region_head(v)

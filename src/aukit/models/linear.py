@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from aukit.au import au_numbers as parse_aus
 from aukit.models.backbone import SwinBackbone
-from aukit.models.region import AURegionEncoder, PerAUHead, landmark_maps
+from aukit.models.region import AURegionEncoder, PerAUHead, encode_regions
 
 
 class LinearAUClassifier(nn.Module):
@@ -56,10 +56,8 @@ class RegionAUClassifier(nn.Module):
                 *text: Tensor | None) -> dict[str, Tensor]:
         """images [B, 3, H, W], landmarks [B, 68, 2] or None (template) -> "logits" [B, A],
         "au_features" [B, A, E], "act_maps" [B, A, h, w]."""
-        tokens = self.backbone(images)  # [B, N, D]
-        maps = landmark_maps(landmarks, images, self.backbone.grid, self.aus,
-                             self.attention_sigma).to(tokens.dtype)  # [B, A, N]
-        v = self.region(tokens, maps)
+        _, maps, v = encode_regions(self.backbone, self.region, images, landmarks, self.aus,
+                                    self.attention_sigma)  # [B, A, N], [B, A, E]
         logits = self.head(v)
         act_maps = maps / maps.sum(-1, keepdim=True).clamp_min(1e-6)
         return {"logits": logits, "au_features": v,

@@ -25,6 +25,17 @@ def landmark_maps(landmarks: Tensor | None, images: Tensor, grid: tuple[int, int
     return au_attention_maps(landmarks, size, grid, aus, sigma=sigma).flatten(2)
 
 
+def encode_regions(backbone: nn.Module, region: nn.Module, images: Tensor,
+                   landmarks: Tensor | None, aus: tuple[int, ...],
+                   sigma: float) -> tuple[Tensor, Tensor, Tensor]:
+    """images [B, 3, H, W], landmarks [B, 68, 2] or None -> the ``backbone``'s tokens
+    [B, N, D], the landmark maps on its grid [B, A, N] and the ``region`` encoder's AU
+    features [B, A, E]."""
+    tokens = backbone(images)
+    maps = landmark_maps(landmarks, images, backbone.grid, aus, sigma).to(tokens.dtype)
+    return tokens, maps, region(tokens, maps)
+
+
 class PerAUHead(nn.Module):
     """One linear classifier per AU: AU features [B, A, E] -> logits [B, A]."""
 

@@ -1,0 +1,137 @@
+"""The stage-1 objective: its heads and weighted losses over an encoder's outputs.
+
+Pretraining optimises it alone (``pretrain.module``); finetuning can keep optimising it on
+unlabeled faces beside the labelled loss (co-training, ``--model.unlabeled_weight``), so the
+unlabeled identities keep shaping the encoder while the few labelled ones are fitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aukit.losses.masked_pixels import block_mask, masked_pixel_loss
+from aukit.losses.region_contrastive import global_contrastive_loss, region_contrastive_loss
+from aukit.losses.relation_ot import RELATIONS, relation_ot_loss
+from aukit.models.region import Mlp
+
+# the objective's settings (``Stage1Objective`` keyword arguments), as the stage modules name
+# them in their hyperparameters
+SETTINGS = ("proj_dim", "region_weight", "relation_weight", "global_weight", "masked_weight",
+            "mask_ratio", "mask_block", "temperature", "relation", "fgw_alpha", "gw_iters",
+            "ot_temperature", "ot_epsilon", "ot_iters", "identity_prior", "ot_solver")
+LOSSES = ("region", "relation", "global", "masked")
+# an encoder: images [B, 3, H, W], landmarks [B, 68, 2] -> tokens [B, N, D], AU features [B, A, E]
+Encoder = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+class Stage1Objective(nn.Module):
+    """Per-AU projections and the stage-1 losses on two views of each face.
+
+    Losses: per-AU InfoNCE (region), InfoNCE over images on a transport distance between the
+    views' AU embedding sets (relation: ``relation="fgw"``, fused Gromov-Wasserstein that
+    compares how each face's AUs relate to each other, weight ``fgw_alpha``; ``"ot"``, version
+    1's entropic OT with AU-saliency marginals and an identity prior), optionally a global
+    InfoNCE on mean-pooled tokens, and optionally masked-pixel prediction (``masked_weight``:
+    ``mask_ratio`` of the first view's ``mask_block``-pixel squares are hidden before the
+    encoder, and a linear decoder on the tokens predicts their patch-standardised pixels; the
+    contrastive losses then compare the hidden view with the whole second view). A loss with
+    weight 0 is off, so ablations are config changes.
+
+    ``num_aus``, ``token_dim``, ``embed_dim``: the encoder's AU count, token and AU feature
+    sizes; ``grid``: its token grid at ``image_size`` pixels.
+    """
+
+    def __init__(self, num_aus: int, token_dim: int, embed_dim: int, grid: tuple[int, int],
+                 image_size: int, proj_dim: int = 64, region_weight: float = 1.0,
+                 relation_weight: float = 1.0, global_weight: float = 0.0,
+                 masked_weight: float = 0.0, mask_ratio: float = 0.5, mask_block: int = 16,
+                 temperature: float = 0.1, relation: str = "fgw", fgw_alpha: float = 0.5,
+                 gw_iters: int = 5, ot_temperature: float = 0.1, ot_epsilon: float = 0.05,
+                 ot_iters: int = 30, identity_prior: float = 0.5, ot_solver: str = "torch"):
+        super().__init__()
+        self.weights = {"region": region_weight, "relation": relation_weight,
+                        "global": global_weight, "masked": masked_weight}
+        if max(self.weights.values()) <= 0:
+            raise ValueError("all stage-1 losses are switched off: set region_weight, "
+                             "relation_weight, global_weight or masked_weight > 0")
+        if relation not in RELATIONS:
+            raise ValueError(f"relation must be one of {RELATIONS} (--model.relation), got "
+                             f"{relation!r}")
+        self.temperature = temperature
+        self.relation_args = dict(temperature=ot_temperature, epsilon=ot_epsilon, iters=ot_iters,
+                                  formulation=relation, alpha=fgw_alpha, gw_iters=gw_iters,
+                                  identity_prior=identity_prior, solver=ot_solver)
+        self.mask_args = (mask_block, mask_ratio)
+        # per-AU projection heads, stored as one [A, E, P] weight
+        self.projector = Mlp(embed_dim, 2 * embed_dim, embed_dim)
+        self.au_proj = nn.Parameter(torch.randn(num_aus, embed_dim, proj_dim) * embed_dim ** -0.5)
+        # AU saliency logits -> OT marginals; FGW transports uniform marginals
+        self.au_mass = nn.Linear(embed_dim, 1) if relation == "ot" else None
+        self.global_proj = Mlp(token_dim, 2 * embed_dim, proj_dim) if global_weight > 0 else None
+        self.grid = grid
+        self.pixel_stride = image_size // grid[0]  # pixels per token side
+        self.pixel_decoder = nn.Linear(token_dim, 3 * self.pixel_stride ** 2) \
+            if masked_weight > 0 else None
+        if masked_weight > 0:
+            block_mask(1, (image_size, image_size), mask_block, mask_ratio)  # checks the flags
+
+    @property
+    def contrastive(self) -> bool:
+        """Whether a loss compares two views (else one masked view is enough)."""
+        return any(self.weights[k] > 0 for k in ("region", "relation", "global"))
+
+    def heads(self, tokens: Tensor, features: Tensor) -> dict[str, Tensor]:
+        """tokens [B, N, D], AU features [B, A, E] -> ``z`` [B, A, P] unit AU embeddings;
+        ``mass`` [B, A] (relation "ot"), ``g`` [B, P] (global loss on) and ``pixels``
+        [B, 3, H, W] (masked-pixel loss on) or absent."""
+        hidden = features + self.projector(features)
+        out = {"z": F.normalize(torch.einsum("bae,aep->bap", hidden, self.au_proj), dim=-1)}
+        if self.au_mass is not None:
+            out["mass"] = self.au_mass(features).squeeze(-1)
+        if self.global_proj is not None:
+            out["g"] = F.normalize(self.global_proj(tokens.mean(1)), dim=-1)
+        if self.pixel_decoder is not None:
+            patches = self.pixel_decoder(tokens).transpose(1, 2)  # [B, 3 * s * s, N]
+            out["pixels"] = F.pixel_shuffle(patches.unflatten(-1, self.grid), self.pixel_stride)
+        return out
+
+    def forward(self, encode: Encoder, images: Tensor, landmarks: Tensor,
+                key_bias: Tensor | None = None) -> dict[str, Tensor]:
+        """images [B, V, 3, H, W] (normalised), landmarks [B, V, 68, 2] -> each loss that is on
+        and ``loss``, their weighted sum. ``key_bias`` [B, K]: a logit bias on the contrastive
+        losses' keys (``other_subject_bias``). The contrastive losses need V >= 2."""
+        if images.ndim != 5 or (self.contrastive and images.shape[1] < 2):
+            raise ValueError("the stage-1 losses need two views per image (image batch of "
+                             f"shape {tuple(images.shape)}); set data.views: 2")
+        if not self.contrastive:  # masked pixels alone: the first view is all it reads
+            images, landmarks = images[:, :1], landmarks[:, :1]
+        b, v = images.shape[:2]
+        masked = self.weights["masked"] > 0
+        if masked:
+            clean = images[:, 0]
+            mask = block_mask(b, clean.shape[-2:], *self.mask_args, images.device)
+            images = torch.cat([clean.masked_fill(mask[:, None], 0.0)[:, None], images[:, 1:]], 1)
+        out = self.heads(*encode(images.flatten(0, 1), landmarks.flatten(0, 1)))
+        out = {k: t.unflatten(0, (b, v)) for k, t in out.items()}  # [B, V, ...]
+        losses = {}
+        if self.weights["region"] > 0:
+            losses["region"] = region_contrastive_loss(out["z"][:, 0], out["z"][:, 1],
+                                                       self.temperature, key_bias=key_bias)
+        if self.weights["relation"] > 0:
+            mass = out.get("mass")
+            losses["relation"] = relation_ot_loss(
+                out["z"][:, 0], out["z"][:, 1], *((mass[:, 0], mass[:, 1]) if mass is not None
+                                                  else (None, None)),
+                key_bias=key_bias, **self.relation_args)
+        if self.weights["global"] > 0:
+            losses["global"] = global_contrastive_loss(out["g"][:, 0], out["g"][:, 1],
+                                                       self.temperature, key_bias=key_bias)
+        if masked:
+            losses["masked"] = masked_pixel_loss(out["pixels"][:, 0], clean, mask,
+                                                 self.pixel_stride)
+        losses["loss"] = sum(self.weights[name] * value for name, value in losses.items())
+        return losses
