@@ -101,9 +101,12 @@ class Stage1Objective(nn.Module):
 
     def forward(self, encode: Encoder, images: Tensor, landmarks: Tensor,
                 key_bias: Tensor | None = None) -> dict[str, Tensor]:
-        """images [B, V, 3, H, W] (normalised), landmarks [B, V, 68, 2] -> each loss that is on
-        and ``loss``, their weighted sum. ``key_bias`` [B, K]: a logit bias on the contrastive
-        losses' keys (``other_subject_bias``). The contrastive losses need V >= 2."""
+        """images [B, V, 3, H, W] (normalised; [B, 3, H, W]: one view), landmarks
+        [B, V, 68, 2] (or [B, 68, 2]) -> each loss that is on and ``loss``, their weighted sum.
+        ``key_bias`` [B, K]: a logit bias on the contrastive losses' keys
+        (``other_subject_bias``). The contrastive losses need V >= 2."""
+        if images.ndim == 4:
+            images, landmarks = images[:, None], landmarks[:, None]
         if images.ndim != 5 or (self.contrastive and images.shape[1] < 2):
             raise ValueError("the stage-1 losses need two views per image (image batch of "
                              f"shape {tuple(images.shape)}); set data.views: 2")
