@@ -13,6 +13,7 @@ from aukit.au import au_keys, au_numbers
 from aukit.checkpoint import META_KEY, load_stage1_encoder, stage1_settings
 from aukit.losses.alignment import ALIGNMENTS, alignment_loss, state_alignment_loss
 from aukit.losses.au_bce import au_bce_loss
+from aukit.losses.pseudo_labels import EMATeacher, pseudo_label_loss
 from aukit.losses.stage1 import SETTINGS, Stage1Objective
 from aukit.metrics import AUMetrics
 from aukit.models import ARCHITECTURES, create_model, model_config
@@ -66,6 +67,12 @@ class HiVAFinetuner(StageModule):
     ``unlabeled_losses`` (e.g. ``{masked_weight: 1, region_weight: 0, relation_weight: 0}``)
     over the stage-1 checkpoint's own (``pretrained``; without one, the objective's defaults);
     its heads start fresh and are not part of the model that inference loads.
+    ``pseudo_label_weight`` > 0 trains on the pool's faces semi-supervised instead (or as
+    well): a mean teacher (the model's weights averaged with ``teacher_decay`` per step,
+    starting from the model as training starts) labels one view of each face where it is sure
+    (``pseudo_label_threshold``), and the model learns those labels on the other view (the pool
+    needs 2 views: with ``positives: clip`` another frame of the same expression); the weight
+    ramps up linearly over the first ``pseudo_label_rampup`` of the training steps.
     """
 
     stage = "finetune"
@@ -86,6 +93,8 @@ class HiVAFinetuner(StageModule):
                  alignment: str = "state", region_supervision: float = 1.0,
                  class_weighted: bool = True, balance_positives: bool = True,
                  unlabeled_weight: float = 0.0, unlabeled_losses: dict | None = None,
+                 pseudo_label_weight: float = 0.0, pseudo_label_threshold: float = 0.9,
+                 pseudo_label_rampup: float = 0.2, teacher_decay: float = 0.99,
                  lr: float = 5e-4, weight_decay: float = 0.05,
                  layer_decay: float = 0.75, warmup_epochs: float = 1.0):
         super().__init__()
@@ -129,6 +138,10 @@ class HiVAFinetuner(StageModule):
             graph_top_k=graph_top_k, cooccurrence_prior=cooccurrence_prior, **text)
         self.model = create_model(self.model_config)
         self.objective = self._unlabeled_objective(meta.get("config", {}))
+        if not 0 <= pseudo_label_weight or not 0 <= teacher_decay < 1:
+            raise ValueError("need --model.pseudo_label_weight >= 0 and --model.teacher_decay in "
+                             f"[0, 1); got {pseudo_label_weight} and {teacher_decay}")
+        self.teacher = EMATeacher(self.model) if pseudo_label_weight > 0 else None
         self.uses_text = bool(self.model_config.get("use_text"))
         for field in TEXT_FIELDS:  # set at set-up; recomputed, never stored in checkpoints
             self.register_buffer(f"text_{field}", None, persistent=False)
@@ -259,6 +272,8 @@ class HiVAFinetuner(StageModule):
         resumed = self.trainer.ckpt_path
         if self._stage1_pending and not resumed:
             self.load_stage1()
+        if self.teacher is not None and not resumed:  # the teacher starts as the model
+            self.teacher.copy_from(self.model)
         rank_zero_info(f"resumed from {resumed} (stage-1 initialisation: {self.stage1_path})"
                        if resumed else
                        f"initialised from stage-1 checkpoint {self.stage1_path}"
@@ -273,13 +288,14 @@ class HiVAFinetuner(StageModule):
         unlabeled = batch.get("unlabeled")
         if "labelled" in batch:  # a labelled and an unlabeled stream (co-training)
             batch = batch["labelled"]
-        if (self.objective is None) != (unlabeled is None):
-            raise ValueError("--model.unlabeled_weight > 0 co-trains on unlabeled faces, which "
-                             "need --data.unlabeled (an UnlabeledFaceDataModule); give both or "
-                             "neither" if self.objective is not None else
+        uses_pool = self.objective is not None or self.teacher is not None
+        if uses_pool != (unlabeled is not None):
+            raise ValueError("--model.unlabeled_weight or --model.pseudo_label_weight > 0 "
+                             "trains on unlabeled faces, which need --data.unlabeled (an "
+                             "UnlabeledFaceDataModule); give both or neither" if uses_pool else
                              "the data module has an unlabeled pool (--data.unlabeled) but "
-                             "--model.unlabeled_weight is 0; set it > 0 to co-train, or drop "
-                             "--data.unlabeled")
+                             "--model.unlabeled_weight and --model.pseudo_label_weight are 0; "
+                             "set one > 0, or drop --data.unlabeled")
         out = self(batch["image"], batch["landmarks"])
         labels, mask = batch["labels"], batch["label_mask"]
         bce = au_bce_loss(out["logits"], labels, mask, self.class_weights, self.pos_weight)
@@ -295,14 +311,37 @@ class HiVAFinetuner(StageModule):
             align = loss_fn(out["au_features"], out["text_anchors"], labels, mask)
             loss = loss + self.hparams.alignment_weight * align
             self.log("train/align_loss", align, batch_size=len(labels))
-        if unlabeled is not None:
+        if self.objective is not None:
             stage1 = self.objective(self.encode, unlabeled["image"], unlabeled["landmarks"])
             loss = loss + self.hparams.unlabeled_weight * stage1.pop("loss")
             self.log_dict({f"train/unlabeled_{k}_loss": v for k, v in stage1.items()},
                           batch_size=len(unlabeled["image"]))
+        if self.teacher is not None:
+            loss = loss + self._pseudo_label_loss(unlabeled)
         self.log("train/bce_loss", bce, batch_size=len(labels))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
         return loss
+
+    def _pseudo_label_loss(self, unlabeled: dict) -> Tensor:
+        """The ramped, weighted loss of the model's predictions on the second view of each
+        pool face against the teacher's confident ones on the first."""
+        images, landmarks = unlabeled["image"], unlabeled["landmarks"]
+        if images.ndim != 5 or images.shape[1] < 2:
+            raise ValueError("pseudo-labels need two views of each unlabeled face (batch of "
+                             f"shape {tuple(images.shape)}); set --data.unlabeled.views 2")
+        text = self.text_inputs()
+        teacher = self.teacher(images[:, 0], landmarks[:, 0], *text)["logits"]
+        student = self.model(images[:, 1], landmarks[:, 1], *text)["logits"]
+        loss, used = pseudo_label_loss(student, teacher, self.hparams.pseudo_label_threshold)
+        hp, total = self.hparams, max(1, self.trainer.estimated_stepping_batches)
+        ramp = min(1.0, self.global_step / max(1.0, hp.pseudo_label_rampup * total))
+        self.log_dict({"train/pseudo_label_loss": loss, "train/pseudo_label_share": used},
+                      batch_size=len(images))
+        return hp.pseudo_label_weight * ramp * loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.teacher is not None:
+            self.teacher.update(self.model, self.hparams.teacher_decay)
 
     def on_train_epoch_end(self) -> None:
         if self.metrics["fit"].update_count:  # a resumed run may start at an epoch's end

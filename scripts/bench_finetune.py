@@ -34,6 +34,8 @@ from finetune.module import HiVAFinetuner
 
 HEADING = "## Finetuning: HiVA"
 NO_RELATION = "(d) (c) from a stage 1 without the relation loss"
+PSEUDO_LABELS = ["POOL", "--data.unlabeled.views", "2", "--data.unlabeled.positives", "clip",
+                 "--model.pseudo_label_weight", "1.0"]
 CONDITIONS: dict[str, list[str]] = {
     "(a) Swin + linear head, scratch": ["--model.architecture", "linear"],
     "(a2) Swin + AU regions + per-AU linear heads, scratch": ["--model.architecture", "region"],
@@ -44,6 +46,16 @@ CONDITIONS: dict[str, list[str]] = {
     "(d) (c) without CDCA": ["STAGE1", "--model.use_cdca", "false"],
     "(d) (c) without text": ["STAGE1", "--model.use_text", "false"],
     NO_RELATION: ["STAGE1_NO_RELATION"],
+    # co-training: the stage-1 objective (masked pixels) continues on the unlabeled pool
+    "(c) + co-training, masked pixels": ["STAGE1", "POOL", "--data.unlabeled.views", "1",
+                                         "--model.unlabeled_weight", "1.0"],
+    "(c) + co-training, region loss": [
+        "STAGE1", "POOL", "--data.unlabeled.views", "2", "--data.unlabeled.positives", "clip",
+        "--model.unlabeled_weight", "0.5", "--model.unlabeled_losses",
+        "{masked_weight: 0, region_weight: 1, relation_weight: 0}"],
+    # semi-supervised: a mean teacher's confident labels on the pool (another frame of a clip)
+    "(c) + pseudo-labels": ["STAGE1", *PSEUDO_LABELS],
+    "(b) + pseudo-labels": PSEUDO_LABELS,
 }
 MAPPED = ("(b)", "(c)")  # conditions whose activation maps are scored
 TRAIN_SUBJECTS = 30  # SynthAU's labelled train split
@@ -61,7 +73,14 @@ def curves(log_dir: str) -> dict[str, list[float]]:
 def run(condition: str, fraction: float, seed: int, args: argparse.Namespace) -> dict:
     overrides = []
     for item in CONDITIONS[condition]:
-        if item.startswith("STAGE1"):
+        if item == "POOL":  # SynthAU's unlabeled identities, person-aware batches
+            overrides += ["--data.unlabeled", "aukit.data.UnlabeledFaceDataModule",
+                          "--data.unlabeled.image_size", str(args.image_size),
+                          "--data.unlabeled.batch_size", str(args.unlabeled_batch_size),
+                          "--data.unlabeled.faces_per_subject", "4",
+                          "--data.unlabeled.num_workers", str(args.workers),
+                          "--data.unlabeled.synthau_cache", args.cache]
+        elif item.startswith("STAGE1"):
             path = args.stage1_no_relation if item == "STAGE1_NO_RELATION" else args.stage1
             overrides += ["--model.pretrained", path.format(seed=seed)]
         else:
@@ -104,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
                         choices=list(CONDITIONS))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--samples-per-subject", type=int, default=60)
+    parser.add_argument("--unlabeled-batch-size", type=int, default=16,
+                        help="unlabeled faces per step of the co-training conditions")
     parser.add_argument("--eval-samples", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--image-size", type=int, default=128)

@@ -371,3 +371,53 @@ def test_cotraining_needs_both_the_weight_and_the_pool(tmp_path):
     with pytest.raises(ValueError, match="set --data.unlabeled.image_size 64"):
         from aukit.data.datamodules import UnlabeledFaceDataModule
         SynthAUDataModule(image_size=64, unlabeled=UnlabeledFaceDataModule(image_size=128))
+
+
+@pytest.mark.slow
+def test_pseudo_labels_train_on_a_second_view_against_a_mean_teacher(tmp_path):
+    cli = run_finetune(tmp_path, *UNLABELED, "--data.unlabeled.views", "2",
+                       "--data.unlabeled.positives", "clip", "--model.pseudo_label_weight", "1",
+                       "--model.pseudo_label_threshold", "0.6", "--model.pseudo_label_rampup",
+                       "0", "--model.teacher_decay", "0.5", "--trainer.max_epochs", "1",
+                       "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+                       "--trainer.limit_test_batches", "1", "--trainer.log_every_n_steps", "1")
+    events = EventAccumulator(cli.trainer.logger.log_dir)
+    events.Reload()
+    assert len(events.Scalars("train/pseudo_label_loss")) == 3
+    module = cli.model
+    assert not any(p.requires_grad for p in module.teacher.parameters())
+    # after 3 updates at decay 0.5 the teacher sits between its start and the model
+    student = dict(module.model.named_parameters())
+    moved = [n for n, p in module.teacher.model.named_parameters()
+             if not torch.equal(p, student[n])]
+    assert moved  # an average, not a copy
+    last = Path(cli.trainer.logger.log_dir) / "checkpoints" / "last.ckpt"
+    reloaded = HiVAFinetuner.load_from_checkpoint(last)
+    assert torch.equal(reloaded.teacher.model.region.au_queries,
+                       module.teacher.model.region.au_queries)
+
+
+def test_the_mean_teacher_averages_weights_and_copies_buffers():
+    from aukit.losses.pseudo_labels import EMATeacher, pseudo_label_loss
+
+    student = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    teacher = EMATeacher(student)
+    start = teacher.model[0].weight.clone()
+    with torch.no_grad():
+        student[0].weight.add_(1.0)
+        student[1].running_mean.fill_(3.0)
+    teacher.update(student, decay=0.75)
+    assert torch.allclose(teacher.model[0].weight, start + 0.25)
+    assert torch.equal(teacher.model[1].running_mean, torch.full((2,), 3.0))
+    teacher.train()
+    teacher(torch.ones(3, 2))
+    assert not teacher.model[1].training  # predicts in eval mode, whatever the trainer set
+    assert torch.equal(teacher.model[1].running_mean, torch.full((2,), 3.0))
+    # confident teacher decisions become labels; unsure ones are ignored
+    teacher_logits = torch.tensor([[4.0, 0.0, -4.0]])
+    loss, used = pseudo_label_loss(torch.tensor([[4.0, 9.0, -4.0]]), teacher_logits, 0.9)
+    assert torch.isclose(used, torch.tensor(2 / 3))
+    expected = torch.nn.functional.softplus(torch.tensor(-4.0))  # both confident ones right
+    assert torch.isclose(loss, expected)
+    with pytest.raises(ValueError, match="threshold must be in"):
+        pseudo_label_loss(teacher_logits, teacher_logits, 0.4)
