@@ -2,12 +2,11 @@
 shares and exact mid-epoch resume through ResumableDataLoader."""
 
 from collections import Counter
+from itertools import islice
 
 import numpy as np
 import pytest
 from torch.utils.data import Dataset
-
-from itertools import islice
 
 from aukit.data.sampling import EndlessLoader, GroupedKeySampler, ResumableDataLoader
 
