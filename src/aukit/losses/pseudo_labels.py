@@ -17,7 +17,7 @@ class EMATeacher(nn.Module):
 
     def __init__(self, student: nn.Module):
         super().__init__()
-        self.model = copy.deepcopy(student).requires_grad_(False).eval()
+        self.model = copy.deepcopy(student).requires_grad_(False)
 
     @torch.no_grad()
     def copy_from(self, student: nn.Module) -> None:
