@@ -7,7 +7,9 @@ scored on the unseen test subjects (mean F1 over SynthAU's 12 AUs). Conditions: 
 linear head, (a2) Swin + AU region features + one linear head per AU, (b) HiVA, all from
 scratch; (c) HiVA from the stage-1 checkpoint of ``scripts/bench_pretrain.py``; (d) (c) without
 the graph / DDCA / CDCA / text, and (c) from a stage 1 trained without the relation loss; each
-with all and with ``--fractions`` of the labelled training subjects. For (b) and (c) the
+with all and with ``--fractions`` of the labelled training subjects. On request, (c) or (b) that
+also train on SynthAU's unlabeled identities while finetuning: co-training with the stage-1
+objective, or a mean teacher's pseudo-labels. For (b) and (c) the
 activation maps are scored against SynthAU's AU regions (``aukit.map_quality``). Writes
 ``## Finetuning: HiVA`` into ``--out`` and the figures into ``--json``.
 
@@ -119,8 +121,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="seeds for the (d) ablations")
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1])
-    parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS),
-                        choices=list(CONDITIONS))
+    parser.add_argument("--conditions", nargs="+", choices=list(CONDITIONS),
+                        default=[c for c, flags in CONDITIONS.items() if "POOL" not in flags],
+                        help="default: all but the unlabeled-pool ones (co-training, "
+                             "pseudo-labels), which did not help (docs/benchmarks.md)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--samples-per-subject", type=int, default=60)
     parser.add_argument("--unlabeled-batch-size", type=int, default=16,
