@@ -70,7 +70,8 @@ class HiVAFinetuner(StageModule):
     ``pseudo_label_weight`` > 0 trains on the pool's faces semi-supervised instead (or as
     well): a mean teacher (the model's weights averaged with ``teacher_decay`` per step,
     starting from the model as training starts) labels one view of each face where it is sure
-    (``pseudo_label_threshold``), and the model learns those labels on the other view (the pool
+    (``pseudo_label_threshold``; ``pseudo_label_negatives`` False: sure-present only), and the
+    model learns those labels on the other view (the pool
     needs 2 views: with ``positives: clip`` another frame of the same expression); the weight
     ramps up linearly over the first ``pseudo_label_rampup`` of the training steps.
     """
@@ -94,6 +95,7 @@ class HiVAFinetuner(StageModule):
                  class_weighted: bool = True, balance_positives: bool = True,
                  unlabeled_weight: float = 0.0, unlabeled_losses: dict | None = None,
                  pseudo_label_weight: float = 0.0, pseudo_label_threshold: float = 0.9,
+                 pseudo_label_negatives: bool = True,
                  pseudo_label_rampup: float = 0.2, teacher_decay: float = 0.99,
                  lr: float = 5e-4, weight_decay: float = 0.05,
                  layer_decay: float = 0.75, warmup_epochs: float = 1.0):
@@ -332,7 +334,8 @@ class HiVAFinetuner(StageModule):
         text = self.text_inputs()
         teacher = self.teacher(images[:, 0], landmarks[:, 0], *text)["logits"]
         student = self.model(images[:, 1], landmarks[:, 1], *text)["logits"]
-        loss, used = pseudo_label_loss(student, teacher, self.hparams.pseudo_label_threshold)
+        loss, used = pseudo_label_loss(student, teacher, self.hparams.pseudo_label_threshold,
+                                       self.hparams.pseudo_label_negatives)
         hp, total = self.hparams, max(1, self.trainer.estimated_stepping_batches)
         ramp = min(1.0, self.global_step / max(1.0, hp.pseudo_label_rampup * total))
         self.log_dict({"train/pseudo_label_loss": loss, "train/pseudo_label_share": used},

@@ -58,6 +58,11 @@ CONDITIONS: dict[str, list[str]] = {
     # semi-supervised: a mean teacher's confident labels on the pool (another frame of a clip)
     "(c) + pseudo-labels": ["STAGE1", *PSEUDO_LABELS],
     "(b) + pseudo-labels": PSEUDO_LABELS,
+    # only the teacher's sure "present" labels (it calls a quarter of present AUs surely absent)
+    "(c) + pseudo-labels, present only": ["STAGE1", *PSEUDO_LABELS,
+                                          "--model.pseudo_label_negatives", "false"],
+    "(b) + pseudo-labels, present only": [*PSEUDO_LABELS, "--model.pseudo_label_negatives",
+                                          "false"],
 }
 MAPPED = ("(b)", "(c)")  # conditions whose activation maps are scored
 TRAIN_SUBJECTS = 30  # SynthAU's labelled train split

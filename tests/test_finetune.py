@@ -419,5 +419,8 @@ def test_the_mean_teacher_averages_weights_and_copies_buffers():
     assert torch.isclose(used, torch.tensor(2 / 3))
     expected = torch.nn.functional.softplus(torch.tensor(-4.0))  # both confident ones right
     assert torch.isclose(loss, expected)
+    loss, used = pseudo_label_loss(torch.tensor([[4.0, 9.0, 4.0]]), teacher_logits, 0.9,
+                                   negatives=False)  # only the sure "present" is a label
+    assert torch.isclose(used, torch.tensor(1 / 3)) and torch.isclose(loss, expected)
     with pytest.raises(ValueError, match="threshold must be in"):
         pseudo_label_loss(teacher_logits, teacher_logits, 0.4)

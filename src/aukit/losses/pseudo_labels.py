@@ -40,16 +40,17 @@ class EMATeacher(nn.Module):
         return self.model(*args, **kwargs)
 
 
-def pseudo_label_loss(student_logits: Tensor, teacher_logits: Tensor,
-                      threshold: float = 0.9) -> tuple[Tensor, Tensor]:
+def pseudo_label_loss(student_logits: Tensor, teacher_logits: Tensor, threshold: float = 0.9,
+                      negatives: bool = True) -> tuple[Tensor, Tensor]:
     """BCE of the student against the teacher's confident decisions (FixMatch-style).
 
     student_logits, teacher_logits [B, A] (the teacher's on another view of the same faces);
     an AU of a face is a label where the teacher's probability is >= ``threshold`` (present)
-    or <= 1 - ``threshold`` (absent), and ignored in between. -> (loss, share of the
+    or <= 1 - ``threshold`` (absent; with ``negatives`` False only present ones are labels: a
+    teacher sure of "absent" misses rare AUs), and ignored in between. -> (loss, share of the
     ``B * A`` decisions used as labels)."""
     if not 0.5 <= threshold < 1:
         raise ValueError(f"the pseudo-label threshold must be in [0.5, 1), got {threshold}")
     probs = teacher_logits.detach().float().sigmoid()
-    confident = (probs >= threshold) | (probs <= 1 - threshold)
+    confident = (probs >= threshold) | ((probs <= 1 - threshold) & negatives)
     return au_bce_loss(student_logits, (probs >= 0.5).float(), confident), confident.float().mean()
