@@ -23,7 +23,6 @@ from aukit.models.region import Mlp
 SETTINGS = ("proj_dim", "region_weight", "relation_weight", "global_weight", "masked_weight",
             "mask_ratio", "mask_block", "temperature", "relation", "fgw_alpha", "gw_iters",
             "ot_temperature", "ot_epsilon", "ot_iters", "identity_prior", "ot_solver")
-LOSSES = ("region", "relation", "global", "masked")
 # an encoder: images [B, 3, H, W], landmarks [B, 68, 2] -> tokens [B, N, D], AU features [B, A, E]
 Encoder = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
