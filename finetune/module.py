@@ -314,7 +314,8 @@ class HiVAFinetuner(StageModule):
             loss = loss + self.hparams.alignment_weight * align
             self.log("train/align_loss", align, batch_size=len(labels))
         if self.objective is not None:
-            stage1 = self.objective(self.encode, unlabeled["image"], unlabeled["landmarks"])
+            stage1 = self.objective(self.encode, unlabeled["image"], unlabeled["landmarks"],
+                                    groups=unlabeled.get("subject"))
             loss = loss + self.hparams.unlabeled_weight * stage1.pop("loss")
             self.log_dict({f"train/unlabeled_{k}_loss": v for k, v in stage1.items()},
                           batch_size=len(unlabeled["image"]))

@@ -19,8 +19,8 @@ OBJECTIVE_PARTS = ("projector", "au_proj", "au_mass", "global_proj", "pixel_deco
 class RegionRelationPretrainer(StageModule):
     """Swin -> AU attention pooling -> region transformer -> ``Stage1Objective``.
 
-    The objective's losses on two augmented views (region, relation, global, masked pixels;
-    each ``*_weight``, 0 = off; see ``aukit.losses.stage1.Stage1Objective``).
+    The objective's losses on two augmented views (region, relation, global, masked pixels,
+    expression geometry; each ``*_weight``, 0 = off; see ``aukit.losses.stage1.Stage1Objective``).
     ``other_subject_weight`` weights the negatives of other subjects in every loss (1 keeps
     them, 0 drops them: only the same person's other expressions are negatives; needs the
     batch's ``subject`` ids, e.g. person-aware SynthAU or folder batches).
@@ -36,7 +36,8 @@ class RegionRelationPretrainer(StageModule):
                  roi_extent: float = 0.3,
                  region_weight: float = 1.0, relation_weight: float = 1.0,
                  global_weight: float = 0.0, masked_weight: float = 0.0,
-                 mask_ratio: float = 0.5, mask_block: int = 16, temperature: float = 0.1,
+                 geometry_weight: float = 0.0, mask_ratio: float = 0.5, mask_block: int = 16,
+                 temperature: float = 0.1,
                  relation: str = "fgw", fgw_alpha: float = 0.5, gw_iters: int = 5,
                  ot_temperature: float = 0.1, ot_epsilon: float = 0.05, ot_iters: int = 30,
                  identity_prior: float = 0.5, ot_solver: str = "torch",
@@ -75,7 +76,7 @@ class RegionRelationPretrainer(StageModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         images = batch["image"]  # [B, V, 3, H, W], landmarks [B, V, 68, 2]
         losses = self.objective(self._features, images, batch["landmarks"],
-                                self._key_bias(batch, len(images)))
+                                self._key_bias(batch, len(images)), batch.get("subject"))
         loss = losses.pop("loss")
         self.log_dict({f"train/{k}_loss": val for k, val in losses.items()},
                       batch_size=len(images))

@@ -7,12 +7,13 @@ unlabeled identities keep shaping the encoder while the few labelled ones are fi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aukit.losses.geometry import expression_geometry, geometry_loss
 from aukit.losses.masked_pixels import block_mask, masked_pixel_loss
 from aukit.losses.region_contrastive import global_contrastive_loss, region_contrastive_loss
 from aukit.losses.relation_ot import RELATIONS, relation_ot_loss
@@ -21,8 +22,8 @@ from aukit.models.region import Mlp
 # the objective's settings (``Stage1Objective`` keyword arguments), as the stage modules name
 # them in their hyperparameters
 SETTINGS = ("proj_dim", "region_weight", "relation_weight", "global_weight", "masked_weight",
-            "mask_ratio", "mask_block", "temperature", "relation", "fgw_alpha", "gw_iters",
-            "ot_temperature", "ot_epsilon", "ot_iters", "identity_prior", "ot_solver")
+            "geometry_weight", "mask_ratio", "mask_block", "temperature", "relation", "fgw_alpha",
+            "gw_iters", "ot_temperature", "ot_epsilon", "ot_iters", "identity_prior", "ot_solver")
 # an encoder: images [B, 3, H, W], landmarks [B, 68, 2] -> tokens [B, N, D], AU features [B, A, E]
 Encoder = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -37,8 +38,10 @@ class Stage1Objective(nn.Module):
     InfoNCE on mean-pooled tokens, and optionally masked-pixel prediction (``masked_weight``:
     ``mask_ratio`` of the first view's ``mask_block``-pixel squares are hidden before the
     encoder, and a linear decoder on the tokens predicts their patch-standardised pixels; the
-    contrastive losses then compare the hidden view with the whole second view). A loss with
-    weight 0 is off, so ablations are config changes.
+    contrastive losses then compare the hidden view with the whole second view), and optionally
+    expression geometry (``geometry_weight``: a linear head on the AU features predicts each
+    face's landmarks minus its person's mean shape in the batch, ``aukit.losses.geometry``; needs
+    person ids, ``groups``). A loss with weight 0 is off, so ablations are config changes.
 
     ``num_aus``, ``token_dim``, ``embed_dim``: the encoder's AU count, token and AU feature
     sizes; ``grid``: its token grid at ``image_size`` pixels.
@@ -47,16 +50,19 @@ class Stage1Objective(nn.Module):
     def __init__(self, num_aus: int, token_dim: int, embed_dim: int, grid: tuple[int, int],
                  image_size: int, proj_dim: int = 64, region_weight: float = 1.0,
                  relation_weight: float = 1.0, global_weight: float = 0.0,
-                 masked_weight: float = 0.0, mask_ratio: float = 0.5, mask_block: int = 16,
+                 masked_weight: float = 0.0, geometry_weight: float = 0.0,
+                 mask_ratio: float = 0.5, mask_block: int = 16,
                  temperature: float = 0.1, relation: str = "fgw", fgw_alpha: float = 0.5,
                  gw_iters: int = 5, ot_temperature: float = 0.1, ot_epsilon: float = 0.05,
                  ot_iters: int = 30, identity_prior: float = 0.5, ot_solver: str = "torch"):
         super().__init__()
         self.weights = {"region": region_weight, "relation": relation_weight,
-                        "global": global_weight, "masked": masked_weight}
+                        "global": global_weight, "masked": masked_weight,
+                        "geometry": geometry_weight}
         if max(self.weights.values()) <= 0:
             raise ValueError("all stage-1 losses are switched off: set region_weight, "
-                             "relation_weight, global_weight or masked_weight > 0")
+                             "relation_weight, global_weight, masked_weight or geometry_weight "
+                             "> 0")
         if relation not in RELATIONS:
             raise ValueError(f"relation must be one of {RELATIONS} (--model.relation), got "
                              f"{relation!r}")
@@ -77,6 +83,9 @@ class Stage1Objective(nn.Module):
             if masked_weight > 0 else None
         if masked_weight > 0:
             block_mask(1, (image_size, image_size), mask_block, mask_ratio)  # checks the flags
+        self.geometry_head = nn.Sequential(
+            nn.LayerNorm(embed_dim), nn.Flatten(1), nn.Linear(num_aus * embed_dim, 2 * 68)) \
+            if geometry_weight > 0 else None
 
     @property
     def contrastive(self) -> bool:
@@ -85,8 +94,9 @@ class Stage1Objective(nn.Module):
 
     def heads(self, tokens: Tensor, features: Tensor) -> dict[str, Tensor]:
         """tokens [B, N, D], AU features [B, A, E] -> ``z`` [B, A, P] unit AU embeddings;
-        ``mass`` [B, A] (relation "ot"), ``g`` [B, P] (global loss on) and ``pixels``
-        [B, 3, H, W] (masked-pixel loss on) or absent."""
+        ``mass`` [B, A] (relation "ot"), ``g`` [B, P] (global loss on), ``pixels``
+        [B, 3, H, W] (masked-pixel loss on) and ``geometry`` [B, 68, 2] (geometry loss on) or
+        absent."""
         hidden = features + self.projector(features)
         out = {"z": F.normalize(torch.einsum("bae,aep->bap", hidden, self.au_proj), dim=-1)}
         if self.au_mass is not None:
@@ -96,21 +106,29 @@ class Stage1Objective(nn.Module):
         if self.pixel_decoder is not None:
             patches = self.pixel_decoder(tokens).transpose(1, 2)  # [B, 3 * s * s, N]
             out["pixels"] = F.pixel_shuffle(patches.unflatten(-1, self.grid), self.pixel_stride)
+        if self.geometry_head is not None:
+            out["geometry"] = self.geometry_head(features).unflatten(-1, (68, 2))
         return out
 
     def forward(self, encode: Encoder, images: Tensor, landmarks: Tensor,
-                key_bias: Tensor | None = None) -> dict[str, Tensor]:
+                key_bias: Tensor | None = None,
+                groups: Sequence[Hashable] | None = None) -> dict[str, Tensor]:
         """images [B, V, 3, H, W] (normalised; [B, 3, H, W]: one view), landmarks
         [B, V, 68, 2] (or [B, 68, 2]) -> each loss that is on and ``loss``, their weighted sum.
         ``key_bias`` [B, K]: a logit bias on the contrastive losses' keys
-        (``other_subject_bias``). The contrastive losses need V >= 2."""
+        (``other_subject_bias``); ``groups``: the B faces' person ids (the geometry loss). The
+        contrastive losses need V >= 2."""
         if images.ndim == 4:
             images, landmarks = images[:, None], landmarks[:, None]
         if images.ndim != 5 or (self.contrastive and images.shape[1] < 2):
             raise ValueError("the stage-1 losses need two views per image (image batch of "
                              f"shape {tuple(images.shape)}); set data.views: 2")
-        if not self.contrastive:  # masked pixels alone: the first view is all it reads
+        if not self.contrastive:  # masked pixels or geometry alone read the first view only
             images, landmarks = images[:, :1], landmarks[:, :1]
+        if self.weights["geometry"] > 0 and groups is None:
+            raise ValueError("the geometry loss (geometry_weight > 0) needs each face's person "
+                             "id: use a data source with subject ids (SynthAU, a folder with one "
+                             "sub-folder per subject or a subjects.csv, a manifest)")
         b, v = images.shape[:2]
         masked = self.weights["masked"] > 0
         if masked:
@@ -135,5 +153,9 @@ class Stage1Objective(nn.Module):
         if masked:
             losses["masked"] = masked_pixel_loss(out["pixels"][:, 0], clean, mask,
                                                  self.pixel_stride)
+        if self.weights["geometry"] > 0:
+            target = expression_geometry(landmarks.flatten(0, 1), [g for g in groups
+                                                                   for _ in range(v)])
+            losses["geometry"] = geometry_loss(out["geometry"].flatten(0, 1), target)
         losses["loss"] = sum(self.weights[name] * value for name, value in losses.items())
         return losses
