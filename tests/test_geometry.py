@@ -1,0 +1,112 @@
+"""Expression-geometry loss: the face frame ignores the camera, the target keeps the expression
+and drops the person, a flipped view gets the mirrored target, and the objective trains on it."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from aukit.data.synthau import SynthAU
+from aukit.data.transforms import hflip_face
+from aukit.losses.geometry import expression_geometry, geometry_loss, mirror_shape, normalise_shape
+from pretrain.module import RegionRelationPretrainer
+
+
+def _faces(subject: int, count: int) -> torch.Tensor:
+    """SynthAU landmarks [count, 68, 2] of one subject's faces (no rendering needed)."""
+    synth = SynthAU(image_size=128)
+    return torch.stack([torch.from_numpy(synth.sample(subject, i)["landmarks"])
+                        for i in range(count)])
+
+
+@pytest.fixture(scope="module")
+def faces() -> torch.Tensor:
+    return torch.cat([_faces(130, 4), _faces(131, 4)])  # two people x 4 expressions
+
+
+def test_the_face_frame_ignores_translation_scale_and_rotation(faces):
+    angle = math.radians(25)
+    rotation = torch.tensor([[math.cos(angle), -math.sin(angle)],
+                             [math.sin(angle), math.cos(angle)]])
+    moved = 1.7 * faces @ rotation.T + torch.tensor([13.0, -4.0])
+    shape = normalise_shape(faces)
+    assert torch.allclose(normalise_shape(moved), shape, atol=1e-4)
+    right, left = shape[:, 36:42].mean(1), shape[:, 42:48].mean(1)
+    assert torch.allclose(right, torch.tensor([-0.5, 0.0]).expand_as(right), atol=1e-5)
+    assert torch.allclose(left, torch.tensor([0.5, 0.0]).expand_as(left), atol=1e-5)
+
+
+def test_mirroring_twice_is_the_identity_and_matches_a_flipped_image(faces):
+    shape = normalise_shape(faces)
+    assert torch.equal(mirror_shape(mirror_shape(shape)), shape)
+    _, flipped = hflip_face(torch.zeros(len(faces), 3, 128, 128), faces)
+    assert torch.allclose(normalise_shape(flipped), mirror_shape(shape), atol=1e-4)
+
+
+def test_the_target_drops_the_person_and_keeps_the_expression(faces):
+    groups = ["A"] * 4 + ["B"] * 4
+    target = expression_geometry(faces, groups)
+    assert target.shape == (8, 68, 2)
+    # the symmetric part of a person's targets averages to nothing: what is left is each
+    # expression (and the pose and asymmetry of each face)
+    symmetric = (target + mirror_shape(target)) / 2
+    assert symmetric[:4].mean(0).abs().max() < 1e-5 and symmetric[:4].abs().max() > 0.05
+    # another face shape for every person (a wider jaw, symmetric, eyes unmoved): the same target
+    shape = normalise_shape(faces)
+    wider = shape.clone()
+    wider[:, :8, 0] -= 0.1  # jaw points 0-7 on one side, 9-16 their mirror images
+    wider[:, 9:17, 0] += 0.1
+    assert torch.allclose(expression_geometry(wider, groups), expression_geometry(shape, groups),
+                          atol=1e-5)
+    # a group's target depends only on its own faces
+    assert torch.allclose(expression_geometry(faces[:4], groups[:4]), target[:4], atol=1e-5)
+
+
+def test_a_flipped_view_gets_the_mirrored_target_whichever_faces_are_flipped(faces):
+    groups = ["A"] * 4 + ["B"] * 4
+    target = expression_geometry(faces, groups)
+    _, flipped = hflip_face(torch.zeros(len(faces), 3, 128, 128), faces)
+    mixed = torch.where(torch.tensor([0, 1, 0, 1, 1, 0, 0, 1]).bool()[:, None, None], flipped,
+                        faces)
+    mixed_target = expression_geometry(mixed, groups)
+    for i, was_flipped in enumerate([0, 1, 0, 1, 1, 0, 0, 1]):
+        expected = mirror_shape(target[i:i + 1])[0] if was_flipped else target[i]
+        assert torch.allclose(mixed_target[i], expected, atol=1e-4)
+
+
+def test_one_face_per_person_is_refused_with_the_flag(faces):
+    with pytest.raises(ValueError, match="faces_per_subject >= 2"):
+        expression_geometry(faces[:3], ["A", "B", "C"])
+    with pytest.raises(ValueError, match="B group ids"):
+        expression_geometry(faces, ["A"] * 3)
+
+
+def test_the_loss_is_the_share_of_the_target_left_unexplained():
+    target = torch.randn(3, 68, 2)
+    assert torch.isclose(geometry_loss(torch.zeros_like(target), target), torch.tensor(1.0))
+    assert geometry_loss(target, target) == 0
+    assert torch.isclose(geometry_loss(target / 2, target), torch.tensor(0.25))
+
+
+def test_the_stage1_head_learns_the_geometry_and_needs_subject_ids(faces):
+    torch.manual_seed(0)
+    images = torch.randn(8, 1, 3, 64, 64)
+    batch = {"image": images, "landmarks": (faces / 2)[:, None]}  # 128 px landmarks -> 64 px
+    module = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, proj_dim=16,
+                                      region_weight=0, relation_weight=0, geometry_weight=1.0)
+    with pytest.raises(ValueError, match="needs each face's person id"):
+        module.training_step(batch, 0)
+    batch["subject"] = ["S1"] * 4 + ["S2"] * 4
+    optimiser = torch.optim.AdamW(module.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss = module.training_step(batch, 0)
+        optimiser.zero_grad()
+        loss.backward()
+        if not losses:  # the first step reaches the encoder
+            assert all(p.grad is not None for p in module.backbone.parameters())
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[0] > 0.5 and losses[-1] < 0.2 * losses[0]  # fits the 8 faces' geometry
+    assert np.isfinite(losses).all()
