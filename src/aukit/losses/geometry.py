@@ -17,28 +17,41 @@ import torch
 from torch import Tensor
 
 from aukit.au import FLIP_PERMUTATION, NUM_LANDMARKS
+from aukit.au_maps import CANONICAL_LANDMARKS
 
-RIGHT_EYE, LEFT_EYE = slice(36, 42), slice(42, 48)  # the subject's, iBUG-68
+# landmarks that AUs barely move (eye corners, nose bridge and tip, nostril wings): the affine
+# fit onto the template uses them only, so it undoes the camera and the crop, not the expression
+STABLE = (36, 39, 42, 45, 27, 28, 29, 30, 31, 33, 35)
+
+
+def _template() -> Tensor:
+    """The canonical face ``[68, 2]``, mirror-symmetric, origin between the eye centres,
+    inter-ocular distance 1."""
+    face = torch.tensor(CANONICAL_LANDMARKS, dtype=torch.float64)
+    right, left = face[36:42].mean(0), face[42:48].mean(0)
+    face = (face - (right + left) / 2) / (left - right).norm()
+    return ((face + mirror_shape(face[None])[0]) / 2).float()
 
 
 def normalise_shape(landmarks: Tensor) -> Tensor:
-    """Landmarks ``[B, 68, 2]`` (pixels) -> the face frame ``[B, 68, 2]``: origin between the
-    eye centres, the eye line along +x, the inter-ocular distance 1 (so crops, scales and
-    in-plane rotations of the image leave it unchanged)."""
-    right, left = landmarks[:, RIGHT_EYE].mean(1), landmarks[:, LEFT_EYE].mean(1)  # [B, 2]
-    axis = left - right
-    iod = axis.norm(dim=-1, keepdim=True).clamp_min(1e-6)  # [B, 1]
-    cos, sin = (axis / iod).unbind(-1)  # [B] each
-    x, y = (landmarks - ((right + left) / 2)[:, None]).unbind(-1)  # [B, 68] each
-    rotated = torch.stack([cos[:, None] * x + sin[:, None] * y,
-                           cos[:, None] * y - sin[:, None] * x], -1)
-    return rotated / iod[:, None]
+    """Landmarks ``[B, 68, 2]`` (pixels) -> the face frame ``[B, 68, 2]``: the affine map that
+    best puts the ``STABLE`` points on the canonical face's (origin between the eyes, eye line
+    along +x, inter-ocular distance 1), applied to all points. Crops of any aspect ratio,
+    scales, shears and in-plane rotations of the image leave it unchanged."""
+    template = _template().double().to(landmarks.device)
+    points = landmarks.double()
+    points = torch.cat([points, torch.ones_like(points[..., :1])], -1)  # [B, 68, 3]
+    stable = points[:, list(STABLE)]  # [B, S, 3]
+    # least squares affine map [B, 3, 2] from the stable points onto the template's
+    gram = stable.transpose(1, 2) @ stable
+    warp = torch.linalg.solve(gram, stable.transpose(1, 2) @ template[list(STABLE)])
+    return (points @ warp).to(landmarks.dtype)
 
 
 def mirror_shape(shape: Tensor) -> Tensor:
     """A face-frame shape ``[B, 68, 2]`` -> the shape of the mirrored face (x negated, landmark
     indices through ``FLIP_PERMUTATION``, as ``aukit.data.transforms.hflip_face`` does)."""
-    mirrored = shape[:, list(FLIP_PERMUTATION)].clone()
+    mirrored = shape[..., list(FLIP_PERMUTATION), :].clone()
     mirrored[..., 0] = -mirrored[..., 0]
     return mirrored
 
