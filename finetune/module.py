@@ -48,7 +48,9 @@ class HiVAFinetuner(StageModule):
     null`` adopt its own). A checkpoint of this module holds every weight and
     the resolved architecture, and loads without the stage-1 file (or ImageNet weights,
     ``pretrained_backbone``), which may since have moved; ``from_stage1`` builds a module with
-    the stage-1 weights already in.
+    the stage-1 weights already in. ``geometry`` gives the region encoder its
+    expression-geometry branch (``aukit.models.region.ExpressionGeometry``; null: the stage-1
+    checkpoint's setting, else off).
     ``region_supervision`` weighs a BCE on HiVA's per-AU linear head over the region features
     (deep supervision, 0 = off), so the encoder gets the plain region baseline's signal under
     HiVA's components. ``alignment`` is "state" (AU k's anchor scores faces with AU k above
@@ -84,7 +86,7 @@ class HiVAFinetuner(StageModule):
                  pretrained_backbone: bool = False, feature_stage: int = 3,
                  conv_stem: bool | None = None, embed_dim: int = 128, num_heads: int = 4,
                  region_depth: int = 1, attention_sigma: float = 0.3, dropout: float = 0.1,
-                 roi_size: int = 0, roi_extent: float = 0.3,
+                 roi_size: int = 0, roi_extent: float = 0.3, geometry: bool | None = None,
                  use_graph: bool = True, use_ddca: bool = True, use_cdca: bool = True,
                  use_text: bool = True, map_prior: bool = True, graph_top_k: int | None = 4,
                  cooccurrence_prior: bool = True, text_encoder: str = "minilm",
@@ -122,8 +124,8 @@ class HiVAFinetuner(StageModule):
         meta = {}
         if pretrained:  # refuse a stage-1 checkpoint that does not fit, before anything trains
             meta = stage1_settings(pretrained, backbone, image_size, feature_stage,
-                                   self.au_numbers, conv_stem, roi_size, roi_extent)
-            backbone, conv_stem = meta["backbone"], meta["conv_stem"]
+                                   self.au_numbers, conv_stem, roi_size, roi_extent, geometry)
+            backbone, conv_stem, geometry = meta["backbone"], meta["conv_stem"], meta["geometry"]
         backbone = backbone or "swin_test"
         text = {"text_dim": text_encoder_dim(text_encoder)} if use_text else {}
         # every setting, for whichever architecture takes it; the config is what checkpoints
@@ -135,7 +137,8 @@ class HiVAFinetuner(StageModule):
             conv_stem=default_conv_stem(backbone) if conv_stem is None else conv_stem,
             embed_dim=embed_dim, num_heads=num_heads, region_depth=region_depth,
             attention_sigma=attention_sigma, dropout=dropout, roi_size=roi_size,
-            roi_extent=roi_extent, use_graph=use_graph, use_ddca=use_ddca, use_cdca=use_cdca,
+            roi_extent=roi_extent, geometry=bool(geometry), use_graph=use_graph,
+            use_ddca=use_ddca, use_cdca=use_cdca,
             use_text=use_text, map_prior=map_prior, region_head=region_supervision > 0,
             graph_top_k=graph_top_k, cooccurrence_prior=cooccurrence_prior, **text)
         self.model = create_model(self.model_config)
@@ -206,7 +209,7 @@ class HiVAFinetuner(StageModule):
         hp, config = self.hparams, self.model_config
         encoder = load_stage1_encoder(hp.pretrained, config["backbone"], hp.image_size,
                                       hp.feature_stage, self.au_numbers, config["conv_stem"],
-                                      hp.roi_size, hp.roi_extent)
+                                      hp.roi_size, hp.roi_extent, config.get("geometry", False))
         encoder.load_into(self.model, region=hp.pretrained_parts == "backbone+region",
                           shrink=hp.pretrained_shrink)
         self._stage1_pending = False
@@ -315,7 +318,8 @@ class HiVAFinetuner(StageModule):
             self.log("train/align_loss", align, batch_size=len(labels))
         if self.objective is not None:
             stage1 = self.objective(self.encode, unlabeled["image"], unlabeled["landmarks"],
-                                    groups=unlabeled.get("subject"))
+                                    groups=unlabeled.get("subject"),
+                                    geometry=self.model.region.geometry)
             loss = loss + self.hparams.unlabeled_weight * stage1.pop("loss")
             self.log_dict({f"train/unlabeled_{k}_loss": v for k, v in stage1.items()},
                           batch_size=len(unlabeled["image"]))

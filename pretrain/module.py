@@ -23,7 +23,8 @@ class RegionRelationPretrainer(StageModule):
     expression geometry; each ``*_weight``, 0 = off; see ``aukit.losses.stage1.Stage1Objective``).
     ``other_subject_weight`` weights the negatives of other subjects in every loss (1 keeps
     them, 0 drops them: only the same person's other expressions are negatives; needs the
-    batch's ``subject`` ids, e.g. person-aware SynthAU or folder batches).
+    batch's ``subject`` ids, e.g. person-aware SynthAU or folder batches). ``geometry`` gives
+    the region encoder its expression-geometry branch, which ``geometry_weight`` trains.
     """
 
     stage = "pretrain"
@@ -33,7 +34,7 @@ class RegionRelationPretrainer(StageModule):
                  conv_stem: bool | None = None, embed_dim: int = 128, proj_dim: int = 64,
                  num_heads: int = 4,
                  region_depth: int = 1, attention_sigma: float = 0.3, roi_size: int = 0,
-                 roi_extent: float = 0.3,
+                 roi_extent: float = 0.3, geometry: bool = False,
                  region_weight: float = 1.0, relation_weight: float = 1.0,
                  global_weight: float = 0.0, masked_weight: float = 0.0,
                  geometry_weight: float = 0.0, mask_ratio: float = 0.5, mask_block: int = 16,
@@ -53,7 +54,7 @@ class RegionRelationPretrainer(StageModule):
                                      conv_stem)
         self.region = AURegionEncoder(self.backbone.out_dim, embed_dim, len(self.au_numbers),
                                       num_heads, region_depth, roi_size=roi_size,
-                                      roi_extent=roi_extent)
+                                      roi_extent=roi_extent, geometry=geometry)
         self.objective = Stage1Objective(
             len(self.au_numbers), self.backbone.out_dim, embed_dim, self.backbone.grid,
             image_size, **{k: self.hparams[k] for k in SETTINGS})
@@ -76,7 +77,8 @@ class RegionRelationPretrainer(StageModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         images = batch["image"]  # [B, V, 3, H, W], landmarks [B, V, 68, 2]
         losses = self.objective(self._features, images, batch["landmarks"],
-                                self._key_bias(batch, len(images)), batch.get("subject"))
+                                self._key_bias(batch, len(images)), batch.get("subject"),
+                                self.region.geometry)
         loss = losses.pop("loss")
         self.log_dict({f"train/{k}_loss": val for k, val in losses.items()},
                       batch_size=len(images))
@@ -103,6 +105,7 @@ class RegionRelationPretrainer(StageModule):
         return {"backbone": hp.backbone, "image_size": hp.image_size,
                 "feature_stage": hp.feature_stage, "conv_stem": self.backbone.conv_stem,
                 "embed_dim": hp.embed_dim, "roi_size": hp.roi_size, "roi_extent": hp.roi_extent,
+                "geometry": hp.geometry,
                 "aus": list(self.au_numbers)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -48,11 +48,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "masked pixels only": ("masked", ["--model.region_weight", "0", "--model.relation_weight", "0",
                                       "--model.masked_weight", "1"]),
     "region + relation + masked pixels": ("both-masked", ["--model.masked_weight", "1"]),
-    "expression geometry only": ("geometry", ["--model.region_weight", "0",
-                                              "--model.relation_weight", "0",
-                                              "--model.geometry_weight", "1",
-                                              "--data.views", "1", "--data.positives", "augment",
-                                              "--data.faces_per_subject", "8"]),
+    "masked pixels + expression geometry": ("masked-geometry", [
+        "--model.region_weight", "0", "--model.relation_weight", "0", "--model.masked_weight",
+        "1", "--model.geometry", "true", "--model.geometry_weight", "1", "--data.views", "1",
+        "--data.positives", "augment", "--data.faces_per_subject", "8"]),
 }
 
 

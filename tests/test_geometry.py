@@ -3,7 +3,6 @@ and drops the person, a flipped view gets the mirrored target, and the objective
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -91,24 +90,30 @@ def test_the_loss_is_the_share_of_the_target_left_unexplained():
     assert torch.isclose(geometry_loss(target / 2, target), torch.tensor(0.25))
 
 
-def test_the_stage1_head_learns_the_geometry_and_needs_subject_ids(faces):
+def test_stage1_trains_the_geometry_branch_and_needs_it_and_subject_ids(faces):
     torch.manual_seed(0)
-    images = torch.randn(8, 1, 3, 64, 64)
-    batch = {"image": images, "landmarks": (faces / 2)[:, None]}  # 128 px landmarks -> 64 px
+    batch = {"image": torch.randn(8, 1, 3, 64, 64), "landmarks": (faces / 2)[:, None]}
+    with pytest.raises(ValueError, match="set --model.geometry true"):
+        RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, region_weight=0,
+                                 relation_weight=0, geometry_weight=1.0).training_step(batch, 0)
     module = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, proj_dim=16,
-                                      region_weight=0, relation_weight=0, geometry_weight=1.0)
+                                      region_weight=0, relation_weight=0, geometry_weight=1.0,
+                                      geometry=True)
     with pytest.raises(ValueError, match="needs each face's person id"):
         module.training_step(batch, 0)
     batch["subject"] = ["S1"] * 4 + ["S2"] * 4
-    optimiser = torch.optim.AdamW(module.parameters(), lr=3e-3)
+    optimiser = torch.optim.AdamW(module.region.geometry.parameters(), lr=1e-2)
     losses = []
-    for _ in range(60):
+    for _ in range(100):
         loss = module.training_step(batch, 0)
         optimiser.zero_grad()
         loss.backward()
-        if not losses:  # the first step reaches the encoder
-            assert all(p.grad is not None for p in module.backbone.parameters())
         optimiser.step()
         losses.append(loss.item())
-    assert losses[0] > 0.5 and losses[-1] < 0.2 * losses[0]  # fits the 8 faces' geometry
-    assert np.isfinite(losses).all()
+    assert losses[0] > 0.5 and losses[-1] < 0.05  # the linear map fits the 8 faces' geometry
+    # the branch feeds the AU features: other landmarks, other features
+    tokens = torch.randn(2, 16, module.backbone.out_dim)
+    maps = torch.rand(2, 12, 16)
+    a = module.region(tokens, maps, (faces[[0, 0]] / 2))
+    b = module.region(tokens, maps, (faces[[0, 1]] / 2))
+    assert torch.equal(a[0], b[0]) and not torch.allclose(a[1], b[1])

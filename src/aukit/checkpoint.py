@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 
 META_KEY = "aukit"
+# the region encoder's parameters with one row per AU, selected to match the stage-2 AUs
+PER_AU_PARAMETERS = ("au_queries", "geometry_embed")
 STAGE_HINT = {
     "pretrain": "a stage-1 checkpoint written by `make pretrain` (runs/pretrain/.../last.ckpt)",
     "finetune": "a stage-2 checkpoint written by `make finetune` (runs/finetune/.../best.ckpt)",
@@ -75,45 +77,49 @@ class Stage1Encoder:
 
 def stage1_settings(path: str | Path, backbone: str | None, image_size: int, feature_stage: int,
                     aus: Sequence[int], conv_stem: bool | None = None, roi_size: int = 0,
-                    roi_extent: float = 0.3) -> dict[str, Any]:
+                    roi_extent: float = 0.3, geometry: bool | None = None) -> dict[str, Any]:
     """The metadata of the stage-1 checkpoint at ``path`` (its ``backbone``, ``conv_stem``, ...),
     checked against a stage-2 model built with these settings; refuses, with the flag to set,
-    one that does not fit. ``backbone=None`` / ``conv_stem=None`` accept the checkpoint's.
+    one that does not fit. ``backbone=None`` / ``conv_stem=None`` / ``geometry=None`` accept the
+    checkpoint's.
     Maps the file without reading its weights."""
     meta = read_checkpoint(path, "pretrain", mmap=True)[META_KEY]
     _check_stage1(meta, path, backbone, image_size, feature_stage, aus, conv_stem, roi_size,
-                  roi_extent)
+                  roi_extent, geometry)
     return meta
 
 
 def load_stage1_encoder(path: str | Path, backbone: str | None, image_size: int, feature_stage: int,
                         aus: Sequence[int], conv_stem: bool | None = None, roi_size: int = 0,
-                        roi_extent: float = 0.3) -> Stage1Encoder:
+                        roi_extent: float = 0.3, geometry: bool | None = None) -> Stage1Encoder:
     """Read a stage-1 checkpoint for a stage-2 model built with these settings (checked as by
-    ``stage1_settings``). The region encoder's AU queries are selected (and reordered) to match
-    ``aus``.
+    ``stage1_settings``). The region encoder's per-AU parameters (queries, geometry embeddings)
+    are selected (and reordered) to match ``aus``.
     """
     checkpoint = read_checkpoint(path, "pretrain")
     meta = checkpoint[META_KEY]
     _check_stage1(meta, path, backbone, image_size, feature_stage, aus, conv_stem, roi_size,
-                  roi_extent)
+                  roi_extent, geometry)
     state = checkpoint["state_dict"]
     backbone_state = _strip(state, "backbone.")
     region_state = _strip(state, "region.")
     rows = torch.tensor([meta["aus"].index(a) for a in aus])
-    region_state["au_queries"] = region_state["au_queries"][rows]
+    for name in PER_AU_PARAMETERS:
+        if name in region_state:
+            region_state[name] = region_state[name][rows]
     return Stage1Encoder(meta, backbone_state, region_state, Path(path))
 
 
 def _check_stage1(meta: dict[str, Any], path: str | Path, backbone: str | None, image_size: int,
                   feature_stage: int, aus: Sequence[int], conv_stem: bool | None, roi_size: int,
-                  roi_extent: float) -> None:
+                  roi_extent: float, geometry: bool | None) -> None:
     meta.setdefault("conv_stem", False)  # written before the conv stem existed
     meta.setdefault("roi_size", 0)  # ... and before ROI pooling
     meta.setdefault("roi_extent", 0.3)
+    meta.setdefault("geometry", False)  # ... and before the geometry branch
     wanted = {"backbone": backbone, "image_size": image_size, "feature_stage": feature_stage,
               "conv_stem": conv_stem, "roi_size": roi_size,
-              "roi_extent": roi_extent if roi_size else None}
+              "roi_extent": roi_extent if roi_size else None, "geometry": geometry}
     for key, value in wanted.items():
         if value is not None and meta[key] != value:
             raise ValueError(

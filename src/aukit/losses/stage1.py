@@ -17,7 +17,7 @@ from aukit.losses.geometry import expression_geometry, geometry_loss
 from aukit.losses.masked_pixels import block_mask, masked_pixel_loss
 from aukit.losses.region_contrastive import global_contrastive_loss, region_contrastive_loss
 from aukit.losses.relation_ot import RELATIONS, relation_ot_loss
-from aukit.models.region import Mlp
+from aukit.models.region import SHAPE_SCALE, Mlp
 
 # the objective's settings (``Stage1Objective`` keyword arguments), as the stage modules name
 # them in their hyperparameters
@@ -39,9 +39,9 @@ class Stage1Objective(nn.Module):
     ``mask_ratio`` of the first view's ``mask_block``-pixel squares are hidden before the
     encoder, and a linear decoder on the tokens predicts their patch-standardised pixels; the
     contrastive losses then compare the hidden view with the whole second view), and optionally
-    expression geometry (``geometry_weight``: a linear head on the AU features predicts each
-    face's landmarks minus its person's mean shape in the batch, ``aukit.losses.geometry``; needs
-    person ids, ``groups``). A loss with weight 0 is off, so ablations are config changes.
+    expression geometry (``geometry_weight``: the encoder's geometry branch, ``geometry``, learns
+    each face's landmarks minus its person's mean shape in the batch, ``aukit.losses.geometry``;
+    needs person ids, ``groups``). A loss with weight 0 is off, so ablations are config changes.
 
     ``num_aus``, ``token_dim``, ``embed_dim``: the encoder's AU count, token and AU feature
     sizes; ``grid``: its token grid at ``image_size`` pixels.
@@ -83,9 +83,6 @@ class Stage1Objective(nn.Module):
             if masked_weight > 0 else None
         if masked_weight > 0:
             block_mask(1, (image_size, image_size), mask_block, mask_ratio)  # checks the flags
-        self.geometry_head = nn.Sequential(
-            nn.LayerNorm(embed_dim), nn.Flatten(1), nn.Linear(num_aus * embed_dim, 2 * 68)) \
-            if geometry_weight > 0 else None
 
     @property
     def contrastive(self) -> bool:
@@ -94,9 +91,8 @@ class Stage1Objective(nn.Module):
 
     def heads(self, tokens: Tensor, features: Tensor) -> dict[str, Tensor]:
         """tokens [B, N, D], AU features [B, A, E] -> ``z`` [B, A, P] unit AU embeddings;
-        ``mass`` [B, A] (relation "ot"), ``g`` [B, P] (global loss on), ``pixels``
-        [B, 3, H, W] (masked-pixel loss on) and ``geometry`` [B, 68, 2] (geometry loss on) or
-        absent."""
+        ``mass`` [B, A] (relation "ot"), ``g`` [B, P] (global loss on) and ``pixels``
+        [B, 3, H, W] (masked-pixel loss on) or absent."""
         hidden = features + self.projector(features)
         out = {"z": F.normalize(torch.einsum("bae,aep->bap", hidden, self.au_proj), dim=-1)}
         if self.au_mass is not None:
@@ -106,17 +102,17 @@ class Stage1Objective(nn.Module):
         if self.pixel_decoder is not None:
             patches = self.pixel_decoder(tokens).transpose(1, 2)  # [B, 3 * s * s, N]
             out["pixels"] = F.pixel_shuffle(patches.unflatten(-1, self.grid), self.pixel_stride)
-        if self.geometry_head is not None:
-            out["geometry"] = self.geometry_head(features).unflatten(-1, (68, 2))
         return out
 
     def forward(self, encode: Encoder, images: Tensor, landmarks: Tensor,
                 key_bias: Tensor | None = None,
-                groups: Sequence[Hashable] | None = None) -> dict[str, Tensor]:
+                groups: Sequence[Hashable] | None = None,
+                geometry: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
         """images [B, V, 3, H, W] (normalised; [B, 3, H, W]: one view), landmarks
         [B, V, 68, 2] (or [B, 68, 2]) -> each loss that is on and ``loss``, their weighted sum.
         ``key_bias`` [B, K]: a logit bias on the contrastive losses' keys
-        (``other_subject_bias``); ``groups``: the B faces' person ids (the geometry loss). The
+        (``other_subject_bias``); ``groups``: the B faces' person ids and ``geometry`` the
+        encoder's geometry branch (landmarks [B, 68, 2] -> [B, 68, 2]; the geometry loss). The
         contrastive losses need V >= 2."""
         if images.ndim == 4:
             images, landmarks = images[:, None], landmarks[:, None]
@@ -125,6 +121,9 @@ class Stage1Objective(nn.Module):
                              f"shape {tuple(images.shape)}); set data.views: 2")
         if not self.contrastive:  # masked pixels or geometry alone read the first view only
             images, landmarks = images[:, :1], landmarks[:, :1]
+        if self.weights["geometry"] > 0 and geometry is None:
+            raise ValueError("the geometry loss (geometry_weight > 0) trains the region "
+                             "encoder's geometry branch: set --model.geometry true")
         if self.weights["geometry"] > 0 and groups is None:
             raise ValueError("the geometry loss (geometry_weight > 0) needs each face's person "
                              "id: use a data source with subject ids (SynthAU, a folder with one "
@@ -154,8 +153,8 @@ class Stage1Objective(nn.Module):
             losses["masked"] = masked_pixel_loss(out["pixels"][:, 0], clean, mask,
                                                  self.pixel_stride)
         if self.weights["geometry"] > 0:
-            target = expression_geometry(landmarks.flatten(0, 1), [g for g in groups
-                                                                   for _ in range(v)])
-            losses["geometry"] = geometry_loss(out["geometry"].flatten(0, 1), target)
+            points = landmarks.flatten(0, 1)
+            target = expression_geometry(points, [g for g in groups for _ in range(v)])
+            losses["geometry"] = geometry_loss(geometry(points), SHAPE_SCALE * target)
         losses["loss"] = sum(self.weights[name] * value for name, value in losses.items())
         return losses

@@ -38,7 +38,9 @@ class HiVA(nn.Module):
     ("region_logits", for deep supervision in training; the prediction is "logits").
     ``cooccurrence_prior`` is the graph's label co-occurrence prior ``[A, A]``; ``True`` reserves
     it as the identity, to be set from the training labels (``graph.set_prior``) or loaded from
-    a checkpoint. Build it by name or from a config with ``aukit.models.create_model``.
+    a checkpoint. ``geometry`` feeds the region encoder the face's expression geometry from its
+    landmarks (``aukit.models.region.ExpressionGeometry``). Build it by name or from a config
+    with ``aukit.models.create_model``.
     """
 
     def __init__(self, au_numbers: Sequence[int | str] | str, backbone: str = "swin_test",
@@ -49,7 +51,8 @@ class HiVA(nn.Module):
                  use_text: bool = True, graph_top_k: int | None = 4,
                  cooccurrence_prior: bool | Tensor | None = None, dropout: float = 0.1,
                  conv_stem: bool | None = None, map_prior: bool = True,
-                 region_head: bool = True, roi_size: int = 0, roi_extent: float = 0.3) -> None:
+                 region_head: bool = True, roi_size: int = 0, roi_extent: float = 0.3,
+                 geometry: bool = False) -> None:
         super().__init__()
         self.aus = parse_aus(au_numbers)
         num_aus = len(self.aus)
@@ -60,7 +63,7 @@ class HiVA(nn.Module):
                                      conv_stem)
         self.region = AURegionEncoder(self.backbone.out_dim, embed_dim, num_aus, num_heads,
                                       region_depth, dropout=dropout, roi_size=roi_size,
-                                      roi_extent=roi_extent)
+                                      roi_extent=roi_extent, geometry=geometry)
         self.region_head = PerAUHead(num_aus, embed_dim, dropout) if region_head else None
         self.graph = None
         if cooccurrence_prior is True:

@@ -33,7 +33,8 @@ class LinearAUClassifier(nn.Module):
 class RegionAUClassifier(nn.Module):
     """Swin -> landmark AU attention maps -> ``AURegionEncoder`` -> one linear head per AU.
 
-    ``backbone`` and ``region`` load from a stage-1 checkpoint like HiVA's. Takes and ignores
+    ``backbone`` and ``region`` load from a stage-1 checkpoint like HiVA's; ``geometry`` as in
+    HiVA. Takes and ignores
     HiVA's text inputs; returns the landmark maps (normalised) as its activation maps.
     """
 
@@ -41,7 +42,7 @@ class RegionAUClassifier(nn.Module):
                  image_size: int = 128, pretrained_backbone: bool = False, feature_stage: int = 3,
                  conv_stem: bool | None = None, embed_dim: int = 128, num_heads: int = 4,
                  region_depth: int = 1, attention_sigma: float = 0.3, dropout: float = 0.1,
-                 roi_size: int = 0, roi_extent: float = 0.3):
+                 roi_size: int = 0, roi_extent: float = 0.3, geometry: bool = False):
         super().__init__()
         self.aus = parse_aus(au_numbers)
         self.attention_sigma = attention_sigma
@@ -49,7 +50,7 @@ class RegionAUClassifier(nn.Module):
                                      conv_stem)
         self.region = AURegionEncoder(self.backbone.out_dim, embed_dim, len(self.aus), num_heads,
                                       region_depth, dropout=dropout, roi_size=roi_size,
-                                      roi_extent=roi_extent)
+                                      roi_extent=roi_extent, geometry=geometry)
         self.head = PerAUHead(len(self.aus), embed_dim, dropout)
 
     def forward(self, images: Tensor, landmarks: Tensor | None,

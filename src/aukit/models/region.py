@@ -7,21 +7,33 @@ import math
 import torch
 from torch import Tensor, nn
 
+from aukit.au import NUM_LANDMARKS
 from aukit.au_maps import au_attention_maps, canonical_landmarks
+from aukit.face_shape import canonical_shape, normalise_shape
 
 # floor for log-attention biases: a token at the far side of the face keeps a little weight
 MIN_ATTENTION = 1e-4
+# face-frame shapes in tenths of the inter-ocular distance: expression moves are then O(0.1-1)
+SHAPE_SCALE = 10.0
+
+
+def face_landmarks(landmarks: Tensor | None, images: Tensor) -> Tensor:
+    """``landmarks`` ``[B, 68, 2]`` in the pixels of ``images`` ``[B, 3, H, W]``, or for None
+    the canonical face at their size."""
+    if landmarks is not None:
+        return landmarks
+    # ints even under torch.jit.trace (export), where shapes are tensors
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    template = torch.from_numpy(canonical_landmarks(size))
+    return template.to(images.device).expand(len(images), -1, -1)
 
 
 def landmark_maps(landmarks: Tensor | None, images: Tensor, grid: tuple[int, int],
                   aus: tuple[int, ...], sigma: float) -> Tensor:
     """AU attention maps ``[B, A, N]`` (N = h * w) on the backbone ``grid`` from landmarks
     ``[B, 68, 2]`` in the pixels of ``images`` ``[B, 3, H, W]``; None = the canonical face."""
-    # ints even under torch.jit.trace (export), where shapes are tensors
     size = (int(images.shape[-2]), int(images.shape[-1]))
-    if landmarks is None:
-        template = torch.from_numpy(canonical_landmarks(size))
-        landmarks = template.to(images.device).expand(len(images), -1, -1)  # [B, 68, 2]
+    landmarks = face_landmarks(landmarks, images)
     return au_attention_maps(landmarks, size, grid, aus, sigma=sigma).flatten(2)
 
 
@@ -32,8 +44,30 @@ def encode_regions(backbone: nn.Module, region: nn.Module, images: Tensor,
     [B, N, D], the landmark maps on its grid [B, A, N] and the ``region`` encoder's AU
     features [B, A, E]."""
     tokens = backbone(images)
+    landmarks = face_landmarks(landmarks, images)
     maps = landmark_maps(landmarks, images, backbone.grid, aus, sigma).to(tokens.dtype)
-    return tokens, maps, region(tokens, maps)
+    return tokens, maps, region(tokens, maps, landmarks)
+
+
+class ExpressionGeometry(nn.Module):
+    """A face's expression geometry from its landmarks: its shape in the face frame
+    (``aukit.face_shape``) minus the canonical face, in ``1 / SHAPE_SCALE`` inter-ocular
+    distances, through one linear map ``[B, 68, 2] -> [B, 68, 2]``.
+
+    The shape mixes who the person is with the expression. Stage 1's geometry loss
+    (``aukit.losses.geometry``) trains the map to return the shape minus the person's mean shape:
+    learned on many unlabeled people it removes the person, which a few labelled people cannot
+    teach.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.project = nn.Linear(2 * NUM_LANDMARKS, 2 * NUM_LANDMARKS)
+
+    def forward(self, landmarks: Tensor) -> Tensor:
+        """landmarks [B, 68, 2] (pixels) -> [B, 68, 2] (scaled face frame)."""
+        shape = normalise_shape(landmarks) - canonical_shape().to(landmarks)
+        return self.project(SHAPE_SCALE * shape.flatten(1)).view_as(shape)
 
 
 class PerAUHead(nn.Module):
@@ -126,12 +160,14 @@ class AURegionEncoder(nn.Module):
     of the image wide, flattened in order and projected, so the summary keeps where in the region
     each cue lies); a learnable AU query added to it then cross-attends to all tokens with the
     logits biased by ``log(map)``, so the feature looks mostly inside its region while still
-    seeing long-range context.
+    seeing long-range context. ``geometry`` adds to each AU's query an embedding of the face's
+    expression geometry (``ExpressionGeometry`` of the landmarks), which the windows, centred on
+    the landmarks, otherwise hide.
     """
 
     def __init__(self, in_dim: int, embed_dim: int, num_aus: int, num_heads: int = 4,
                  depth: int = 1, attention_bias: bool = True, dropout: float = 0.0,
-                 roi_size: int = 0, roi_extent: float = 0.3):
+                 roi_size: int = 0, roi_extent: float = 0.3, geometry: bool = False):
         super().__init__()
         if roi_size < 0 or not 0 < roi_extent <= 2:
             raise ValueError(f"need roi_size >= 0 and 0 < roi_extent <= 2, got {roi_size} and "
@@ -140,6 +176,11 @@ class AURegionEncoder(nn.Module):
         self.roi_size, self.roi_extent = roi_size, roi_extent
         self.roi_proj = nn.Linear(roi_size * roi_size * embed_dim, embed_dim) if roi_size else None
         self.au_queries = nn.Parameter(torch.randn(num_aus, embed_dim) * 0.02)
+        self.geometry = ExpressionGeometry() if geometry else None
+        # one [68 * 2, E] embedding per AU (rows follow the AUs, like the queries)
+        self.geometry_embed = nn.Parameter(
+            torch.randn(num_aus, 2 * NUM_LANDMARKS, embed_dim) * (2 * NUM_LANDMARKS) ** -0.5) \
+            if geometry else None
         self.blocks = nn.ModuleList(RegionBlock(embed_dim, num_heads, dropout)
                                     for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim)
@@ -154,13 +195,20 @@ class AURegionEncoder(nn.Module):
         """Backbone tokens [B, N, D] -> [B, N, E] in the region feature space."""
         return self.token_proj(tokens)
 
-    def forward(self, tokens: Tensor, maps: Tensor) -> Tensor:
-        """tokens [B, N, D], maps [B, A, N] in [0, 1] -> AU features [B, A, E]."""
+    def forward(self, tokens: Tensor, maps: Tensor, landmarks: Tensor | None = None) -> Tensor:
+        """tokens [B, N, D], maps [B, A, N] in [0, 1], landmarks [B, 68, 2] (pixels; needed
+        with ``geometry``) -> AU features [B, A, E]."""
         x = self.project_tokens(tokens)
         weights = maps / maps.sum(-1, keepdim=True).clamp_min(1e-6)
         summary = weights @ x if self.roi_proj is None else \
             self.roi_proj(roi_tokens(x, weights, self.roi_size, self.roi_extent))
         queries = summary + self.au_queries  # [B, A, E]
+        if self.geometry is not None:
+            if landmarks is None:
+                raise ValueError("the region encoder's geometry branch reads the landmarks: "
+                                 "pass them, or build it with geometry=False")
+            shape = self.geometry(landmarks).flatten(1)  # [B, 136]
+            queries = queries + torch.einsum("bk,ake->bae", shape, self.geometry_embed)
         bias = maps.clamp_min(MIN_ATTENTION).log() if self.attention_bias else None
         for block in self.blocks:
             queries = block(queries, x, bias)
