@@ -183,6 +183,19 @@ def test_roi_pooling_is_handed_over_from_stage1(tmp_path):
                       pretrained=str(tmp_path / "s1.ckpt"))
 
 
+def test_the_geometry_branch_is_handed_over_from_stage1(tmp_path):
+    stage1 = save_stage1(tmp_path / "s1.ckpt", geometry=True)
+    module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
+                                       embed_dim=32, use_text=False)  # geometry: the stage 1's
+    assert module.model_config["geometry"] is True
+    region, rows = module.model.region, [list(stage1.au_numbers).index(a) for a in (12, 1)]
+    assert torch.equal(region.geometry.project.weight, stage1.region.geometry.project.weight)
+    assert torch.equal(region.geometry_embed, stage1.region.geometry_embed[rows])
+    with pytest.raises(ValueError, match="geometry=True.*--model.geometry True"):
+        HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False, geometry=False,
+                      pretrained=str(tmp_path / "s1.ckpt"))
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"image_size": 128}, "image_size=64.*image_size=128"),
     ({"image_size": 64, "conv_stem": False}, "conv_stem=True.*--model.conv_stem True"),
