@@ -149,3 +149,20 @@ def test_other_models_and_stems_round_trip_through_onnx(tmp_path, kwargs):
     assert len(got) == 2  # probabilities and activation maps
     for out, want in zip(got, expected, strict=True):
         np.testing.assert_allclose(out, want.numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_geometry_branch_exports_with_the_landmarks_as_an_input(tmp_path, fmt):
+    ckpt = save_finetune(tmp_path / "model.ckpt", geometry=True)
+    main(["--ckpt", str(ckpt), "--format", fmt, "--out", str(tmp_path), "--landmarks-input"])
+    path = tmp_path / f"au_detector.{'onnx' if fmt == 'onnx' else 'pt'}"
+    predictor = load_predictor(ckpt)
+    assert predictor.model.region.geometry is not None
+    images = torch.randn(2, 3, 64, 64)
+    smiling = predictor.landmarks.expand(2, -1, -1).clone()
+    smiling[1, [48, 54]] += torch.tensor([[-2.0, -1.5], [2.0, -1.5]])  # lip corners up and out
+    with torch.no_grad():
+        want = predictor(images, smiling)
+    got = run_exported(path, images.numpy(), smiling.numpy())
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=0)

@@ -32,15 +32,21 @@ def normalise_shape(landmarks: Tensor) -> Tensor:
     """Landmarks ``[B, 68, 2]`` (pixels) -> the face frame ``[B, 68, 2]``: the affine map that
     best puts the ``STABLE`` points on the canonical face's (origin between the eyes, eye line
     along +x, inter-ocular distance 1), applied to all points. Crops of any aspect ratio,
-    scales, shears and in-plane rotations of the image leave it unchanged."""
-    template = canonical_shape().double().to(landmarks.device)
-    points = landmarks.double()
-    points = torch.cat([points, torch.ones_like(points[..., :1])], -1)  # [B, 68, 3]
-    stable = points[:, list(STABLE)]  # [B, S, 3]
-    # least squares affine map [B, 3, 2] from the stable points onto the template's
-    gram = stable.transpose(1, 2) @ stable
-    warp = torch.linalg.solve(gram, stable.transpose(1, 2) @ template[list(STABLE)])
-    return (points @ warp).to(landmarks.dtype)
+    scales, shears and in-plane rotations of the image leave it unchanged. Plain tensor
+    arithmetic (a closed-form 2 x 2 solve), so it traces and exports to ONNX."""
+    template = canonical_shape().to(landmarks)[list(STABLE)]  # [S, 2]
+    target = template - template.mean(0)
+    stable = landmarks[:, list(STABLE)]  # [B, S, 2]
+    centre = stable.mean(1, keepdim=True)  # [B, 1, 2]
+    spread = (stable - centre).square().mean((1, 2), keepdim=True).sqrt().clamp_min(1e-6)
+    x = (stable - centre) / spread  # well conditioned in float32
+    # least squares linear map [B, 2, 2] with x @ map ~ target: (x^T x)^-1 x^T target
+    gram = x.transpose(1, 2) @ x
+    a, b, d = gram[:, 0, 0], gram[:, 0, 1], gram[:, 1, 1]
+    inverse = torch.stack([torch.stack([d, -b], -1), torch.stack([-b, a], -1)], 1) / \
+        (a * d - b * b).clamp_min(1e-12)[:, None, None]
+    linear = inverse @ (x.transpose(1, 2) @ target)
+    return (landmarks - centre) / spread @ linear + template.mean(0)
 
 
 def mirror_shape(shape: Tensor) -> Tensor:
