@@ -48,7 +48,9 @@ class HiVAFinetuner(StageModule):
     null`` adopt its own). A checkpoint of this module holds every weight and
     the resolved architecture, and loads without the stage-1 file (or ImageNet weights,
     ``pretrained_backbone``), which may since have moved; ``from_stage1`` builds a module with
-    the stage-1 weights already in. ``geometry`` gives the region encoder its
+    the stage-1 weights already in. ``freeze`` names submodules of the model that do not train
+    (e.g. ``[region.geometry]``: the stage-1 geometry map stays as stage 1 learned it on many
+    people). ``geometry`` gives the region encoder its
     expression-geometry branch (``aukit.models.region.ExpressionGeometry``; null: the stage-1
     checkpoint's setting, else off).
     ``region_supervision`` weighs a BCE on HiVA's per-AU linear head over the region features
@@ -83,6 +85,7 @@ class HiVAFinetuner(StageModule):
     def __init__(self, aus: list[str], image_size: int = 128, architecture: str = "hiva",
                  backbone: str | None = None, pretrained: str | None = None,
                  pretrained_parts: str = "backbone+region", pretrained_shrink: float = 1.0,
+                 freeze: list[str] | None = None,
                  pretrained_backbone: bool = False, feature_stage: int = 3,
                  conv_stem: bool | None = None, embed_dim: int = 128, num_heads: int = 4,
                  region_depth: int = 1, attention_sigma: float = 0.3, dropout: float = 0.1,
@@ -142,6 +145,7 @@ class HiVAFinetuner(StageModule):
             use_text=use_text, map_prior=map_prior, region_head=region_supervision > 0,
             graph_top_k=graph_top_k, cooccurrence_prior=cooccurrence_prior, **text)
         self.model = create_model(self.model_config)
+        self._freeze(freeze or [])
         self.objective = self._unlabeled_objective(meta.get("config", {}))
         if not 0 <= pseudo_label_weight or not 0 <= teacher_decay < 1:
             raise ValueError("need --model.pseudo_label_weight >= 0 and --model.teacher_decay in "
@@ -162,6 +166,19 @@ class HiVAFinetuner(StageModule):
                                             for s in ("fit", "val", "test")})
         # the last computed values of each split (AUMetrics.compute() keys), for callbacks
         self.metric_values: dict[str, dict[str, float]] = {}
+
+    def _freeze(self, names: list[str]) -> None:
+        """Stop the parameters of the model's submodules ``names`` (e.g. ``region.geometry``)
+        from training."""
+        for name in names:
+            try:
+                part = self.model.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"--model.freeze names {name!r}, which this model "
+                                 f"({self.model_config['architecture']}) does not have; name "
+                                 "submodules such as backbone, region or region.geometry (with "
+                                 "--model.geometry true)") from None
+            part.requires_grad_(False)
 
     def _unlabeled_objective(self, stage1_config: dict) -> Stage1Objective | None:
         """The co-training objective (``unlabeled_weight`` > 0), or None: ``unlabeled_losses``
