@@ -50,7 +50,7 @@ class HiVAFinetuner(StageModule):
     ``pretrained_backbone``), which may since have moved; ``from_stage1`` builds a module with
     the stage-1 weights already in. ``freeze`` names submodules of the model that do not train
     (e.g. ``[region.geometry]``: the stage-1 geometry map stays as stage 1 learned it on many
-    people). ``geometry`` gives the region encoder its
+    people; a part the model has switched off is skipped). ``geometry`` gives the region encoder its
     expression-geometry branch (``aukit.models.region.ExpressionGeometry``; null: the stage-1
     checkpoint's setting, else off).
     ``region_supervision`` weighs a BCE on HiVA's per-AU linear head over the region features
@@ -169,16 +169,20 @@ class HiVAFinetuner(StageModule):
 
     def _freeze(self, names: list[str]) -> None:
         """Stop the parameters of the model's submodules ``names`` (e.g. ``region.geometry``)
-        from training."""
+        from training; a part this model has switched off (None) has nothing to freeze."""
         for name in names:
-            try:
-                part = self.model.get_submodule(name)
-            except AttributeError:
-                raise ValueError(f"--model.freeze names {name!r}, which this model "
-                                 f"({self.model_config['architecture']}) does not have; name "
-                                 "submodules such as backbone, region or region.geometry (with "
-                                 "--model.geometry true)") from None
-            part.requires_grad_(False)
+            part = self.model
+            for attribute in name.split("."):
+                if not hasattr(part, attribute):
+                    raise ValueError(
+                        f"--model.freeze names {name!r}, which this model "
+                        f"({self.model_config['architecture']}) does not have; name submodules "
+                        "such as backbone, region or region.geometry")
+                part = getattr(part, attribute)
+                if part is None:
+                    break
+            if isinstance(part, torch.nn.Module):
+                part.requires_grad_(False)
 
     def _unlabeled_objective(self, stage1_config: dict) -> Stage1Objective | None:
         """The co-training objective (``unlabeled_weight`` > 0), or None: ``unlabeled_losses``

@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from aukit.checkpoint import META_KEY
 from aukit.configs import config_flags, finetune_configs
 from aukit.data.datamodules import AUDataModule, SynthAUDataModule
+from aukit.optim import parameter_groups
 from finetune.cli import FinetuneCLI
 from finetune.module import HiVAFinetuner
 from pretrain.module import RegionRelationPretrainer
@@ -194,6 +195,22 @@ def test_the_geometry_branch_is_handed_over_from_stage1(tmp_path):
     with pytest.raises(ValueError, match="geometry=True.*--model.geometry True"):
         HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False, geometry=False,
                       pretrained=str(tmp_path / "s1.ckpt"))
+
+
+def test_frozen_parts_do_not_train_and_a_part_that_is_off_is_skipped(tmp_path):
+    save_stage1(tmp_path / "s1.ckpt", geometry=True)
+    module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
+                                       embed_dim=32, use_text=False, freeze=["region.geometry"])
+    frozen = {id(p) for p in module.model.region.geometry.parameters()}
+    trained = {id(p) for group in parameter_groups(module.model, 1e-3, 0.05)
+               for p in group["params"]}
+    assert frozen and not frozen & trained and id(module.model.region.au_queries) in trained
+    scratch = HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False,
+                            freeze=["region.geometry"])  # no geometry branch: nothing to freeze
+    assert all(p.requires_grad for p in scratch.model.parameters())
+    with pytest.raises(ValueError, match="--model.freeze names 'region.wings'"):
+        HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False,
+                      freeze=["region.wings"])
 
 
 @pytest.mark.parametrize("kwargs,message", [
