@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--cache", default="runs/cache/synthau", help="rendered-face cache")
-    parser.add_argument("--stage1", default="runs/bench/pretrain/both-seed{seed}/last.ckpt")
+    parser.add_argument("--stage1",
+                        default="runs/bench/pretrain/masked-geometry-seed{seed}/last.ckpt")
     parser.add_argument("--stage1-no-relation",
                         default="runs/bench/pretrain/region-seed{seed}/last.ckpt")
     parser.add_argument("--log-dir", default="runs/bench/finetune")
