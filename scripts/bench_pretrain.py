@@ -4,7 +4,7 @@ For each seed: a randomly initialised encoder (no training), raw pixels around e
 pretraining variants of ``VARIANTS`` (region loss only, relation loss only, both, on person-aware
 batches with clip positives; both on random batches; both with two augmentations of one image as
 the positive pair; both with own-subject negatives only; masked-pixel prediction alone and next
-to both), each trained with the same budget through the real CLI
+to both; masked pixels + expression geometry, the default), each trained with the same budget through the real CLI
 (``conf/pretrain/synthau.yaml``), then probed: one logistic regression per AU on its frozen AU
 region feature, fitted on the SynthAU train subjects and scored on the test subjects (nothing
 is tuned on them). Writes ``## Pretraining: linear probe`` into ``--out``, the figures into
@@ -36,22 +36,29 @@ from pretrain.module import RegionRelationPretrainer
 HEADING = "## Pretraining: linear probe"
 RANDOM_INIT = "random init (no pretraining)"
 PIXELS = "raw grey pixels around each AU (no encoder)"
+# the contrastive recipe (conf/pretrain/synthau.yaml's default is masked pixels + geometry):
+# region + relation losses on two frames of a clip, person-aware batches of 8 people x 4 faces
+CONTRASTIVE = ["--model.masked_weight", "0", "--model.geometry", "false",
+               "--model.geometry_weight", "0", "--model.region_weight", "1",
+               "--model.relation_weight", "1", "--data.views", "2", "--data.positives", "clip",
+               "--data.faces_per_subject", "4"]
 # name -> (checkpoint folder tag, overrides)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "region only": ("region", ["--model.relation_weight", "0"]),
-    "relation only": ("relation", ["--model.region_weight", "0"]),
-    "region + relation": ("both", []),
-    "region + relation, random batches": ("both-random", ["--data.faces_per_subject", "0"]),
-    "region + relation, one-image positives": ("both-augment", ["--data.positives", "augment"]),
-    "region + relation, own-subject negatives only": ("both-own",
-                                                      ["--model.other_subject_weight", "0"]),
-    "masked pixels only": ("masked", ["--model.region_weight", "0", "--model.relation_weight", "0",
-                                      "--model.masked_weight", "1"]),
-    "region + relation + masked pixels": ("both-masked", ["--model.masked_weight", "1"]),
-    "masked pixels + expression geometry": ("masked-geometry", [
-        "--model.region_weight", "0", "--model.relation_weight", "0", "--model.masked_weight",
-        "1", "--model.geometry", "true", "--model.geometry_weight", "1", "--data.views", "1",
-        "--data.positives", "augment", "--data.faces_per_subject", "8"]),
+    "region only": ("region", [*CONTRASTIVE, "--model.relation_weight", "0"]),
+    "relation only": ("relation", [*CONTRASTIVE, "--model.region_weight", "0"]),
+    "region + relation": ("both", CONTRASTIVE),
+    "region + relation, random batches": ("both-random", [*CONTRASTIVE,
+                                                          "--data.faces_per_subject", "0"]),
+    "region + relation, one-image positives": ("both-augment", [*CONTRASTIVE,
+                                                                "--data.positives", "augment"]),
+    "region + relation, own-subject negatives only": ("both-own", [
+        *CONTRASTIVE, "--model.other_subject_weight", "0"]),
+    "masked pixels only": ("masked", ["--model.geometry", "false", "--model.geometry_weight",
+                                      "0", "--data.faces_per_subject", "4"]),
+    "region + relation + masked pixels": ("both-masked", [*CONTRASTIVE,
+                                                          "--model.masked_weight", "1"]),
+    # the default (conf/pretrain/synthau.yaml)
+    "masked pixels + expression geometry": ("masked-geometry", []),
 }
 
 
