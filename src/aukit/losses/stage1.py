@@ -127,7 +127,8 @@ class Stage1Objective(nn.Module):
         if self.weights["geometry"] > 0 and groups is None:
             raise ValueError("the geometry loss (geometry_weight > 0) needs each face's person "
                              "id: use a data source with subject ids (SynthAU, a folder with one "
-                             "sub-folder per subject or a subjects.csv, a manifest)")
+                             "sub-folder per subject or a subjects.csv, a manifest), or switch "
+                             "it off with --model.geometry_weight 0")
         b, v = images.shape[:2]
         masked = self.weights["masked"] > 0
         if masked:
