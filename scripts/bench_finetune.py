@@ -188,7 +188,7 @@ def write_report(runs: dict, args: argparse.Namespace, argv: list[str], key: str
             + " |", "|---|" + "---:|" * len(fractions)]
     rows += [f"| {c} | " + " | ".join(mean_sd(scores[c][f]) if scores[c][f] else "not run"
                                       for f in fractions) + " |" for c in conditions]
-    maps = {c: {f: _mean_maps([r["maps"] for r in seeds(c, f)]) for f in fractions}
+    maps = {c: {f: _mean_maps([r["maps"] for r in seeds(c, f) if "maps" in r]) for f in fractions}
             for c in conditions if c.startswith(MAPPED)}
     map_rows = ["| condition | labels | mass in AU region / uniform | pointing game | "
                 "map distinctness (regions: upper bound) |", "|---|---:|---:|---:|---:|"]
@@ -232,6 +232,7 @@ def write_report(runs: dict, args: argparse.Namespace, argv: list[str], key: str
 
 def _mean_maps(values: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.mean(v[k] for v in values) for k in values[0]} if values else {}
+
 
 if __name__ == "__main__":
     main()

@@ -4,12 +4,12 @@ For each seed: a randomly initialised encoder (no training), raw pixels around e
 pretraining variants of ``VARIANTS`` (region loss only, relation loss only, both, on person-aware
 batches with clip positives; both on random batches; both with two augmentations of one image as
 the positive pair; both with own-subject negatives only; masked-pixel prediction alone and next
-to both; masked pixels + expression geometry, the default), each trained with the same budget through the real CLI
-(``conf/pretrain/synthau.yaml``), then probed: one logistic regression per AU on its frozen AU
-region feature, fitted on the SynthAU train subjects and scored on the test subjects (nothing
-is tuned on them). Writes ``## Pretraining: linear probe`` into ``--out``, the figures into
-``--json``, and keeps each variant's final checkpoint in ``--ckpt-dir`` (the finetune benchmark
-starts from them).
+to both; masked pixels + expression geometry, the default), each trained with the same budget
+through the real CLI (``conf/pretrain/synthau.yaml``), then probed: one logistic regression per
+AU on its frozen AU region feature, fitted on the SynthAU train subjects and scored on the test
+subjects (nothing is tuned on them). Writes ``## Pretraining: linear probe`` into ``--out``, the
+figures into ``--json``, and keeps each variant's final checkpoint in ``--ckpt-dir`` (the
+finetune benchmark starts from them).
 
     python scripts/bench_pretrain.py --seeds 0 1 2
 """
