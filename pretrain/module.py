@@ -58,6 +58,10 @@ class RegionRelationPretrainer(StageModule):
         self.objective = Stage1Objective(
             len(self.au_numbers), self.backbone.out_dim, embed_dim, self.backbone.grid,
             image_size, **{k: self.hparams[k] for k in SETTINGS})
+        if not self.objective.reads_au_features:  # no loss trains the region encoder's
+            for name, param in self.region.named_parameters():  # features: keep it as built
+                if not name.startswith("geometry."):
+                    param.requires_grad_(False)
 
     def _features(self, images: Tensor, landmarks: Tensor) -> tuple[Tensor, Tensor]:
         """-> backbone tokens [B, N, D] and AU region features [B, A, E]."""

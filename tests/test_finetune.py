@@ -375,7 +375,8 @@ def test_cotraining_continues_the_stage1_objective_on_unlabeled_faces(tmp_path):
                        "--trainer.log_every_n_steps", "1")
     module = cli.model
     # the stage-1 file's objective (masked pixels), with the override added
-    assert module.objective.weights == {"region": 1, "relation": 0, "global": 0, "masked": 1}
+    assert module.objective.weights == {"region": 1, "relation": 0, "global": 0, "masked": 1,
+                                        "geometry": 0}
     events = EventAccumulator(cli.trainer.logger.log_dir)
     events.Reload()
     for name in ("train/unlabeled_masked_loss", "train/unlabeled_region_loss"):

@@ -173,7 +173,7 @@ def test_an_empty_pretraining_folder_ends_in_one_message(tmp_path):
     text = message(*run(tmp_path, "aukit-pretrain", "fit", "-c", "trainer/cpu.yaml", "-c",
                         "pretrain/synthau.yaml", "--trainer.logger", "false",
                         "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks", "[]",
-                        "--data.image_size", "64", "--data.batch_size", "4",
+                        "--data.image_size", "64", "--data.batch_size", "8",
                         "--data.source", str(tmp_path / "faces")), "aukit-pretrain")
     assert f"no images found under {tmp_path / 'faces'}" in text
 

@@ -71,9 +71,12 @@ class Stage1Objective(nn.Module):
                                   formulation=relation, alpha=fgw_alpha, gw_iters=gw_iters,
                                   identity_prior=identity_prior, solver=ot_solver)
         self.mask_args = (mask_block, mask_ratio)
-        # per-AU projection heads, stored as one [A, E, P] weight
-        self.projector = Mlp(embed_dim, 2 * embed_dim, embed_dim)
-        self.au_proj = nn.Parameter(torch.randn(num_aus, embed_dim, proj_dim) * embed_dim ** -0.5)
+        # per-AU projection heads, stored as one [A, E, P] weight (for the losses that read them)
+        self.projector = self.au_proj = None
+        if self.reads_au_features:
+            self.projector = Mlp(embed_dim, 2 * embed_dim, embed_dim)
+            self.au_proj = nn.Parameter(torch.randn(num_aus, embed_dim, proj_dim)
+                                        * embed_dim ** -0.5)
         # AU saliency logits -> OT marginals; FGW transports uniform marginals
         self.au_mass = nn.Linear(embed_dim, 1) if relation == "ot" else None
         self.global_proj = Mlp(token_dim, 2 * embed_dim, proj_dim) if global_weight > 0 else None
@@ -85,16 +88,24 @@ class Stage1Objective(nn.Module):
             block_mask(1, (image_size, image_size), mask_block, mask_ratio)  # checks the flags
 
     @property
+    def reads_au_features(self) -> bool:
+        """Whether a loss reads the encoder's AU features (the region and relation losses);
+        else only its tokens and geometry branch train."""
+        return self.weights["region"] > 0 or self.weights["relation"] > 0
+
+    @property
     def contrastive(self) -> bool:
         """Whether a loss compares two views (else one masked view is enough)."""
         return any(self.weights[k] > 0 for k in ("region", "relation", "global"))
 
     def heads(self, tokens: Tensor, features: Tensor) -> dict[str, Tensor]:
-        """tokens [B, N, D], AU features [B, A, E] -> ``z`` [B, A, P] unit AU embeddings;
-        ``mass`` [B, A] (relation "ot"), ``g`` [B, P] (global loss on) and ``pixels``
-        [B, 3, H, W] (masked-pixel loss on) or absent."""
-        hidden = features + self.projector(features)
-        out = {"z": F.normalize(torch.einsum("bae,aep->bap", hidden, self.au_proj), dim=-1)}
+        """tokens [B, N, D], AU features [B, A, E] -> ``z`` [B, A, P] unit AU embeddings (region
+        or relation loss on), ``mass`` [B, A] (relation "ot"), ``g`` [B, P] (global loss on)
+        and ``pixels`` [B, 3, H, W] (masked-pixel loss on), or absent."""
+        out = {}
+        if self.projector is not None:
+            hidden = features + self.projector(features)
+            out["z"] = F.normalize(torch.einsum("bae,aep->bap", hidden, self.au_proj), dim=-1)
         if self.au_mass is not None:
             out["mass"] = self.au_mass(features).squeeze(-1)
         if self.global_proj is not None:
