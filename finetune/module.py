@@ -168,8 +168,9 @@ class HiVAFinetuner(StageModule):
         self.metric_values: dict[str, dict[str, float]] = {}
 
     def _freeze(self, names: list[str]) -> None:
-        """Stop the parameters of the model's submodules ``names`` (e.g. ``region.geometry``)
-        from training; a part this model has switched off (None) has nothing to freeze."""
+        """Stop the model's submodules or parameters ``names`` (e.g. ``region.geometry``,
+        ``region.au_queries``) from training; a part this model has switched off (None) has
+        nothing to freeze."""
         for name in names:
             part = self.model
             for attribute in name.split("."):
@@ -181,7 +182,7 @@ class HiVAFinetuner(StageModule):
                 part = getattr(part, attribute)
                 if part is None:
                     break
-            if isinstance(part, torch.nn.Module):
+            if isinstance(part, torch.nn.Module | torch.nn.Parameter):
                 part.requires_grad_(False)
 
     def _unlabeled_objective(self, stage1_config: dict) -> Stage1Objective | None:

@@ -200,8 +200,10 @@ def test_the_geometry_branch_is_handed_over_from_stage1(tmp_path):
 def test_frozen_parts_do_not_train_and_a_part_that_is_off_is_skipped(tmp_path):
     save_stage1(tmp_path / "s1.ckpt", geometry=True)
     module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
-                                       embed_dim=32, use_text=False, freeze=["region.geometry"])
-    frozen = {id(p) for p in module.model.region.geometry.parameters()}
+                                       embed_dim=32, use_text=False,
+                                       freeze=["region.geometry", "region.geometry_embed"])
+    region = module.model.region
+    frozen = {id(p) for p in [*region.geometry.parameters(), region.geometry_embed]}
     trained = {id(p) for group in parameter_groups(module.model, 1e-3, 0.05)
                for p in group["params"]}
     assert frozen and not frozen & trained and id(module.model.region.au_queries) in trained
