@@ -8,6 +8,8 @@ the face's own shape: who the person is and the expression.
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 from torch import Tensor
 
@@ -19,9 +21,11 @@ from aukit.au_maps import CANONICAL_LANDMARKS
 STABLE = (36, 39, 42, 45, 27, 28, 29, 30, 31, 33, 35)
 
 
+@cache
 def canonical_shape() -> Tensor:
     """The canonical face ``[68, 2]``, mirror-symmetric, origin between the eye centres,
-    inter-ocular distance 1."""
+    inter-ocular distance 1. Built once (every forward of the geometry branch reads it); do
+    not modify it in place."""
     face = torch.tensor(CANONICAL_LANDMARKS, dtype=torch.float64)
     right, left = face[36:42].mean(0), face[42:48].mean(0)
     face = (face - (right + left) / 2) / (left - right).norm()
