@@ -204,6 +204,13 @@ class HiVAFinetuner(StageModule):
             raise ValueError("--model.unlabeled_weight > 0 co-trains the AU region features; "
                              f"architecture {self.model_config['architecture']!r} has none (use "
                              "hiva or region)")
+        geometry = self.model.region.geometry
+        if geometry is not None and settings.get("geometry_weight", 0) > 0 and \
+                settings.get("geometry_solver", "lstsq") == "lstsq":
+            if any(p.requires_grad for p in geometry.parameters()):
+                geometry.requires_grad_(False)  # the objective solves it on the pool's faces
+            else:  # --model.freeze keeps the map as stage 1 left it: the loss is only scored
+                settings["geometry_solver"] = "sgd"
         self.objective_settings = settings  # what checkpoints store, to rebuild it
         backbone = self.model.backbone
         return Stage1Objective(len(self.au_numbers), backbone.out_dim, self.hparams.embed_dim,

@@ -24,7 +24,9 @@ class RegionRelationPretrainer(StageModule):
     ``other_subject_weight`` weights the negatives of other subjects in every loss (1 keeps
     them, 0 drops them: only the same person's other expressions are negatives; needs the
     batch's ``subject`` ids, e.g. person-aware SynthAU or folder batches). ``geometry`` gives
-    the region encoder its expression-geometry branch, which ``geometry_weight`` trains.
+    the region encoder its expression-geometry branch, which ``geometry_weight`` trains
+    (``geometry_solver`` "lstsq": its linear map is solved in closed form, not stepped by the
+    optimiser; "sgd": the optimiser trains it).
     """
 
     stage = "pretrain"
@@ -37,7 +39,8 @@ class RegionRelationPretrainer(StageModule):
                  roi_extent: float = 0.3, geometry: bool = False,
                  region_weight: float = 1.0, relation_weight: float = 1.0,
                  global_weight: float = 0.0, masked_weight: float = 0.0,
-                 geometry_weight: float = 0.0, mask_ratio: float = 0.5, mask_block: int = 16,
+                 geometry_weight: float = 0.0, geometry_solver: str = "lstsq",
+                 mask_ratio: float = 0.5, mask_block: int = 16,
                  temperature: float = 0.1,
                  relation: str = "fgw", fgw_alpha: float = 0.5, gw_iters: int = 5,
                  ot_temperature: float = 0.1, ot_epsilon: float = 0.05, ot_iters: int = 30,
@@ -62,6 +65,9 @@ class RegionRelationPretrainer(StageModule):
             for name, param in self.region.named_parameters():  # features: keep it as built
                 if not name.startswith("geometry."):
                     param.requires_grad_(False)
+        if self.objective.geometry_fit is not None and self.region.geometry is not None:
+            # solved by the objective, not optimised
+            self.region.geometry.requires_grad_(False)
 
     def _features(self, images: Tensor, landmarks: Tensor) -> tuple[Tensor, Tensor]:
         """-> backbone tokens [B, N, D] and AU region features [B, A, E]."""

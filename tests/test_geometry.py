@@ -1,14 +1,26 @@
 """Expression-geometry loss: the face frame ignores the camera, the target keeps the expression
-and drops the person, a flipped view gets the mirrored target, and the objective trains on it."""
+and drops the person, a flipped view gets the mirrored target, and the objective trains on it
+(by the optimiser, or solved in closed form, as sklearn's ridge regression solves it)."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import Ridge
 
 from aukit.data.synthau import SynthAU
 from aukit.data.transforms import hflip_face
-from aukit.losses.geometry import expression_geometry, geometry_loss, mirror_shape, normalise_shape
+from aukit.losses.geometry import (
+    RIDGE,
+    LeastSquaresFit,
+    expression_geometry,
+    geometry_loss,
+    mirror_shape,
+    normalise_shape,
+)
+from aukit.models.region import SHAPE_SCALE
+from aukit.optim import parameter_groups
 from pretrain.module import RegionRelationPretrainer
 
 
@@ -95,10 +107,11 @@ def test_stage1_trains_the_geometry_branch_and_needs_it_and_subject_ids(faces):
     batch = {"image": torch.randn(8, 1, 3, 64, 64), "landmarks": (faces / 2)[:, None]}
     with pytest.raises(ValueError, match="set --model.geometry true"):
         RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, region_weight=0,
-                                 relation_weight=0, geometry_weight=1.0).training_step(batch, 0)
+                                 relation_weight=0, geometry_weight=1.0,
+                                 geometry_solver="sgd").training_step(batch, 0)
     module = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, proj_dim=16,
                                       region_weight=0, relation_weight=0, geometry_weight=1.0,
-                                      geometry=True)
+                                      geometry=True, geometry_solver="sgd")
     with pytest.raises(ValueError, match="needs each face's person id"):
         module.training_step(batch, 0)
     batch["subject"] = ["S1"] * 4 + ["S2"] * 4
@@ -117,3 +130,54 @@ def test_stage1_trains_the_geometry_branch_and_needs_it_and_subject_ids(faces):
     a = module.region(tokens, maps, (faces[[0, 0]] / 2))
     b = module.region(tokens, maps, (faces[[0, 1]] / 2))
     assert torch.equal(a[0], b[0]) and not torch.allclose(a[1], b[1])
+
+
+def test_the_least_squares_fit_agrees_with_sklearn_and_adds_up_over_batches():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 10, generator=generator)
+    y = x @ torch.randn(10, 4, generator=generator) + torch.randn(4, generator=generator) \
+        + 0.1 * torch.randn(200, 4, generator=generator)
+    whole, parts = LeastSquaresFit(10, 4), LeastSquaresFit(10, 4)
+    whole.update(x, y)
+    for rows in (slice(0, 50), slice(50, 120), slice(120, 200)):
+        parts.update(x[rows], y[rows])
+    weight, bias = whole.solve()
+    for a, b in zip(parts.solve(), (weight, bias), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    # sklearn's ridge penalises the summed squared error: alpha = n * our relative penalty
+    alpha = len(x) * RIDGE * x.double().var(0, unbiased=False).mean().item()
+    reference = Ridge(alpha=alpha).fit(x.numpy(), y.numpy())
+    assert np.allclose(weight.numpy(), reference.coef_, atol=1e-4)
+    assert np.allclose(bias.numpy(), reference.intercept_, atol=1e-4)
+    with pytest.raises(ValueError, match="at least two samples"):
+        LeastSquaresFit(10, 4).solve()
+
+
+def test_stage1_solves_the_geometry_map_in_closed_form_and_resumes_it(faces):
+    torch.manual_seed(0)
+    batch = {"image": torch.randn(8, 1, 3, 64, 64), "landmarks": (faces / 2)[:, None],
+             "subject": ["S1"] * 4 + ["S2"] * 4}
+    with pytest.raises(ValueError, match="leaves the optimiser no loss"):
+        RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, region_weight=0,
+                                 relation_weight=0, geometry_weight=1.0, geometry=True)
+    module = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, region_weight=0,
+                                      relation_weight=0, masked_weight=1.0, geometry_weight=1.0,
+                                      geometry=True)  # geometry_solver "lstsq", the default
+    geometry = module.region.geometry
+    assert not any(p.requires_grad for p in geometry.parameters())  # not the optimiser's
+    trainable = {id(p) for group in parameter_groups(module, 1e-3, 0.05)
+                 for p in group["params"]}
+    assert not trainable & {id(p) for p in geometry.parameters()}
+    module.training_step(batch, 0)
+    # the map now minimises the loss over the batch it has seen
+    target = SHAPE_SCALE * expression_geometry(faces / 2, batch["subject"])
+    assert geometry_loss(geometry(faces / 2), target) < 1e-3
+    # its statistics travel in the checkpoint: a resumed module solves the same map
+    resumed = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, region_weight=0,
+                                       relation_weight=0, masked_weight=1.0, geometry_weight=1.0,
+                                       geometry=True)
+    resumed.load_state_dict(module.state_dict())
+    for a, b in zip(resumed.objective.geometry_fit.solve(), module.objective.geometry_fit.solve(),
+                    strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(resumed.region.geometry.project.weight, geometry.project.weight)

@@ -13,17 +13,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aukit.losses.geometry import expression_geometry, geometry_loss
+from aukit.au import NUM_LANDMARKS
+from aukit.losses.geometry import LeastSquaresFit, expression_geometry, geometry_loss
 from aukit.losses.masked_pixels import block_mask, masked_pixel_loss
 from aukit.losses.region_contrastive import global_contrastive_loss, region_contrastive_loss
 from aukit.losses.relation_ot import RELATIONS, relation_ot_loss
-from aukit.models.region import SHAPE_SCALE, Mlp
+from aukit.models.region import SHAPE_SCALE, ExpressionGeometry, Mlp
 
 # the objective's settings (``Stage1Objective`` keyword arguments), as the stage modules name
 # them in their hyperparameters
 SETTINGS = ("proj_dim", "region_weight", "relation_weight", "global_weight", "masked_weight",
-            "geometry_weight", "mask_ratio", "mask_block", "temperature", "relation", "fgw_alpha",
-            "gw_iters", "ot_temperature", "ot_epsilon", "ot_iters", "identity_prior", "ot_solver")
+            "geometry_weight", "geometry_solver", "mask_ratio", "mask_block", "temperature",
+            "relation", "fgw_alpha", "gw_iters", "ot_temperature", "ot_epsilon", "ot_iters",
+            "identity_prior", "ot_solver")
+# how the geometry loss trains the geometry branch's linear map: solved in closed form from the
+# batches' least-squares statistics, or by the optimiser's steps
+GEOMETRY_SOLVERS = ("lstsq", "sgd")
 # an encoder: images [B, 3, H, W], landmarks [B, 68, 2] -> tokens [B, N, D], AU features [B, A, E]
 Encoder = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -41,7 +46,10 @@ class Stage1Objective(nn.Module):
     contrastive losses then compare the hidden view with the whole second view), and optionally
     expression geometry (``geometry_weight``: the encoder's geometry branch, ``geometry``, learns
     each face's landmarks minus its person's mean shape in the batch, ``aukit.losses.geometry``;
-    needs person ids, ``groups``). A loss with weight 0 is off, so ablations are config changes.
+    needs person ids, ``groups``; ``geometry_solver`` "lstsq" sets the branch's linear map, in
+    training, to the loss's exact minimiser over every batch so far, ``LeastSquaresFit``, and
+    "sgd" leaves it to the optimiser). A loss with weight 0 is off, so ablations are config
+    changes.
 
     ``num_aus``, ``token_dim``, ``embed_dim``: the encoder's AU count, token and AU feature
     sizes; ``grid``: its token grid at ``image_size`` pixels.
@@ -51,7 +59,7 @@ class Stage1Objective(nn.Module):
                  image_size: int, proj_dim: int = 64, region_weight: float = 1.0,
                  relation_weight: float = 1.0, global_weight: float = 0.0,
                  masked_weight: float = 0.0, geometry_weight: float = 0.0,
-                 mask_ratio: float = 0.5, mask_block: int = 16,
+                 geometry_solver: str = "lstsq", mask_ratio: float = 0.5, mask_block: int = 16,
                  temperature: float = 0.1, relation: str = "fgw", fgw_alpha: float = 0.5,
                  gw_iters: int = 5, ot_temperature: float = 0.1, ot_epsilon: float = 0.05,
                  ot_iters: int = 30, identity_prior: float = 0.5, ot_solver: str = "torch"):
@@ -63,6 +71,18 @@ class Stage1Objective(nn.Module):
             raise ValueError("all stage-1 losses are switched off: set region_weight, "
                              "relation_weight, global_weight, masked_weight or geometry_weight "
                              "> 0")
+        if geometry_solver not in GEOMETRY_SOLVERS:
+            raise ValueError(f"geometry_solver must be one of {GEOMETRY_SOLVERS} "
+                             f"(--model.geometry_solver), got {geometry_solver!r}")
+        # the least-squares statistics of the geometry map, when it is solved, not trained
+        self.geometry_fit = LeastSquaresFit(2 * NUM_LANDMARKS, 2 * NUM_LANDMARKS) \
+            if geometry_weight > 0 and geometry_solver == "lstsq" else None
+        if self.geometry_fit is not None and \
+                max(w for k, w in self.weights.items() if k != "geometry") <= 0:
+            raise ValueError("with --model.geometry_solver lstsq the geometry map is solved in "
+                             "closed form, which leaves the optimiser no loss: switch another "
+                             "loss on (e.g. --model.masked_weight 1) or use "
+                             "--model.geometry_solver sgd")
         if relation not in RELATIONS:
             raise ValueError(f"relation must be one of {RELATIONS} (--model.relation), got "
                              f"{relation!r}")
@@ -118,12 +138,12 @@ class Stage1Objective(nn.Module):
     def forward(self, encode: Encoder, images: Tensor, landmarks: Tensor,
                 key_bias: Tensor | None = None,
                 groups: Sequence[Hashable] | None = None,
-                geometry: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+                geometry: ExpressionGeometry | None = None) -> dict[str, Tensor]:
         """images [B, V, 3, H, W] (normalised; [B, 3, H, W]: one view), landmarks
         [B, V, 68, 2] (or [B, 68, 2]) -> each loss that is on and ``loss``, their weighted sum.
         ``key_bias`` [B, K]: a logit bias on the contrastive losses' keys
         (``other_subject_bias``); ``groups``: the B faces' person ids and ``geometry`` the
-        encoder's geometry branch (landmarks [B, 68, 2] -> [B, 68, 2]; the geometry loss). The
+        encoder's geometry branch (``ExpressionGeometry``; the geometry loss). The
         contrastive losses need V >= 2."""
         if images.ndim == 4:
             images, landmarks = images[:, None], landmarks[:, None]
@@ -167,6 +187,11 @@ class Stage1Objective(nn.Module):
         if self.weights["geometry"] > 0:
             points = landmarks.flatten(0, 1)
             target = expression_geometry(points, [g for g in groups for _ in range(v)])
-            losses["geometry"] = geometry_loss(geometry(points), SHAPE_SCALE * target)
+            target = SHAPE_SCALE * target.flatten(1)  # [B * V, 136]
+            # scored before this batch joins the least-squares fit: a held-out figure
+            losses["geometry"] = geometry_loss(geometry(points).flatten(1), target)
+            if self.geometry_fit is not None and self.training:
+                self.geometry_fit.update(geometry.inputs(points), target)
+                geometry.set_map(*self.geometry_fit.solve())
         losses["loss"] = sum(self.weights[name] * value for name, value in losses.items())
         return losses

@@ -64,10 +64,22 @@ class ExpressionGeometry(nn.Module):
         super().__init__()
         self.project = nn.Linear(2 * NUM_LANDMARKS, 2 * NUM_LANDMARKS)
 
+    def inputs(self, landmarks: Tensor) -> Tensor:
+        """landmarks [B, 68, 2] (pixels) -> the map's input [B, 136]: the face-frame shape minus
+        the canonical face, scaled."""
+        shape = normalise_shape(landmarks) - canonical_shape().to(landmarks)
+        return SHAPE_SCALE * shape.flatten(1)
+
     def forward(self, landmarks: Tensor) -> Tensor:
         """landmarks [B, 68, 2] (pixels) -> [B, 68, 2] (scaled face frame)."""
-        shape = normalise_shape(landmarks) - canonical_shape().to(landmarks)
-        return self.project(SHAPE_SCALE * shape.flatten(1)).view_as(shape)
+        return self.project(self.inputs(landmarks)).view_as(landmarks)
+
+    @torch.no_grad()
+    def set_map(self, weight: Tensor, bias: Tensor) -> None:
+        """Sets the map to ``x -> weight @ x + bias`` (weight [136, 136], bias [136]; e.g. stage
+        1's least-squares solution, ``aukit.losses.geometry.LeastSquaresFit``)."""
+        self.project.weight.copy_(weight)
+        self.project.bias.copy_(bias)
 
 
 class PerAUHead(nn.Module):

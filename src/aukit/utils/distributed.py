@@ -57,3 +57,12 @@ def gather_with_grad(x: Tensor) -> Tensor:
     if world_size() == 1:
         return x
     return _GatherWithGrad.apply(x)
+
+
+def all_reduce_sum(x: Tensor) -> Tensor:
+    """``x`` summed over every rank (no gradient); ``x`` itself without a process group."""
+    if world_size() == 1:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x
