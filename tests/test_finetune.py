@@ -215,6 +215,20 @@ def test_frozen_parts_do_not_train_and_a_part_that_is_off_is_skipped(tmp_path):
                       freeze=["region.wings"])
 
 
+def test_cotraining_solves_the_geometry_map_on_the_pool_unless_it_is_frozen(tmp_path):
+    save_stage1(tmp_path / "s1.ckpt", geometry=True, region_weight=0, relation_weight=0,
+                masked_weight=1.0, geometry_weight=1.0)  # geometry_solver: lstsq
+    kwargs = dict(aus=["AU12", "AU1"], image_size=64, embed_dim=32, use_text=False,
+                  unlabeled_weight=1.0)
+    frozen = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", freeze=["region.geometry"],
+                                       **kwargs)
+    assert frozen.objective.geometry_fit is None  # the map stays as stage 1 left it
+    assert frozen.objective_settings["geometry_solver"] == "sgd"
+    solved = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", **kwargs)
+    assert solved.objective.geometry_fit is not None  # solved on the pool, not optimised
+    assert not any(p.requires_grad for p in solved.model.region.geometry.parameters())
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"image_size": 128}, "image_size=64.*image_size=128"),
     ({"image_size": 64, "conv_stem": False}, "conv_stem=True.*--model.conv_stem True"),
