@@ -152,3 +152,10 @@ def test_bad_settings_are_refused():
         GroupedKeySampler(GROUPS, S, 12)
     with pytest.raises(ValueError, match="batches of 12 keys but the loader batches 8"):
         ResumableDataLoader(Keys(), 8, sampler=GroupedKeySampler(GROUPS, S, M))
+
+
+def test_group_codes_are_equal_exactly_where_the_ids_are():
+    from aukit.utils.groups import group_codes
+    codes = group_codes(["F002", 7, ("F001", "T1"), "F002", 7])
+    assert codes[0] == codes[3] and codes[1] == codes[4] and len(set(codes)) == 3
+    assert list(group_codes(["b", "a", "b"])) == [1, 0, 1]  # sorted: the same on every rank

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from aukit.utils.groups import group_codes
+
 
 class EpochKeySampler(DistributedSampler):
     """Seeded per-epoch shuffle of ``size`` samples as keys ``epoch * size + i``; this rank's
@@ -94,7 +96,7 @@ class GroupedKeySampler(DistributedSampler):
                          seed=seed)
         self.size = len(groups)
         self.groups_per_batch, self.items_per_group = groups_per_batch, items_per_group
-        _, codes = np.unique([str(g) for g in groups], return_inverse=True)
+        codes = group_codes(groups)
         by_group = np.argsort(codes, kind="stable")
         members = np.split(by_group, np.flatnonzero(np.diff(codes[by_group])) + 1)
         self.members = [m for m in members if len(m) >= items_per_group]

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from aukit.au import NUM_LANDMARKS
 from aukit.face_shape import mirror_shape, normalise_shape
 from aukit.utils.distributed import all_reduce_sum
+from aukit.utils.groups import group_codes
 
 # the least-squares map's ridge, relative to the inputs' mean variance: the face frame's affine
 # fit leaves 6 directions of the shape without variance
@@ -44,7 +45,7 @@ def expression_geometry(landmarks: Tensor, groups: Sequence[Hashable]) -> Tensor
             len(groups) != len(landmarks):
         raise ValueError(f"need landmarks [B, {NUM_LANDMARKS}, 2] and B group ids, got "
                          f"{tuple(landmarks.shape)} and {len(groups)} ids")
-    _, codes = np.unique([str(g) for g in groups], return_inverse=True)
+    codes = group_codes(groups)
     if np.bincount(codes).max() < 2:
         raise ValueError("the geometry loss compares each face with its person's other faces, "
                          "but no person has two faces in this batch: use person-aware batches "

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from aukit.utils.distributed import gather_with_grad, rank
+from aukit.utils.groups import group_codes
 
 
 def other_subject_bias(subjects: Sequence[str], weight: float, keys: int,
@@ -25,8 +26,7 @@ def other_subject_bias(subjects: Sequence[str], weight: float, keys: int,
         raise ValueError(f"the other-subject negative weight must be in [0, 1], got {weight}")
     if weight == 1:
         return None
-    ids = {s: k for k, s in enumerate(dict.fromkeys(subjects))}
-    local = torch.tensor([ids[s] for s in subjects], device=device)
+    local = torch.as_tensor(group_codes(subjects), device=device)
     other = torch.full((len(subjects), keys), math.log(weight) if weight > 0 else -math.inf,
                        device=device)
     start = rank() * len(subjects) if keys > len(subjects) else 0
