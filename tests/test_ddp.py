@@ -139,6 +139,8 @@ def test_two_process_pretrain_writes_one_loadable_checkpoint(tmp_path):
     # both ranks served the same number of batches; rank 0 saved that count for an exact resume
     assert checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
         {"epoch": 0, "consumed": 2}]
+    # the geometry map's least-squares sums hold both ranks' faces: 2 steps x 2 ranks x 4
+    assert checkpoint["state_dict"]["objective.geometry_fit.count"].item() == 16
     encoder = load_stage1_encoder(checkpoints[0], "swin_test", 64, 2, (1, 2, 4), roi_size=4,
                                   roi_extent=0.15)  # conf/pretrain/synthau.yaml's settings
     assert encoder.meta["image_size"] == 64
