@@ -70,7 +70,9 @@ class HiVAFinetuner(StageModule):
     while the labelled ones are fitted ("S4L", Zhai et al. 2019). The objective's settings are
     ``unlabeled_losses`` (e.g. ``{masked_weight: 1, region_weight: 0, relation_weight: 0}``)
     over the stage-1 checkpoint's own (``pretrained``; without one, the objective's defaults);
-    its heads start fresh and are not part of the model that inference loads.
+    its heads start fresh and are not part of the model that inference loads. Its geometry loss
+    is dropped while ``freeze`` keeps the geometry map, and otherwise re-solves the map on the
+    pool (``geometry_solver`` "lstsq") or trains it ("sgd").
     ``pseudo_label_weight`` > 0 trains on the pool's faces semi-supervised instead (or as
     well): a mean teacher (the model's weights averaged with ``teacher_decay`` per step,
     starting from the model as training starts) labels one view of each face where it is sure
@@ -205,12 +207,12 @@ class HiVAFinetuner(StageModule):
                              f"architecture {self.model_config['architecture']!r} has none (use "
                              "hiva or region)")
         geometry = self.model.region.geometry
-        if geometry is not None and settings.get("geometry_weight", 0) > 0 and \
-                settings.get("geometry_solver", "lstsq") == "lstsq":
-            if any(p.requires_grad for p in geometry.parameters()):
+        if geometry is not None and settings.get("geometry_weight", 0) > 0:
+            if not any(p.requires_grad for p in geometry.parameters()):
+                # --model.freeze keeps the map as stage 1 left it: the loss would train nothing
+                settings["geometry_weight"] = 0.0
+            elif settings.get("geometry_solver", "lstsq") == "lstsq":
                 geometry.requires_grad_(False)  # the objective solves it on the pool's faces
-            else:  # --model.freeze keeps the map as stage 1 left it: the loss is only scored
-                settings["geometry_solver"] = "sgd"
         self.objective_settings = settings  # what checkpoints store, to rebuild it
         backbone = self.model.backbone
         return Stage1Objective(len(self.au_numbers), backbone.out_dim, self.hparams.embed_dim,

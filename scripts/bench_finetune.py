@@ -55,10 +55,6 @@ CONDITIONS: dict[str, list[str]] = {
         "STAGE1", "POOL", "--data.unlabeled.views", "2", "--data.unlabeled.positives", "clip",
         "--model.unlabeled_weight", "0.5", "--model.unlabeled_losses",
         "{masked_weight: 0, region_weight: 1, relation_weight: 0}"],
-    "(c) + co-training, expression geometry": [
-        "STAGE1", "POOL", "--data.unlabeled.views", "1", "--model.unlabeled_weight", "1.0",
-        "--model.unlabeled_losses",
-        "{geometry_weight: 1, masked_weight: 0, region_weight: 0, relation_weight: 0}"],
     # semi-supervised: a mean teacher's confident labels on the pool (another frame of a clip)
     "(c) + pseudo-labels": ["STAGE1", *PSEUDO_LABELS],
     "(b) + pseudo-labels": PSEUDO_LABELS,
