@@ -207,16 +207,17 @@ class HiVAFinetuner(StageModule):
                              f"architecture {self.model_config['architecture']!r} has none (use "
                              "hiva or region)")
         geometry = self.model.region.geometry
-        if geometry is not None and settings.get("geometry_weight", 0) > 0:
-            if not any(p.requires_grad for p in geometry.parameters()):
-                # --model.freeze keeps the map as stage 1 left it: the loss would train nothing
-                settings["geometry_weight"] = 0.0
-            elif settings.get("geometry_solver", "lstsq") == "lstsq":
-                geometry.requires_grad_(False)  # the objective solves it on the pool's faces
+        if geometry is not None and settings.get("geometry_weight", 0) > 0 and \
+                not any(p.requires_grad for p in geometry.parameters()):
+            # --model.freeze keeps the map as stage 1 left it: the loss would train nothing
+            settings["geometry_weight"] = 0.0
         self.objective_settings = settings  # what checkpoints store, to rebuild it
         backbone = self.model.backbone
-        return Stage1Objective(len(self.au_numbers), backbone.out_dim, self.hparams.embed_dim,
-                               backbone.grid, self.hparams.image_size, **settings)
+        objective = Stage1Objective(len(self.au_numbers), backbone.out_dim,
+                                    self.hparams.embed_dim, backbone.grid,
+                                    self.hparams.image_size, **settings)
+        objective.take_geometry_map(geometry)  # solved on the pool's faces, not optimised
+        return objective
 
     def encode(self, images: Tensor, landmarks: Tensor) -> tuple[Tensor, Tensor]:
         """images [B, 3, H, W], landmarks [B, 68, 2] -> the model's backbone tokens [B, N, D]

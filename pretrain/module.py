@@ -65,9 +65,7 @@ class RegionRelationPretrainer(StageModule):
             for name, param in self.region.named_parameters():  # features: keep it as built
                 if not name.startswith("geometry."):
                     param.requires_grad_(False)
-        if self.objective.geometry_fit is not None and self.region.geometry is not None:
-            # solved by the objective, not optimised
-            self.region.geometry.requires_grad_(False)
+        self.objective.take_geometry_map(self.region.geometry)
 
     def _features(self, images: Tensor, landmarks: Tensor) -> tuple[Tensor, Tensor]:
         """-> backbone tokens [B, N, D] and AU region features [B, A, E]."""

@@ -113,6 +113,12 @@ class Stage1Objective(nn.Module):
         else only its tokens and geometry branch train."""
         return self.weights["region"] > 0 or self.weights["relation"] > 0
 
+    def take_geometry_map(self, geometry: ExpressionGeometry | None) -> None:
+        """Takes the encoder's geometry map off the optimiser when this objective solves it
+        (``geometry_solver`` "lstsq"); call it before the optimiser is built."""
+        if self.geometry_fit is not None and geometry is not None:
+            geometry.requires_grad_(False)
+
     @property
     def contrastive(self) -> bool:
         """Whether a loss compares two views (else one masked view is enough)."""
@@ -188,10 +194,11 @@ class Stage1Objective(nn.Module):
             points = landmarks.flatten(0, 1)
             target = expression_geometry(points, [g for g in groups for _ in range(v)])
             target = SHAPE_SCALE * target.flatten(1)  # [B * V, 136]
+            inputs = geometry.inputs(points)  # [B * V, 136]
             # scored before this batch joins the least-squares fit: a held-out figure
-            losses["geometry"] = geometry_loss(geometry(points).flatten(1), target)
+            losses["geometry"] = geometry_loss(geometry.project(inputs), target)
             if self.geometry_fit is not None and self.training:
-                self.geometry_fit.update(geometry.inputs(points), target)
+                self.geometry_fit.update(inputs, target)
                 geometry.set_map(*self.geometry_fit.solve())
         losses["loss"] = sum(self.weights[name] * value for name, value in losses.items())
         return losses
