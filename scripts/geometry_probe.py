@@ -10,9 +10,15 @@ A logistic probe per AU, trained on the labelled subjects' face-frame landmark s
   pool (no AU labels), to return the person-centred shape from one face: what stage 1's
   geometry loss trains the region encoder's geometry branch to do.
 
+With ``--stage1 CKPT ...`` a fourth column per checkpoint: the shape through that stage-1
+checkpoint's own geometry map (``--model.geometry true``), with its share of the test target left
+unexplained.
+
 Seconds on a CPU, from landmarks alone (no images)::
 
     python scripts/geometry_probe.py --cache runs/cache/synthau --fractions 0.1 1.0 --seeds 0 1 2
+    python scripts/geometry_probe.py --fractions 0.1 \
+        --stage1 runs/bench/pretrain/masked-geometry-seed0/last.ckpt
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import f1_score
 
-from aukit.au import ALL_AUS, au_numbers
+from aukit.au import ALL_AUS, NUM_LANDMARKS, au_numbers
+from aukit.checkpoint import read_checkpoint
 from aukit.data.datamodules import choose_subjects
 from aukit.data.synthau import SynthAU, split_subjects, unlabeled_subjects
 from aukit.face_shape import normalise_shape
 from aukit.losses.geometry import expression_geometry
+from aukit.models.region import SHAPE_SCALE, ExpressionGeometry
 
 
 def shapes(synth: SynthAU, subjects: list[int], faces: int,
@@ -40,6 +48,25 @@ def shapes(synth: SynthAU, subjects: list[int], faces: int,
     return (normalise_shape(landmarks).flatten(1).numpy(),
             expression_geometry(landmarks, groups).flatten(1).numpy(),
             np.stack([s["labels"][columns] for s in samples]))
+
+
+def stage1_map(path: str) -> ExpressionGeometry:
+    """The geometry map of a stage-1 checkpoint."""
+    state = read_checkpoint(path, "pretrain")["state_dict"]
+    prefix = "region.geometry."
+    if prefix + "project.weight" not in state:
+        raise SystemExit(f"{path} has no geometry branch (train it with --model.geometry true)")
+    geometry = ExpressionGeometry()
+    geometry.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                              if k.startswith(prefix)})
+    return geometry.eval()
+
+
+@torch.no_grad()
+def through(geometry: ExpressionGeometry, shape: np.ndarray) -> np.ndarray:
+    """Face-frame shapes [N, 136] -> the map's output [N, 136] (in inter-ocular distances)."""
+    points = torch.from_numpy(shape).float().view(-1, NUM_LANDMARKS, 2)
+    return (geometry(points).flatten(1) / SHAPE_SCALE).double().numpy()
 
 
 def probe(train: np.ndarray, labels: np.ndarray, test: np.ndarray, truth: np.ndarray) -> float:
@@ -60,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--pool-subjects", type=int, default=300)
     parser.add_argument("--pool-faces", type=int, default=8)
+    parser.add_argument("--stage1", nargs="*", default=[],
+                        help="stage-1 checkpoints whose geometry maps to probe as well")
     args = parser.parse_args(argv)
     synth = SynthAU(image_size=128, cache_dir=args.cache)
     columns = [ALL_AUS.index(a) for a in au_numbers(args.aus.split(","))]
@@ -70,14 +99,20 @@ def main(argv: list[str] | None = None) -> None:
     unexplained = ((projector.predict(test) - test_centred) ** 2).sum() / (test_centred ** 2).sum()
     print(f"pool-learned map on the test subjects: {unexplained:.3f} of the person-centred "
           "shape's energy left unexplained")
-    print("| labelled subjects | seed | raw shape | person-centred | pool-learned |")
-    print("|---:|---:|---:|---:|---:|")
+    maps = [stage1_map(path) for path in args.stage1]
+    for path, geometry in zip(args.stage1, maps, strict=True):
+        left = ((through(geometry, test) - test_centred) ** 2).sum() / (test_centred ** 2).sum()
+        print(f"stage-1 map of {path}: {left:.3f} left unexplained")
+    print("| labelled subjects | seed | raw shape | person-centred | pool-learned |"
+          + " stage-1 map |" * len(maps))
+    print("|---:|---:|---:|---:|---:|" + "---:|" * len(maps))
     for fraction in args.fractions:
         for seed in args.seeds:
             train_subjects = choose_subjects(split_subjects("train"), fraction, seed)
             raw, centred, labels = shapes(synth, train_subjects, 60, columns)
             row = [probe(raw, labels, test, truth), probe(centred, labels, test_centred, truth),
                    probe(projector.predict(raw), labels, projector.predict(test), truth)]
+            row += [probe(through(g, raw), labels, through(g, test), truth) for g in maps]
             print(f"| {len(train_subjects)} | {seed} | " + " | ".join(f"{f:.1f}" for f in row)
                   + " |")
 
