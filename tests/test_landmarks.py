@@ -121,7 +121,7 @@ def test_prepare_stores_crop_landmarks_and_lists_failed_fits(tmp_path, monkeypat
     faces.mkdir()
     cv2.imwrite(str(faces / "a.png"), cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(faces / "b.png"), np.full((512, 512, 3), 128, np.uint8))
-    detect = prepare_module._detect
+    detect = prepare_module.detect_faces
 
     def flat_face_upside_down(frames, device):  # "b" gets a face whose points cannot fit
         (face,) = detect([f for f in frames if f[0].endswith("a.jpg")], device)
@@ -129,7 +129,7 @@ def test_prepare_stores_crop_landmarks_and_lists_failed_fits(tmp_path, monkeypat
         return [face if name.endswith("a.jpg") else (box, score, points[[3, 4, 2, 0, 1]])
                 for name, _ in frames]
 
-    monkeypatch.setattr(prepare_module, "_detect", flat_face_upside_down)
+    monkeypatch.setattr(prepare_module, "detect_faces", flat_face_upside_down)
     out = tmp_path / "out"
     counts = prepare("folder", faces, out, size=64)
     assert counts == {"frames": 2, "aligned": 2, "no_face": 0, "no_frame": 0,
@@ -188,3 +188,12 @@ def test_predict_feeds_each_face_its_landmarks_and_says_which(tmp_path):
     with torch.no_grad():  # given the template, the predictor matches its baked-in default
         given = predictor(images, predictor.landmarks.expand(2, -1, -1))
         np.testing.assert_allclose(given[1], predictor(images)[1])
+
+
+def test_find_landmarks_answers_none_for_a_frame_smaller_than_a_face(dlib68):
+    image = astronaut()
+    tiny = np.zeros((16, 16, 3), np.uint8)
+    found = landmarks_module.find_landmarks([tiny, image, tiny], dlib68)
+    assert found[0] is None and found[2] is None
+    (face,) = landmarks_module.detect_faces([("x", image)])
+    np.testing.assert_allclose(found[1], dlib68(image, face[0], face[2]))

@@ -20,9 +20,9 @@ from aukit.data.manifest import read_manifest
 from aukit.data.prepare import (
     RECORD_FIELDS,
     Job,
-    _detect,
     _frames,
     align_face,
+    detect_faces,
     prepare,
     similarity_transform,
     template_points,
@@ -61,9 +61,9 @@ def test_template_points_come_from_the_canonical_face():
 
 def test_aligned_face_lands_on_the_template():
     image = astronaut()
-    (face,) = _detect([("x", image)], "cpu")
+    (face,) = detect_faces([("x", image)], "cpu")
     crop = align_face(image, face[2], 128)
-    (again,) = _detect([("x", crop)], "cpu")
+    (again,) = detect_faces([("x", crop)], "cpu")
     assert again is not None
     # least squares leaves a residual (she smiles: wider mouth corners than the mean face)
     error = np.linalg.norm(again[2] - template_points(128), axis=1)
@@ -112,7 +112,7 @@ POINTS = np.array([[15.0, 18.0], [27.0, 18.5], [21.0, 23.0], [16.0, 28.0], [26.0
 @pytest.fixture
 def fake_detector(monkeypatch):
     """Every frame holds one face at ``BOX`` with the 5 ``POINTS`` (MTCNN's order)."""
-    monkeypatch.setattr(prepare_module, "_detect",
+    monkeypatch.setattr(prepare_module, "detect_faces",
                         lambda frames, device: [(BOX, 0.99, POINTS)] * len(frames))
 
 

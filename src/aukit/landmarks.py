@@ -9,10 +9,12 @@ Sources (``--landmarks``):
   (``aukit.au_maps.canonical_landmarks``);
 - ``auto``: ``dlib68`` when both packages are installed, else ``template`` with a notice.
 
+``detect_faces(images)`` finds the largest MTCNN face (box, score, 5 points) of each image;
 ``Landmarker(source)(image, box, points)`` returns the face's ``[68, 2]`` landmarks in the
 image's continuous pixel coordinates (``aukit.au_maps``), or None: the template source,
 or a prediction that disagrees with MTCNN's 5 points (a failed fit), so the caller falls back to
-the template.
+the template. ``find_landmarks(images, landmarker)`` chains the two, as ``aukit-prepare`` does
+(the SynthAU benchmark feeds every model these, ``aukit.data.synthau_landmarks``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ SOURCES = (AUTO, DLIB68, TEMPLATE)
 # a fit whose 5 points lie further than this from MTCNN's, on average, in MTCNN inter-ocular
 # distances, has landed off the face (on the astronaut they agree within 0.05)
 MAX_DISAGREEMENT = 0.3
+# MTCNN's smallest face (its min_face_size default), in pixels: smaller frames hold no face
+MIN_FACE_PIXELS = 20
 
 
 def dlib_available() -> bool:
@@ -104,3 +108,58 @@ class Landmarker:
         iod = np.linalg.norm(points[1] - points[0])
         error = np.linalg.norm(five_points(landmarks) - points, axis=1).mean()
         return landmarks if error <= MAX_DISAGREEMENT * iod else None
+
+
+_detector = None
+
+
+def _mtcnn(device: str):
+    global _detector  # one detector per process, built on first use
+    if _detector is None:
+        from facenet_pytorch import MTCNN
+
+        _detector = MTCNN(device=device)
+    return _detector
+
+
+def detect_faces(frames: list[tuple[str, np.ndarray]],
+                 device: str = "cpu") -> list[tuple[np.ndarray, float, np.ndarray] | None]:
+    """MTCNN ``(box [4], score, points [5, 2])`` of the largest face in each ``(name, RGB uint8
+    image [H, W, 3])`` frame, or None where it finds none. Same-size frames go as one batch;
+    a frame smaller than MTCNN's smallest face holds none (MTCNN fails on it)."""
+    images = [image for _, image in frames]
+    large = [i for i, image in enumerate(images) if min(image.shape[:2]) >= MIN_FACE_PIXELS]
+    if len(large) < len(images):
+        found_large = detect_faces([frames[i] for i in large], device) if large else []
+        found: list[tuple[np.ndarray, float, np.ndarray] | None] = [None] * len(images)
+        for i, face in zip(large, found_large, strict=True):
+            found[i] = face
+        return found
+    same_size = len({image.shape for image in images}) == 1
+    batches = [images] if same_size else [[image] for image in images]
+    found = []
+    for batch in batches:
+        boxes, scores, points = _mtcnn(device).detect(np.stack(batch) if same_size else batch[0],
+                                                      landmarks=True)
+        if not same_size:
+            boxes, scores, points = [boxes], [scores], [points]
+        for b, s, p in zip(boxes, scores, points, strict=True):
+            if b is None:
+                found.append(None)
+                continue
+            # facenet-pytorch returns object arrays under numpy 2
+            b, s, p = (np.asarray(b, float), np.asarray(s, float).reshape(-1),
+                       np.asarray(p, float))
+            area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+            k = int(area.argmax())
+            found.append((b[k], float(s[k]), p[k]))
+    return found
+
+
+def find_landmarks(images: list[np.ndarray], landmarker: Landmarker,
+                   device: str = "cpu") -> list[np.ndarray | None]:
+    """The landmark stage on whole images: ``landmarker``'s ``[68, 2]`` landmarks of the largest
+    MTCNN face of each RGB uint8 image ``[H, W, 3]``, or None (no face, or a failed fit)."""
+    faces = detect_faces([("", image) for image in images], device)
+    return [None if face is None else landmarker(image, face[0], face[2])
+            for image, face in zip(images, faces, strict=True)]

@@ -31,8 +31,9 @@ from aukit.data.protocol import choose_subjects, fold_split
 from aukit.data.readers import dataset_manifest, manifest_hash, manifest_summary
 from aukit.data.sampling import EndlessLoader, GroupedKeySampler, ResumableDataLoader
 from aukit.data.synthau import split_subjects, unlabeled_subjects
+from aukit.data.synthau_landmarks import SYNTHAU_LANDMARKS, resolve_synthau_landmarks
 from aukit.data.transforms import eval_transform, pretrain_transform, train_transform
-from aukit.landmarks import DLIB68, SOURCES, TEMPLATE, resolve_source
+from aukit.landmarks import AUTO, DLIB68, SOURCES, TEMPLATE, resolve_source
 
 SPLITS = ("train", "val", "test")
 # a split is a manifest, or the SynthAU subject ids it renders
@@ -335,23 +336,35 @@ class SynthAUDataModule(AUDataModule):
     the 3-fold stand-in protocol over the labelled subjects (``aukit.data.protocol``; validation
     carved from the training parts by ``val_subjects``).
 
-    ``synthau_samples_per_subject`` faces per training subject, ``synthau_eval_samples_per_subject``
-    per validation / test subject. ``synthau_cache`` (a folder; ``"auto"`` the shared one of
-    ``synthau_cache_dir``) keeps rendered faces on disk so later epochs and runs only read them.
-    Takes ``AUDataModule``'s arguments too.
+    Args:
+        synthau_samples_per_subject: faces per training subject.
+        synthau_eval_samples_per_subject: faces per validation / test subject.
+        fold: the 3-fold protocol's test part (1, 2 or 3); None: the fixed splits.
+        synthau_cache: a folder (``"auto"``: the shared one of ``synthau_cache_dir``) that keeps
+            rendered faces on disk so later epochs and runs only read them; None renders them
+            every time.
+        landmarks: which landmarks the faces come with: ``auto`` / ``dlib68``, those the
+            toolkit's landmark stage (MTCNN -> dlib68) finds on each render, as a user's
+            pipeline gives them; ``exact``, the renderer's own, an oracle for labelled ceiling
+            rows only; ``template``, the canonical face's. Detected landmarks are found once
+            per face (``prepare_data``, with a progress bar) and kept in ``synthau_cache``, or
+            without one in the shared folder (a few hundred bytes a face).
+        **kwargs: ``AUDataModule``'s arguments.
     """
 
     dataset = "synthau"
 
     def __init__(self, synthau_samples_per_subject: int = 40,
                  synthau_eval_samples_per_subject: int = 20, fold: int | None = None,
-                 synthau_cache: str | None = None, **kwargs) -> None:
+                 synthau_cache: str | None = None, landmarks: str = AUTO, **kwargs) -> None:
         super().__init__(**kwargs)
         self.fold = fold
         self.samples_per_subject = {"train": synthau_samples_per_subject,
                                     "val": synthau_eval_samples_per_subject,
                                     "test": synthau_eval_samples_per_subject}
         self.cache_dir = synthau_cache_dir(synthau_cache)
+        self.landmarks = resolve_synthau_landmarks(landmarks)
+        self.landmark_cache = synthau_cache_dir(synthau_cache or "auto")
 
     def _read_splits(self) -> dict[str, Split]:
         if self.fold is not None:
@@ -364,7 +377,18 @@ class SynthAUDataModule(AUDataModule):
 
     def _make_dataset(self, split: str, source: Split, transform) -> Dataset:
         return SynthAUDataset(source, self.samples_per_subject[split], self.aus,  # type: ignore[arg-type]
-                              transform, seed=self.seed, cache_dir=self.cache_dir)
+                              transform, seed=self.seed, cache_dir=self.cache_dir,
+                              landmarks=self.landmarks, landmark_cache=self.landmark_cache)
+
+    def prepare_data(self) -> None:
+        """Finds the landmarks of every split's faces once (one process per node)."""
+        super().prepare_data()
+        for split, source in self.splits().items():
+            counts = self._make_dataset(split, source, None).prepare_landmarks(  # type: ignore[attr-defined]
+                f"SynthAU {split}")
+            if counts["template"]:
+                rank_zero_info(f"landmarks: the fit failed on {counts['template']} of "
+                               f"{counts['faces']} SynthAU {split} faces, which get the template")
 
 
 class ManifestDataModule(AUDataModule):
@@ -548,9 +572,12 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
     (``make_probe_datamodule``: ``probe_dataset`` names the source, ``synthau`` sharing the
     SynthAU cache, or ``csv`` / ``bp4d`` / ``disfa`` reading ``probe_manifest``). Batches hold
     ``image`` uint8 ``[B, V, 3, S, S]`` and ``landmarks`` ``[B, V, 68, 2]``. ``landmarks``
-    ``dlib68`` (or ``auto`` with dlib installed) fits 68 landmarks once to a folder that has
-    none, cached as its ``landmarks.json`` (``aukit.data.prepare.write_landmarks_sidecar``);
-    ``template`` leaves the folder as it is.
+    ``dlib68`` (or ``auto`` with dlib installed) runs the toolkit's landmark stage once: on a
+    folder that has no landmarks, cached as its ``landmarks.json``
+    (``aukit.data.prepare.write_landmarks_sidecar``); on SynthAU, on every rendered face, the
+    pool's and the probe's (``aukit.data.synthau_landmarks``); ``template`` leaves the folder
+    as it is (SynthAU: the canonical face's); ``exact`` (SynthAU only) serves the renderer's
+    landmarks, an oracle.
     """
 
     def __init__(self, source: str = "synthau", image_size: int = 224, views: int = 2,
@@ -560,11 +587,13 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
                  probe_aus: list[str] | str | None = None,
                  probe_samples_per_subject: int = 20, synthau_cache: str | None = "auto",
                  positives: str = "augment", clip_window: int = 2,
-                 landmarks: str = TEMPLATE) -> None:
+                 landmarks: str = AUTO) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if landmarks not in SOURCES:
-            raise ValueError(f"--data.landmarks must be one of {SOURCES}, got {landmarks!r}")
+        allowed = SYNTHAU_LANDMARKS if source == "synthau" else SOURCES
+        if landmarks not in allowed:
+            raise ValueError(f"--data.landmarks must be one of {', '.join(allowed)} for "
+                             f"--data.source {source}, got {landmarks!r}")
         if positives not in POSITIVES:
             raise ValueError(f"--data.positives must be one of {POSITIVES}, got {positives!r}")
         if positives == "clip" and (views < 2 or clip_window < 1):
@@ -595,12 +624,20 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
         # built now so that a bad probe configuration fails before pretraining starts
         self._probe = make_probe_datamodule(probe_dataset, probe_manifest, probe_aus,
                                             probe_samples_per_subject, image_size, batch_size,
-                                            num_workers, seed, self.synthau_cache)
+                                            num_workers, seed, self.synthau_cache,
+                                            landmarks if source == "synthau" else AUTO)
         self._train: SynthAUDataset | ImageFolderDataset | None = None
 
     def prepare_data(self) -> None:
-        """Fit and cache the landmarks of a folder without any (one process per node)."""
-        if self.source == "synthau" or self.landmarks == TEMPLATE:
+        """Fit and cache the landmarks of a folder without any, or of SynthAU's faces and the
+        probe's (one process per node)."""
+        self._probe.prepare_data()
+        if self.source == "synthau":
+            self.setup()
+            assert isinstance(self._train, SynthAUDataset)
+            self._train.prepare_landmarks("the SynthAU pool")
+            return
+        if self.landmarks == TEMPLATE:
             return
         root = Path(self.source).expanduser()
         if not folder_has_landmarks(root) and resolve_source(self.landmarks) == DLIB68:
@@ -615,10 +652,14 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
                                          self.samples_per_subject, None, transform,
                                          seed=self.seed, views=self.views,
                                          cache_dir=self.synthau_cache,
-                                         clip_views=self.positives == "clip")
+                                         clip_views=self.positives == "clip",
+                                         landmarks=self.landmarks,
+                                         landmark_cache=synthau_cache_dir(
+                                             self.synthau_cache or "auto"))
             rank_zero_info(f"pretraining pool: SynthAU {self.synthau_subjects} subjects x "
                            f"{self.samples_per_subject} faces, rendered faces kept in "
-                           f"{self.synthau_cache or '(nowhere: synthau_cache is null)'}")
+                           f"{self.synthau_cache or '(nowhere: synthau_cache is null)'}, "
+                           f"landmarks: {self._train.landmarks.source}")
         else:
             self._train = ImageFolderDataset(
                 self.source, transform, views=self.views,
@@ -656,10 +697,11 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
 
 def make_probe_datamodule(dataset: str, manifest: str | None, aus: list[str] | str | None,
                      samples_per_subject: int, image_size: int, batch_size: int,
-                     num_workers: int, seed: int, synthau_cache: str | None) -> AUDataModule:
+                     num_workers: int, seed: int, synthau_cache: str | None,
+                     landmarks: str = AUTO) -> AUDataModule:
     """The linear probe's labelled data (``UnlabeledFaceDataModule``'s ``probe_*`` arguments):
-    SynthAU rendered with ``samples_per_subject`` faces per subject, or the manifest of a
-    ``csv`` / ``bp4d`` / ``disfa`` source."""
+    SynthAU rendered with ``samples_per_subject`` faces per subject and ``landmarks``, or the
+    manifest of a ``csv`` / ``bp4d`` / ``disfa`` source."""
     source = LABELLED_DATAMODULES.get(dataset.lower())
     if source is None:
         raise ValueError(f"--data.probe_dataset must be one of {', '.join(LABELLED_DATAMODULES)}, "
@@ -673,7 +715,7 @@ def make_probe_datamodule(dataset: str, manifest: str | None, aus: list[str] | s
                              "probe on a manifest")
         return SynthAUDataModule(synthau_samples_per_subject=samples_per_subject,
                                  synthau_eval_samples_per_subject=samples_per_subject,
-                                 synthau_cache=synthau_cache, **common)
+                                 synthau_cache=synthau_cache, landmarks=landmarks, **common)
     if manifest is None:
         raise ValueError(f"--data.probe_dataset {dataset} needs --data.probe_manifest <path to a "
                          "labelled manifest (CSV or JSON)>")

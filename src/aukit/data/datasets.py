@@ -25,6 +25,8 @@ from aukit.au import ALL_AUS, NUM_LANDMARKS, au_numbers
 from aukit.au_maps import canonical_landmarks
 from aukit.data.manifest import Manifest, ManifestError, load_landmarks
 from aukit.data.synthau import SynthAU
+from aukit.data.synthau_landmarks import SynthAULandmarks
+from aukit.landmarks import AUTO
 
 if TYPE_CHECKING:
     from aukit.data.crop_store import CropStore
@@ -74,11 +76,15 @@ class SynthAUDataset(Dataset):
     """Rendered SynthAU faces: item ``i`` is sample ``i % samples_per_subject`` of subject
     ``subjects[i // samples_per_subject]``. ``aus=None`` leaves labels out (pretraining).
     ``clip_views`` makes view ``v`` frame ``v`` of the sample's clip (same expression, new pose
-    and light) instead of another augmentation of one image."""
+    and light) instead of another augmentation of one image. ``landmarks`` says which landmarks
+    the faces come with (``aukit.data.synthau_landmarks``: by default those the toolkit's
+    landmark stage finds on each render, kept in ``landmark_cache``; ``exact``, the renderer's,
+    is an oracle)."""
 
     def __init__(self, subjects: Sequence[int], samples_per_subject: int,
                  aus: Sequence[int] | None, transform: Transform, seed: int = 0,
-                 views: int = 1, cache_dir: str | None = None, clip_views: bool = False) -> None:
+                 views: int = 1, cache_dir: str | None = None, clip_views: bool = False,
+                 landmarks: str = AUTO, landmark_cache: str | None = None) -> None:
         if not subjects or samples_per_subject < 1:
             raise ValueError(f"SynthAUDataset needs subjects and samples_per_subject >= 1, got "
                              f"{len(subjects)} subjects x {samples_per_subject} samples")
@@ -90,6 +96,7 @@ class SynthAUDataset(Dataset):
         self.views = _check_views(views)
         self.clip_views = clip_views
         self.synth = SynthAU(seed=seed, cache_dir=cache_dir)
+        self.landmarks = SynthAULandmarks(self.synth, landmarks, landmark_cache)
 
     def __len__(self) -> int:
         return len(self.subjects) * self.samples_per_subject
@@ -103,6 +110,16 @@ class SynthAUDataset(Dataset):
         """(subject, index within subject) of item ``i``."""
         return self.subjects[i // self.samples_per_subject], i % self.samples_per_subject
 
+    def faces(self) -> list[tuple[int, int, int]]:
+        """The (subject, index, frame) of every rendered face the items read."""
+        frames = range(self.views) if self.clip_views else range(1)
+        return [(*self.locate(i), f) for i in range(len(self)) for f in frames]
+
+    def prepare_landmarks(self, what: str = "SynthAU faces") -> dict[str, int]:
+        """Finds and caches the landmarks of every face not cached yet (a progress bar; see
+        ``SynthAULandmarks.prepare``)."""
+        return self.landmarks.prepare(self.faces(), what)
+
     def _labels(self, sample: dict) -> np.ndarray:
         return sample["labels"][self.columns].astype(np.float32)  # [17] -> [A]
 
@@ -110,13 +127,16 @@ class SynthAUDataset(Dataset):
         """Binary labels ``[A]`` of item ``i`` (no rendering)."""
         return self.synth.labels(*self.locate(i))[self.columns].astype(np.float32)
 
+    def _frame(self, subject: int, index: int, frame: int) -> tuple[dict, tuple]:
+        sample = self.synth.sample(subject, index, frame)
+        return sample, (sample["image"], self.landmarks((subject, index, frame), sample))
+
     def __getitem__(self, key: int) -> dict:
         subject, index = self.locate(key % len(self))
-        sample = self.synth.sample(subject, index)
-        frames = [(sample["image"], sample["landmarks"])]
+        sample, first = self._frame(subject, index, 0)
+        frames = [first]
         if self.clip_views:
-            frames += [(f["image"], f["landmarks"]) for f in
-                       (self.synth.sample(subject, index, v) for v in range(1, self.views))]
+            frames += [self._frame(subject, index, v)[1] for v in range(1, self.views)]
         item = apply_views(self.transform, frames, self.views, key)
         if self.columns is not None:
             item["labels"] = torch.from_numpy(self._labels(sample))

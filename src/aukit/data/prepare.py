@@ -56,7 +56,15 @@ from aukit.data.readers import (
     read_raw,
 )
 from aukit.data.video import video_frames
-from aukit.landmarks import AUTO, DLIB68, TEMPLATE, Landmarker, five_points, resolve_source
+from aukit.landmarks import (
+    AUTO,
+    DLIB68,
+    TEMPLATE,
+    Landmarker,
+    detect_faces,
+    five_points,
+    resolve_source,
+)
 
 POINTS = ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")  # MTCNN's order
 RECORD_FIELDS = ("crop", "status", "sha256", "box_x1", "box_y1", "box_x2", "box_y2", "score",
@@ -125,20 +133,6 @@ class Job:
     items: tuple[tuple[str, str, int], ...]
 
 
-_detector = None
-
-
-def _mtcnn(device: str):
-    global _detector  # one detector per worker process, built on first use
-    if _detector is None:
-        import torch
-        from facenet_pytorch import MTCNN
-
-        torch.set_num_threads(1)
-        _detector = MTCNN(device=device)
-    return _detector
-
-
 def _frames(job: Job, done: set[str]) -> Iterator[tuple[str, np.ndarray | None]]:
     """``(crop, RGB frame or None when it cannot be read)`` for the items not yet ``done``; a
     truncated video's cut last frame is None too, like the frames it lacks (``video_frames``)."""
@@ -154,30 +148,6 @@ def _frames(job: Job, done: set[str]) -> Iterator[tuple[str, np.ndarray | None]]
             yield wanted.pop(index), frame
     for crop in wanted.values():
         yield crop, None
-
-
-def _detect(frames: list[tuple[str, np.ndarray]], device: str) -> list:
-    """MTCNN ``(box [4], score, points [5, 2])`` of the largest face per frame, or None."""
-    images = [image for _, image in frames]
-    same_size = len({image.shape for image in images}) == 1
-    batches = [images] if same_size else [[image] for image in images]
-    found = []
-    for batch in batches:
-        boxes, scores, points = _mtcnn(device).detect(np.stack(batch) if same_size else batch[0],
-                                                      landmarks=True)
-        if not same_size:
-            boxes, scores, points = [boxes], [scores], [points]
-        for b, s, p in zip(boxes, scores, points, strict=True):
-            if b is None:
-                found.append(None)
-                continue
-            # facenet-pytorch returns object arrays under numpy 2
-            b, s, p = (np.asarray(b, float), np.asarray(s, float).reshape(-1),
-                       np.asarray(p, float))
-            area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-            k = int(area.argmax())
-            found.append((b[k], float(s[k]), p[k]))
-    return found
 
 
 def read_records(path: Path) -> dict[str, dict]:
@@ -209,7 +179,7 @@ def process_job(job: Job, out: Path, size: int, device: str = "cpu",
         pending: list[tuple[str, np.ndarray]] = []
 
         def flush() -> None:
-            for (crop, image), face in zip(pending, _detect(pending, device), strict=True):
+            for (crop, image), face in zip(pending, detect_faces(pending, device), strict=True):
                 if face is None:
                     writer.writerow([crop, NO_FACE] + [""] * (len(RECORD_FIELDS) - 2))
                     continue
@@ -244,6 +214,13 @@ def process_job(job: Job, out: Path, size: int, device: str = "cpu",
 
 def _run_job(args: tuple[Job, Path, int, str, str]) -> Path:
     return process_job(*args)
+
+
+def _single_thread() -> None:
+    """A pool worker's torch uses one thread: the workers share the cores."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def crop_name(frame: RawFrame) -> str:
@@ -294,7 +271,7 @@ def write_landmarks_sidecar(root: str | os.PathLike, device: str = "cpu",
         for start in range(0, len(images), _BATCH):
             chunk = [(path, read_rgb(path, f"found under {root}"))
                      for path in images[start:start + _BATCH]]
-            for (path, image), face in zip(chunk, _detect(chunk, device), strict=True):
+            for (path, image), face in zip(chunk, detect_faces(chunk, device), strict=True):
                 points = None if face is None else landmarker(image, face[0], face[2])
                 if points is not None:
                     found[path.relative_to(root).as_posix()] = np.round(points, 2).tolist()
@@ -354,7 +331,8 @@ def prepare(dataset: str, data_root: str | os.PathLike, out: str | os.PathLike,
     tasks = [(job, out, size, device, source) for job in jobs]
     if workers > 1:
         # spawn: a forked copy of a process that already ran torch can deadlock in OpenMP
-        with multiprocessing.get_context("spawn").Pool(min(workers, len(tasks))) as pool:
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(tasks)),
+                                                  _single_thread) as pool:
             for path in pool.imap_unordered(_run_job, tasks):
                 print(f"done {path.stem}", flush=True)
     else:

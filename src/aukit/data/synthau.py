@@ -703,7 +703,7 @@ class SynthAU:
                 rng = np.random.default_rng([_TAG_FRAME, self.seed, subject, index, frame])
             image, landmarks = self.render(subject, intensity, Nuisance.random(rng), side_gain)
             if cached is not None:
-                _save_atomically(cached, image=image, landmarks=landmarks, intensity=intensity)
+                save_atomically(cached, image=image, landmarks=landmarks, intensity=intensity)
         return {"image": image, "landmarks": landmarks, "intensity": intensity,
                 "labels": (intensity >= INTENSITY_THRESHOLD).astype(np.uint8),
                 "subject": self.subject_id(subject)}
@@ -741,7 +741,8 @@ class SynthAU:
         return image, landmarks
 
 
-def _save_atomically(path: Path, **arrays: np.ndarray) -> None:
+def save_atomically(path: Path, **arrays: np.ndarray) -> None:
+    """Writes ``arrays`` to the ``.npz`` file ``path`` so that no reader sees a partial one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.stem}.{os.getpid()}.npz")
     np.savez(partial, **arrays)
