@@ -9,8 +9,8 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 # from any folder, and `-c trainer/cpu.yaml` names a config shipped from conf/
 BIN := $(VENV)/bin
 
-.PHONY: install test lint format samples baselines bench bench-pretrain bench-finetune \
-	bench-landmarks
+.PHONY: install test test-fast lint format samples baselines bench bench-pretrain bench-finetune \
+	bench-landmarks bench-quick results-table
 
 install:
 	python3 -m venv $(VENV)
@@ -21,6 +21,10 @@ install:
 
 test:
 	$(PY) -m pytest -q
+
+# the edit loop: everything but the end-to-end runs marked slow (CI runs them all)
+test-fast:
+	$(PY) -m pytest -q -m "not slow"
 
 lint:
 	$(VENV)/bin/ruff check src pretrain finetune tests scripts
@@ -51,6 +55,22 @@ bench-landmarks:
 # stage 2: (a) linear, (b) HiVA, (c) HiVA from stage 1, (d) ablations; all and 10% labels
 bench-finetune:
 	$(PY) scripts/bench_finetune.py $(ARGS)
+
+# the README's results table, from docs/results/synthau_benchmark.json
+results-table:
+	$(PY) scripts/results_table.py
+
+# one seed in about half an hour on 2 cores: the default stage 1, then (a2), (b) and (c) at 10%
+# labels, on detected landmarks; how its ordering agrees with the full table: docs/benchmarks.md
+QUICK_OUT := --json docs/results/synthau_quick.json --out docs/benchmarks_quick.md
+bench-quick:
+	$(PY) scripts/bench_pretrain.py --seeds 0 --ckpt-dir runs/bench-quick/pretrain $(QUICK_OUT) \
+		--variants "the default recipe (conf/pretrain/synthau.yaml)"
+	$(PY) scripts/bench_finetune.py --seeds 0 --fractions 0.1 --steps 600 $(QUICK_OUT) \
+		--stage1 "runs/bench-quick/pretrain/default-seed{seed}/last.ckpt" \
+		--log-dir runs/bench-quick/finetune --conditions \
+		"(a2) Swin + AU regions + per-AU linear heads, scratch" "(b) HiVA, scratch" \
+		"(c) HiVA, stage-1 init"
 
 # ---- the two stages -------------------------------------------------------------------
 # make pretrain [DATA=/folder/of/faces] [TRAINER=cpu|gpu|ddp] [ARGS="--trainer.max_epochs 50"]

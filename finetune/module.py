@@ -10,15 +10,13 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from aukit.au import au_keys, au_numbers
-from aukit.checkpoint import META_KEY, load_stage1_encoder, stage1_settings
+from aukit.checkpoint import META_KEY, load_stage1_encoder, stage1_meta
 from aukit.losses.alignment import ALIGNMENTS, alignment_loss, state_alignment_loss
 from aukit.losses.au_bce import au_bce_loss
 from aukit.losses.pseudo_labels import EMATeacher, pseudo_label_loss
 from aukit.losses.stage1 import SETTINGS, Stage1Objective
 from aukit.metrics import AUMetrics
 from aukit.models import ARCHITECTURES, create_model, model_config
-from aukit.models.backbone import default_conv_stem
-from aukit.models.region import encode_regions
 from aukit.optim import parameter_groups
 from aukit.stage import StageModule
 from aukit.text.encoders import text_encoder_dim
@@ -40,16 +38,15 @@ class HiVAFinetuner(StageModule):
 
     ``pretrained`` is a stage-1 checkpoint whose backbone and AU region encoder
     (``pretrained_parts``: both, or the backbone alone) initialise the model when training
-    starts (not when resuming: the checkpoint holds newer weights), shrunk towards this
-    module's own fresh initialisation by ``pretrained_shrink`` (weights = s * stage 1 +
-    (1 - s) * fresh; 1 = the stage-1 weights as they are; "shrink and perturb", Ash & Adams,
-    against warm starts that fit as well but generalise worse); its backbone name, stem
-    and image size are checked when the module is built (``backbone: null`` and ``conv_stem:
-    null`` adopt its own). A checkpoint of this module holds every weight and
+    starts (not when resuming: the checkpoint holds newer weights); its whole encoder config
+    (``aukit.models.encoder.AUEncoder``: backbone, stem, image size, heads, ...) is checked
+    when the module is built, and a differing setting is refused with its flag
+    (``backbone: null``, ``conv_stem: null`` and ``geometry: null`` adopt the checkpoint's).
+    A checkpoint of this module holds every weight and
     the resolved architecture, and loads without the stage-1 file (or ImageNet weights,
     ``pretrained_backbone``), which may since have moved; ``from_stage1`` builds a module with
     the stage-1 weights already in. ``freeze`` names submodules of the model that do not train
-    (e.g. ``[region.geometry]``: the stage-1 geometry map stays as stage 1 learned it on many
+    (e.g. ``[encoder.region.geometry]``: the stage-1 geometry map stays as stage 1 learned it on many
     people; a part the model has switched off is skipped). ``geometry`` gives the region encoder its
     expression-geometry branch (``aukit.models.region.ExpressionGeometry``; null: the stage-1
     checkpoint's setting, else off).
@@ -86,7 +83,7 @@ class HiVAFinetuner(StageModule):
 
     def __init__(self, aus: list[str], image_size: int = 128, architecture: str = "hiva",
                  backbone: str | None = None, pretrained: str | None = None,
-                 pretrained_parts: str = "backbone+region", pretrained_shrink: float = 1.0,
+                 pretrained_parts: str = "backbone+region",
                  freeze: list[str] | None = None,
                  pretrained_backbone: bool = False, feature_stage: int = 3,
                  conv_stem: bool | None = None, embed_dim: int = 128, num_heads: int = 4,
@@ -114,9 +111,6 @@ class HiVAFinetuner(StageModule):
         if pretrained_parts not in PRETRAINED_PARTS:
             raise ValueError(f"--model.pretrained_parts must be one of {PRETRAINED_PARTS}, got "
                              f"{pretrained_parts!r}")
-        if not 0 <= pretrained_shrink <= 1:
-            raise ValueError("--model.pretrained_shrink must lie in [0, 1] (1 = the stage-1 "
-                             f"weights as they are), got {pretrained_shrink}")
         if alignment not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {ALIGNMENTS} (--model.alignment), got "
                              f"{alignment!r}")
@@ -126,27 +120,30 @@ class HiVAFinetuner(StageModule):
         # where the weights come from, kept through checkpoints that no longer read it
         self.stage1_path = pretrained
         self._stage1_pending = bool(pretrained)  # applied once, when training starts
+        encoder = dict(backbone=backbone, image_size=image_size,
+                       pretrained_backbone=pretrained_backbone, feature_stage=feature_stage,
+                       conv_stem=conv_stem, embed_dim=embed_dim, num_heads=num_heads,
+                       region_depth=region_depth, attention_sigma=attention_sigma,
+                       dropout=dropout, roi_size=roi_size, roi_extent=roi_extent,
+                       geometry=geometry)
         meta = {}
         if pretrained:  # refuse a stage-1 checkpoint that does not fit, before anything trains
-            meta = stage1_settings(pretrained, backbone, image_size, feature_stage,
-                                   self.au_numbers, conv_stem, roi_size, roi_extent, geometry)
-            backbone, conv_stem, geometry = meta["backbone"], meta["conv_stem"], meta["geometry"]
-        backbone = backbone or "swin_test"
+            meta = stage1_meta(pretrained, encoder, self.au_numbers)
+            for key in ("backbone", "conv_stem", "geometry"):  # null adopts the checkpoint's
+                encoder[key] = meta["encoder"][key]
+        encoder["backbone"] = encoder["backbone"] or "swin_test"
+        encoder["geometry"] = bool(encoder["geometry"])
         text = {"text_dim": text_encoder_dim(text_encoder)} if use_text else {}
-        # every setting, for whichever architecture takes it; the config is what checkpoints
-        # store and what inference rebuilds the model from
+        # every head setting, for whichever architecture takes it; the config is what
+        # checkpoints store and what inference rebuilds the model from
         self.model_config = model_config(
-            architecture, strict=False, au_numbers=list(self.au_numbers), backbone=backbone,
-            image_size=image_size, pretrained_backbone=pretrained_backbone,
-            feature_stage=feature_stage,
-            conv_stem=default_conv_stem(backbone) if conv_stem is None else conv_stem,
-            embed_dim=embed_dim, num_heads=num_heads, region_depth=region_depth,
-            attention_sigma=attention_sigma, dropout=dropout, roi_size=roi_size,
-            roi_extent=roi_extent, geometry=bool(geometry), use_graph=use_graph,
-            use_ddca=use_ddca, use_cdca=use_cdca,
+            architecture, strict=False, au_numbers=list(self.au_numbers), encoder=encoder,
+            dropout=dropout, use_graph=use_graph, use_ddca=use_ddca, use_cdca=use_cdca,
             use_text=use_text, map_prior=map_prior, region_head=region_supervision > 0,
             graph_top_k=graph_top_k, cooccurrence_prior=cooccurrence_prior, **text)
         self.model = create_model(self.model_config)
+        self.model_config["encoder"] = {k: v for k, v in self.model.encoder.config.items()
+                                        if k != "au_numbers"}  # with the stem resolved
         self._freeze(freeze or [])
         self.objective = self._unlabeled_objective(meta.get("config", {}))
         if not 0 <= pseudo_label_weight or not 0 <= teacher_decay < 1:
@@ -170,7 +167,7 @@ class HiVAFinetuner(StageModule):
         self.metric_values: dict[str, dict[str, float]] = {}
 
     def _freeze(self, names: list[str]) -> None:
-        """Stop the model's submodules or parameters ``names`` (e.g. ``region.geometry``,
+        """Stop the model's submodules or parameters ``names`` (e.g. ``encoder.region.geometry``,
         ``region.au_queries``) from training; a part this model has switched off (None) has
         nothing to freeze."""
         for name in names:
@@ -180,7 +177,7 @@ class HiVAFinetuner(StageModule):
                     raise ValueError(
                         f"--model.freeze names {name!r}, which this model "
                         f"({self.model_config['architecture']}) does not have; name submodules "
-                        "such as backbone, region or region.geometry")
+                        "such as encoder.backbone, encoder.region or encoder.region.geometry")
                 part = getattr(part, attribute)
                 if part is None:
                     break
@@ -202,30 +199,21 @@ class HiVAFinetuner(StageModule):
         if unknown:
             raise ValueError(f"--model.unlabeled_losses has unknown settings {unknown}; use "
                              f"{', '.join(SETTINGS)}")
-        if not hasattr(self.model, "region"):
+        if self.model.encoder.region is None:
             raise ValueError("--model.unlabeled_weight > 0 co-trains the AU region features; "
                              f"architecture {self.model_config['architecture']!r} has none (use "
                              "hiva or region)")
-        geometry = self.model.region.geometry
+        geometry = self.model.encoder.geometry
         if geometry is not None and settings.get("geometry_weight", 0) > 0 and \
                 not any(p.requires_grad for p in geometry.parameters()):
             # --model.freeze keeps the map as stage 1 left it: the loss would train nothing
             settings["geometry_weight"] = 0.0
         self.objective_settings = settings  # what checkpoints store, to rebuild it
-        backbone = self.model.backbone
-        objective = Stage1Objective(len(self.au_numbers), backbone.out_dim,
-                                    self.hparams.embed_dim, backbone.grid,
-                                    self.hparams.image_size, **settings)
+        encoder = self.model.encoder
+        objective = Stage1Objective(len(self.au_numbers), encoder.token_dim, encoder.embed_dim,
+                                    encoder.grid, self.hparams.image_size, **settings)
         objective.take_geometry_map(geometry)  # solved on the pool's faces, not optimised
         return objective
-
-    def encode(self, images: Tensor, landmarks: Tensor) -> tuple[Tensor, Tensor]:
-        """images [B, 3, H, W], landmarks [B, 68, 2] -> the model's backbone tokens [B, N, D]
-        and AU region features [B, A, E] (what the co-training objective reads)."""
-        model = self.model
-        tokens, _, features = encode_regions(model.backbone, model.region, images, landmarks,
-                                             model.aus, model.attention_sigma)
-        return tokens, features
 
     @classmethod
     def from_stage1(cls, pretrained: str | Path, **kwargs) -> HiVAFinetuner:
@@ -236,14 +224,11 @@ class HiVAFinetuner(StageModule):
         return module
 
     def load_stage1(self) -> None:
-        """Copy the stage-1 checkpoint's backbone and region encoder (``pretrained``) into the
-        model, shrunk towards the fresh weights by ``pretrained_shrink``."""
-        hp, config = self.hparams, self.model_config
-        encoder = load_stage1_encoder(hp.pretrained, config["backbone"], hp.image_size,
-                                      hp.feature_stage, self.au_numbers, config["conv_stem"],
-                                      hp.roi_size, hp.roi_extent, config.get("geometry", False))
-        encoder.load_into(self.model, region=hp.pretrained_parts == "backbone+region",
-                          shrink=hp.pretrained_shrink)
+        """Copy the stage-1 checkpoint's encoder (``pretrained``; its backbone alone with
+        ``pretrained_parts`` "backbone") into the model."""
+        hp = self.hparams
+        load_stage1_encoder(hp.pretrained, self.model.encoder,
+                            region=hp.pretrained_parts == "backbone+region")
         self._stage1_pending = False
 
     # ---------------------------------------------------------------- text
@@ -349,9 +334,9 @@ class HiVAFinetuner(StageModule):
             loss = loss + self.hparams.alignment_weight * align
             self.log("train/align_loss", align, batch_size=len(labels))
         if self.objective is not None:
-            stage1 = self.objective(self.encode, unlabeled["image"], unlabeled["landmarks"],
-                                    groups=unlabeled.get("subject"),
-                                    geometry=self.model.region.geometry)
+            stage1 = self.objective(self.model.encoder.features, unlabeled["image"],
+                                    unlabeled["landmarks"], groups=unlabeled.get("subject"),
+                                    geometry=self.model.encoder.geometry)
             loss = loss + self.hparams.unlabeled_weight * stage1.pop("loss")
             self.log_dict({f"train/unlabeled_{k}_loss": v for k, v in stage1.items()},
                           batch_size=len(unlabeled["image"]))
@@ -424,7 +409,7 @@ class HiVAFinetuner(StageModule):
     def configure_optimizers(self):
         hp = self.hparams
         groups = parameter_groups(self.model, hp.lr, hp.weight_decay, hp.layer_decay,
-                                  layered="backbone.model")
+                                  layered="encoder.backbone.model")
         if self.objective is not None:
             groups += parameter_groups(self.objective, hp.lr, hp.weight_decay)
         return self.adamw_warmup_cosine(groups)
@@ -436,13 +421,15 @@ class HiVAFinetuner(StageModule):
         if self.uses_text:
             text = {"encoder": hp.text_encoder, "pretrained": hp.text_pretrained,
                     "weights": hp.text_weights, "descriptions": hp.descriptions}
-        return {"architecture": config["architecture"], "backbone": config["backbone"],
-                "image_size": config["image_size"], "feature_stage": config["feature_stage"],
-                "conv_stem": config["conv_stem"], "aus": list(self.au_numbers),
+        encoder = config["encoder"]
+        return {"architecture": config["architecture"], "backbone": encoder["backbone"],
+                "image_size": encoder["image_size"], "feature_stage": encoder["feature_stage"],
+                "conv_stem": encoder["conv_stem"], "aus": list(self.au_numbers),
                 "pretrained": self.stage1_path,
                 # the model's config, which rebuilds it (ImageNet weights are in the state
                 # dict), and where its description features come from
-                "model": {**config, "pretrained_backbone": False}, "text": text}
+                "model": {**config, "encoder": {**encoder, "pretrained_backbone": False}},
+                "text": text}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Make the checkpoint self-contained: ``load_from_checkpoint`` (and ``test`` /
@@ -454,8 +441,9 @@ class HiVAFinetuner(StageModule):
         hparams = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
         if hparams is not None:
             hparams.update(pretrained=None, pretrained_backbone=False,
-                           backbone=self.model_config["backbone"],
-                           conv_stem=self.model_config["conv_stem"])
+                           backbone=self.model_config["encoder"]["backbone"],
+                           conv_stem=self.model_config["encoder"]["conv_stem"],
+                           geometry=self.model_config["encoder"]["geometry"])
             if self.objective is not None:  # its settings, without the stage-1 file
                 hparams["unlabeled_losses"] = dict(self.objective_settings)
 

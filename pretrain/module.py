@@ -7,17 +7,15 @@ from torch import Tensor
 from aukit.au import au_numbers
 from aukit.losses.region_contrastive import other_subject_bias
 from aukit.losses.stage1 import SETTINGS, Stage1Objective
-from aukit.models.backbone import SwinBackbone
-from aukit.models.region import AURegionEncoder, encode_regions
+from aukit.models.encoder import AUEncoder
 from aukit.optim import parameter_groups
 from aukit.stage import StageModule
 from aukit.utils.distributed import world_size
 
-# the objective's parts, which checkpoints written before ``Stage1Objective`` hold at the top
-OBJECTIVE_PARTS = ("projector", "au_proj", "au_mass", "global_proj", "pixel_decoder")
 
 class RegionRelationPretrainer(StageModule):
-    """Swin -> AU attention pooling -> region transformer -> ``Stage1Objective``.
+    """An ``AUEncoder`` (Swin -> AU attention pooling -> region transformer) trained by
+    ``Stage1Objective``; its checkpoint's ``encoder`` is what stage 2 loads.
 
     The objective's losses on two augmented views (region, relation, global, masked pixels,
     expression geometry; each ``*_weight``, 0 = off; see ``aukit.losses.stage1.Stage1Objective``).
@@ -53,40 +51,34 @@ class RegionRelationPretrainer(StageModule):
             raise ValueError("--model.other_subject_weight must be in [0, 1] (1 keeps other "
                              f"subjects' negatives, 0 drops them), got {other_subject_weight}")
         self.au_numbers = au_numbers(aus)
-        self.backbone = SwinBackbone(backbone, image_size, pretrained_backbone, feature_stage,
-                                     conv_stem)
-        self.region = AURegionEncoder(self.backbone.out_dim, embed_dim, len(self.au_numbers),
-                                      num_heads, region_depth, roi_size=roi_size,
-                                      roi_extent=roi_extent, geometry=geometry)
+        # no dropout: the contrastive views differ by their augmentations only
+        self.encoder = AUEncoder(self.au_numbers, backbone, image_size, pretrained_backbone,
+                                 feature_stage, conv_stem, embed_dim, num_heads, region_depth,
+                                 attention_sigma, dropout=0.0, roi_size=roi_size,
+                                 roi_extent=roi_extent, geometry=geometry)
         self.objective = Stage1Objective(
-            len(self.au_numbers), self.backbone.out_dim, embed_dim, self.backbone.grid,
+            len(self.au_numbers), self.encoder.token_dim, embed_dim, self.encoder.grid,
             image_size, **{k: self.hparams[k] for k in SETTINGS})
         if not self.objective.reads_au_features:  # no loss trains the region encoder's
-            for name, param in self.region.named_parameters():  # features: keep it as built
-                if not name.startswith("geometry."):
+            for name, param in self.encoder.region.named_parameters():  # features: keep it
+                if not name.startswith("geometry."):  # as built
                     param.requires_grad_(False)
-        self.objective.take_geometry_map(self.region.geometry)
-
-    def _features(self, images: Tensor, landmarks: Tensor) -> tuple[Tensor, Tensor]:
-        """-> backbone tokens [B, N, D] and AU region features [B, A, E]."""
-        tokens, _, features = encode_regions(self.backbone, self.region, images, landmarks,
-                                             self.au_numbers, self.hparams.attention_sigma)
-        return tokens, features
+        self.objective.take_geometry_map(self.encoder.geometry)
 
     def encode(self, images: Tensor, landmarks: Tensor) -> Tensor:
         """images [B, 3, H, W], landmarks [B, 68, 2] -> AU region features [B, A, E]."""
-        return self._features(images, landmarks)[1]
+        return self.encoder.features(images, landmarks)[1]
 
     def forward(self, images: Tensor, landmarks: Tensor) -> dict[str, Tensor]:
         """images [B, 3, H, W], landmarks [B, 68, 2] -> the objective's heads
         (``Stage1Objective.heads``: ``z`` [B, A, P] unit AU embeddings, ...)."""
-        return self.objective.heads(*self._features(images, landmarks))
+        return self.objective.heads(*self.encoder.features(images, landmarks))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         images = batch["image"]  # [B, V, 3, H, W], landmarks [B, V, 68, 2]
-        losses = self.objective(self._features, images, batch["landmarks"],
+        losses = self.objective(self.encoder.features, images, batch["landmarks"],
                                 self._key_bias(batch, len(images)), batch.get("subject"),
-                                self.region.geometry)
+                                self.encoder.geometry)
         loss = losses.pop("loss")
         self.log_dict({f"train/{k}_loss": val for k, val in losses.items()},
                       batch_size=len(images))
@@ -109,15 +101,4 @@ class RegionRelationPretrainer(StageModule):
         return self.adamw_warmup_cosine(parameter_groups(self, hp.lr, hp.weight_decay))
 
     def checkpoint_meta(self) -> dict:
-        hp = self.hparams
-        return {"backbone": hp.backbone, "image_size": hp.image_size,
-                "feature_stage": hp.feature_stage, "conv_stem": self.backbone.conv_stem,
-                "embed_dim": hp.embed_dim, "roi_size": hp.roi_size, "roi_extent": hp.roi_extent,
-                "geometry": hp.geometry,
-                "aus": list(self.au_numbers)}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.split(".")[0] in OBJECTIVE_PARTS]:
-            state[f"objective.{key}"] = state.pop(key)
+        return {"encoder": dict(self.encoder.config), "aus": list(self.au_numbers)}

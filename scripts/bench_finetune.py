@@ -6,10 +6,11 @@ number of optimisation steps, selects its checkpoint on the validation subjects 
 scored on the unseen test subjects (mean F1 over SynthAU's 12 AUs). Conditions: (a) Swin +
 linear head, (a2) Swin + AU region features + one linear head per AU, (b) HiVA, all from
 scratch; (c) HiVA from the stage-1 checkpoint of ``scripts/bench_pretrain.py``; (d) (c) without
-the graph / DDCA / CDCA / text, and (c) from a stage 1 trained without the relation loss; each
-with all and with ``--fractions`` of the labelled training subjects. On request, (c) or (b) that
-also train on SynthAU's unlabeled identities while finetuning: co-training with the stage-1
-objective, or a mean teacher's pseudo-labels. For (b) and (c) the
+the graph / DDCA / CDCA / text, and (c) from a stage 1 trained without the relation or the
+region loss; each with all and with ``--fractions`` of the labelled training subjects. Every
+face comes with the landmarks the toolkit's landmark stage finds on it; the oracle rows (b) and
+(c) read the renderer's exact landmarks instead, stage 1 included (``bench_pretrain.py
+--landmarks exact``): ceilings, never headlines. For (b) and (c) the
 activation maps are scored against SynthAU's AU regions (``aukit.map_quality``). Writes
 ``## Finetuning: HiVA`` into ``--out`` and the figures into ``--json``.
 
@@ -36,8 +37,8 @@ from finetune.module import HiVAFinetuner
 
 HEADING = "## Finetuning: HiVA"
 NO_RELATION = "(d) (c) from a stage 1 without the relation loss"
-PSEUDO_LABELS = ["POOL", "--data.unlabeled.views", "2", "--data.unlabeled.positives", "clip",
-                 "--model.pseudo_label_weight", "1.0"]
+NO_REGION = "(d) (c) from a stage 1 without the region loss"
+ORACLE = " [oracle: the renderer's exact landmarks]"  # the suffix of oracle rows
 CONDITIONS: dict[str, list[str]] = {
     "(a) Swin + linear head, scratch": ["--model.architecture", "linear"],
     "(a2) Swin + AU regions + per-AU linear heads, scratch": ["--model.architecture", "region"],
@@ -48,21 +49,10 @@ CONDITIONS: dict[str, list[str]] = {
     "(d) (c) without CDCA": ["STAGE1", "--model.use_cdca", "false"],
     "(d) (c) without text": ["STAGE1", "--model.use_text", "false"],
     NO_RELATION: ["STAGE1_NO_RELATION"],
-    # co-training: the stage-1 objective (masked pixels) continues on the unlabeled pool
-    "(c) + co-training, masked pixels": ["STAGE1", "POOL", "--data.unlabeled.views", "1",
-                                         "--model.unlabeled_weight", "1.0"],
-    "(c) + co-training, region loss": [
-        "STAGE1", "POOL", "--data.unlabeled.views", "2", "--data.unlabeled.positives", "clip",
-        "--model.unlabeled_weight", "0.5", "--model.unlabeled_losses",
-        "{masked_weight: 0, region_weight: 1, relation_weight: 0}"],
-    # semi-supervised: a mean teacher's confident labels on the pool (another frame of a clip)
-    "(c) + pseudo-labels": ["STAGE1", *PSEUDO_LABELS],
-    "(b) + pseudo-labels": PSEUDO_LABELS,
-    # only the teacher's sure "present" labels (it calls a quarter of present AUs surely absent)
-    "(c) + pseudo-labels, present only": ["STAGE1", *PSEUDO_LABELS,
-                                          "--model.pseudo_label_negatives", "false"],
-    "(b) + pseudo-labels, present only": [*PSEUDO_LABELS, "--model.pseudo_label_negatives",
-                                          "false"],
+    NO_REGION: ["STAGE1_NO_REGION"],
+    # ceilings: the renderer's landmarks in every split (stage 1 pretrained on them too)
+    "(b) HiVA, scratch" + ORACLE: ["EXACT"],
+    "(c) HiVA, stage-1 init" + ORACLE: ["STAGE1_EXACT", "EXACT"],
 }
 MAPPED = ("(b)", "(c)")  # conditions whose activation maps are scored
 TRAIN_SUBJECTS = 30  # SynthAU's labelled train split
@@ -77,19 +67,24 @@ def curves(log_dir: str) -> dict[str, list[float]]:
             for split in ("train", "val") if f"{split}/f1_mean" in tags}
 
 
+def slug(condition: str) -> str:
+    """A run-folder name for ``condition``, e.g. ``b-oracle``."""
+    return condition[:4].strip("() ") + ("-oracle" if condition.endswith(ORACLE) else "")
+
+
+def stage1_paths(args: argparse.Namespace) -> dict[str, str]:
+    """The stage-1 checkpoint (a ``{seed}`` pattern) of each STAGE1 token."""
+    return {"STAGE1": args.stage1, "STAGE1_NO_RELATION": args.stage1_no_relation,
+            "STAGE1_NO_REGION": args.stage1_no_region, "STAGE1_EXACT": args.stage1_exact}
+
+
 def run(condition: str, fraction: float, seed: int, args: argparse.Namespace) -> dict:
     overrides = []
     for item in CONDITIONS[condition]:
-        if item == "POOL":  # SynthAU's unlabeled identities, person-aware batches
-            overrides += ["--data.unlabeled", "aukit.data.UnlabeledFaceDataModule",
-                          "--data.unlabeled.image_size", str(args.image_size),
-                          "--data.unlabeled.batch_size", str(args.unlabeled_batch_size),
-                          "--data.unlabeled.faces_per_subject", "4",
-                          "--data.unlabeled.num_workers", str(args.workers),
-                          "--data.unlabeled.synthau_cache", args.cache]
+        if item == "EXACT":
+            overrides += ["--data.landmarks", "exact"]
         elif item.startswith("STAGE1"):
-            path = args.stage1_no_relation if item == "STAGE1_NO_RELATION" else args.stage1
-            overrides += ["--model.pretrained", path.format(seed=seed)]
+            overrides += ["--model.pretrained", stage1_paths(args)[item].format(seed=seed)]
         else:
             overrides.append(item)
     # the same number of steps for every fraction; validate about once per full-data epoch
@@ -105,7 +100,7 @@ def run(condition: str, fraction: float, seed: int, args: argparse.Namespace) ->
         "--trainer.check_val_every_n_epoch", str(max(1, round(full_epoch / steps_per_epoch))),
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--trainer.logger.init_args.save_dir", args.log_dir,
-        "--trainer.logger.init_args.name", f"{condition[:4].strip('() ')}-f{fraction}-s{seed}",
+        "--trainer.logger.init_args.name", f"{slug(condition)}-f{fraction}-s{seed}",
         "--data.label_fraction", str(fraction), "--data.batch_size", str(args.batch_size),
         "--data.synthau_samples_per_subject", str(args.samples_per_subject),
         "--data.synthau_eval_samples_per_subject", str(args.eval_samples),
@@ -127,21 +122,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1])
     parser.add_argument("--conditions", nargs="+", choices=list(CONDITIONS),
-                        default=[c for c, flags in CONDITIONS.items() if "POOL" not in flags],
-                        help="default: all but the unlabeled-pool ones (co-training, "
-                             "pseudo-labels), which did not help (docs/benchmarks.md)")
+                        default=list(CONDITIONS))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--samples-per-subject", type=int, default=60)
-    parser.add_argument("--unlabeled-batch-size", type=int, default=16,
-                        help="unlabeled faces per step of the co-training conditions")
     parser.add_argument("--eval-samples", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--cache", default="runs/cache/synthau", help="rendered-face cache")
-    parser.add_argument("--stage1",
-                        default="runs/bench/pretrain/masked-geometry-seed{seed}/last.ckpt")
+    parser.add_argument("--stage1", default="runs/bench/pretrain/default-seed{seed}/last.ckpt",
+                        help="stage-1 checkpoints of (c) and (d): bench_pretrain.py's default")
     parser.add_argument("--stage1-no-relation",
-                        default="runs/bench/pretrain/region-seed{seed}/last.ckpt")
+                        default="runs/bench/pretrain/default-no-relation-seed{seed}/last.ckpt")
+    parser.add_argument("--stage1-no-region",
+                        default="runs/bench/pretrain/default-no-region-seed{seed}/last.ckpt")
+    parser.add_argument("--stage1-exact",
+                        default="runs/bench-exact/pretrain/default-seed{seed}/last.ckpt",
+                        help="the oracle (c)'s stage 1: bench_pretrain.py --landmarks exact")
     parser.add_argument("--log-dir", default="runs/bench/finetune")
     parser.add_argument("--trainer", default="cpu", help="preset under conf/trainer (gpu: bf16)")
     parser.add_argument("--out", default="docs/benchmarks.md")
@@ -151,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="extra LightningCLI overrides (after --)")
     args = parser.parse_args(argv)
     needed = [p for c in args.conditions for p in CONDITIONS[c] if p.startswith("STAGE1")]
-    paths = {"STAGE1": args.stage1, "STAGE1_NO_RELATION": args.stage1_no_relation}
+    paths = stage1_paths(args)
     missing = sorted({paths[p].format(seed=s) for p in needed for s in args.seeds
                       if not Path(paths[p].format(seed=s)).is_file()})
     if missing:

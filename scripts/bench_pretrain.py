@@ -4,10 +4,13 @@ For each seed: a randomly initialised encoder (no training), raw pixels around e
 pretraining variants of ``VARIANTS`` (region loss only, relation loss only, both, on person-aware
 batches with clip positives; both on random batches; both with two augmentations of one image as
 the positive pair; both with own-subject negatives only; masked-pixel prediction alone and next
-to both; masked pixels + expression geometry, the default), each trained with the same budget
+to both; masked pixels + expression geometry; the default recipe as it is and without each of
+its region and relation losses), each trained with the same budget
 through the real CLI (``conf/pretrain/synthau.yaml``), then probed: one logistic regression per
 AU on its frozen AU region feature, fitted on the SynthAU train subjects and scored on the test
-subjects (nothing is tuned on them). Writes ``## Pretraining: linear probe`` into ``--out``, the
+subjects (nothing is tuned on them). Every face comes with the landmarks the toolkit's landmark
+stage finds on it (the data modules' default; ``--landmarks exact`` for an oracle run
+with the renderer's). Writes ``## Pretraining: linear probe`` into ``--out``, the
 figures into ``--json``, and keeps each variant's final checkpoint in ``--ckpt-dir`` (the
 finetune benchmark starts from them).
 
@@ -36,6 +39,8 @@ from pretrain.module import RegionRelationPretrainer
 HEADING = "## Pretraining: linear probe"
 RANDOM_INIT = "random init (no pretraining)"
 PIXELS = "raw grey pixels around each AU (no encoder)"
+DEFAULT = "the default recipe (conf/pretrain/synthau.yaml)"
+ORACLE = " [oracle: the renderer's exact landmarks]"  # the suffix of oracle rows
 # the contrastive recipe (conf/pretrain/synthau.yaml's default is masked pixels + geometry):
 # region + relation losses on two frames of a clip, person-aware batches of 8 people x 4 faces
 CONTRASTIVE = ["--model.masked_weight", "0", "--model.geometry", "false",
@@ -57,8 +62,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                                       "0", "--data.faces_per_subject", "4"]),
     "region + relation + masked pixels": ("both-masked", [*CONTRASTIVE,
                                                           "--model.masked_weight", "1"]),
-    # the default (conf/pretrain/synthau.yaml)
-    "masked pixels + expression geometry": ("masked-geometry", []),
+    "masked pixels + expression geometry": ("masked-geometry", [
+        "--model.region_weight", "0", "--model.relation_weight", "0", "--model.masked_weight",
+        "1", "--model.geometry", "true", "--model.geometry_weight", "1", "--data.views", "1",
+        "--data.faces_per_subject", "8"]),
+    # conf/pretrain/synthau.yaml as it is, and without each of the seed method's two losses
+    DEFAULT: ("default", []),
+    DEFAULT + ", without the relation loss": ("default-no-relation",
+                                             ["--model.relation_weight", "0"]),
+    DEFAULT + ", without the region loss": ("default-no-region", ["--model.region_weight", "0"]),
 }
 
 
@@ -96,7 +108,8 @@ def pretrain(variant: str, seed: int, args: argparse.Namespace) -> RegionRelatio
         "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(folder),
         "--data.num_workers", str(args.workers), "--data.image_size", str(args.image_size),
-        "--data.synthau_cache", args.cache, *overrides, *args.overrides])
+        "--data.synthau_cache", args.cache, "--data.landmarks", args.landmarks, *overrides,
+        *args.overrides])
     cli.trainer.save_checkpoint(folder / "last.ckpt")
     return cli.model
 
@@ -106,7 +119,7 @@ def probe(module: RegionRelationPretrainer | PixelWindows, args: argparse.Namesp
                              num_workers=args.workers,
                              synthau_samples_per_subject=args.probe_samples,
                              synthau_eval_samples_per_subject=args.probe_samples,
-                             synthau_cache=args.cache)
+                             synthau_cache=args.cache, landmarks=args.landmarks)
     return 100 * run_probe(module.encode, module.au_numbers, data, "test")["f1_mean"]
 
 
@@ -120,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", default=[PIXELS, RANDOM_INIT, *VARIANTS],
                         choices=[PIXELS, RANDOM_INIT, *VARIANTS])
     parser.add_argument("--cache", default="runs/cache/synthau", help="rendered-face cache")
+    parser.add_argument("--landmarks", default="auto", choices=["auto", "exact"],
+                        help="the landmarks every face comes with: those the landmark stage "
+                             "finds (auto), or the renderer's (exact: oracle rows, kept apart)")
     parser.add_argument("--ckpt-dir", default="runs/bench/pretrain")
     parser.add_argument("--trainer", default="cpu", help="preset under conf/trainer (gpu: bf16)")
     parser.add_argument("--out", default="docs/benchmarks.md")
@@ -137,14 +153,16 @@ def main(argv: list[str] | None = None) -> None:
             module = (PixelWindows() if variant == PIXELS else untrained(seed, args)
                       if variant == RANDOM_INIT else pretrain(variant, seed, args))
             result = {"f1": probe(module, args), "minutes": round((time.time() - started) / 60, 2)}
-            print(f"{variant} | seed {seed}: probe F1 {result['f1']:.1f}", flush=True)
-            data = update_json(args.json, {f"runs{key}": {"probe": {variant: {str(seed): result}}}})
+            name = variant + (ORACLE if args.landmarks == "exact" else "")
+            print(f"{name} | seed {seed}: probe F1 {result['f1']:.1f}", flush=True)
+            data = update_json(args.json, {f"runs{key}": {"probe": {name: {str(seed): result}}}})
             write_report(data[f"runs{key}"]["probe"], args, argv, key)
 
 
 def write_report(runs: dict, args: argparse.Namespace, argv: list[str], key: str) -> None:
     """The probe table of every run in the results file so far."""
-    variants = [v for v in [PIXELS, RANDOM_INIT, *VARIANTS] if v in runs]
+    variants = [v + o for o in ("", ORACLE) for v in [PIXELS, RANDOM_INIT, *VARIANTS]
+                if v + o in runs]
     scores = {v: [runs[v][s]["f1"] for s in sorted(runs[v], key=int)] for v in variants}
     minutes = sum(r["minutes"] for v in variants for r in runs[v].values())
     rows = ["| encoder | probe mean F1 (%), mean ± sd (per seed) |", "|---|---:|"]

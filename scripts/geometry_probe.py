@@ -53,7 +53,7 @@ def shapes(synth: SynthAU, subjects: list[int], faces: int,
 def stage1_map(path: str) -> ExpressionGeometry:
     """The geometry map of a stage-1 checkpoint."""
     state = read_checkpoint(path, "pretrain")["state_dict"]
-    prefix = "region.geometry."
+    prefix = "encoder.region.geometry."
     if prefix + "project.weight" not in state:
         raise SystemExit(f"{path} has no geometry branch (train it with --model.geometry true)")
     geometry = ExpressionGeometry()

@@ -13,6 +13,7 @@ from test_install import installed_script
 from torch.utils.data import Dataset
 
 from aukit.checkpoint import load_stage1_encoder, read_checkpoint
+from aukit.models.encoder import AUEncoder, encoder_config
 from aukit.cli import OOM_HINT, check_trainer
 from aukit.configs import config_flags, finetune_configs
 from aukit.data.datamodules import AUDataModule, make_loader
@@ -141,9 +142,14 @@ def test_two_process_pretrain_writes_one_loadable_checkpoint(tmp_path):
         {"epoch": 0, "consumed": 2}]
     # the geometry map's least-squares sums hold both ranks' faces: 2 steps x 2 ranks x 4
     assert checkpoint["state_dict"]["objective.geometry_fit.count"].item() == 16
-    encoder = load_stage1_encoder(checkpoints[0], "swin_test", 64, 2, (1, 2, 4), roi_size=4,
-                                  roi_extent=0.15)  # conf/pretrain/synthau.yaml's settings
-    assert encoder.meta["image_size"] == 64
+    config = checkpoint["aukit"]["encoder"]  # conf/pretrain/synthau.yaml's, at the test's size
+    assert config["image_size"] == 64 and config["roi_size"] == 4 and config["geometry"]
+    encoder = AUEncoder((1, 2, 4), **encoder_config(config))
+    load_stage1_encoder(checkpoints[0], encoder)
+    state = checkpoint["state_dict"]
+    for name, value in encoder.state_dict().items():
+        if "au_queries" not in name and "geometry_embed" not in name:  # rows of 17 AUs there
+            assert torch.equal(value, state[f"encoder.{name}"]), name
 
 
 @pytest.mark.slow

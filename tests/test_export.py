@@ -140,7 +140,7 @@ def test_bad_input_is_refused_clearly(ckpt, tmp_path):
 def test_other_models_and_stems_round_trip_through_onnx(tmp_path, kwargs):
     ckpt = save_finetune(tmp_path / "model.ckpt", **kwargs)
     predictor = load_predictor(ckpt)
-    assert predictor.model.backbone.conv_stem == kwargs.get("conv_stem", True)
+    assert predictor.model.encoder.backbone.conv_stem == kwargs.get("conv_stem", True)
     path = export(ckpt, "onnx", tmp_path)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     images = torch.randn(2, 3, 64, 64)
@@ -157,7 +157,7 @@ def test_the_geometry_branch_exports_with_the_landmarks_as_an_input(tmp_path, fm
     main(["--ckpt", str(ckpt), "--format", fmt, "--out", str(tmp_path), "--landmarks-input"])
     path = tmp_path / f"au_detector.{'onnx' if fmt == 'onnx' else 'pt'}"
     predictor = load_predictor(ckpt)
-    assert predictor.model.region.geometry is not None
+    assert predictor.model.encoder.region.geometry is not None
     images = torch.randn(2, 3, 64, 64)
     smiling = predictor.landmarks.expand(2, -1, -1).clone()
     smiling[1, [48, 54]] += torch.tensor([[-2.0, -1.5], [2.0, -1.5]])  # lip corners up and out

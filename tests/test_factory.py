@@ -17,7 +17,7 @@ AUS = [1, 12]
 
 
 def run(model: torch.nn.Module, config: dict, batch: int = 1) -> dict[str, torch.Tensor]:
-    size, generator = config["image_size"], torch.Generator().manual_seed(1)
+    size, generator = config["encoder"]["image_size"], torch.Generator().manual_seed(1)
     images = torch.randn(batch, 3, size, size, generator=generator)
     text = (None, None, None)
     if config.get("use_text"):
@@ -36,13 +36,16 @@ def test_every_registered_name_builds_and_runs(name):
         out = run(model, config)
     assert out["logits"].shape == (1, len(AUS)) and torch.isfinite(out["logits"]).all()
     if name in PRESETS:
-        assert all(config[k] == v for k, v in PRESETS[name].items())
+        preset = PRESETS[name]
+        assert all(config[k] == v for k, v in preset.items() if k != "encoder")
+        assert all(config["encoder"][k] == v for k, v in preset["encoder"].items())
 
 
 @pytest.mark.parametrize("name", ["hiva", "region", "linear"])
 def test_a_config_round_trips_through_yaml_and_json_to_the_same_model(name):
-    config = model_config(name, au_numbers=["AU12", "AU1"], image_size=64, embed_dim=16,
-                          num_heads=2, roi_size=2, strict=False)
+    config = model_config(name, au_numbers=["AU12", "AU1"],
+                          encoder={"image_size": 64, "embed_dim": 16, "num_heads": 2,
+                                   "roi_size": 2})
     assert config["au_numbers"] == [12, 1]  # one spelling of the AU set
     for text in (yaml.safe_dump(config), json.dumps(config)):
         again = yaml.safe_load(text)
@@ -64,13 +67,21 @@ def test_bad_names_settings_and_values_are_refused():
         model_config("hiva")
     with pytest.raises(TypeError, match="not plain data"):
         model_config("hiva", au_numbers=AUS, cooccurrence_prior=torch.eye(2))
+    with pytest.raises(ValueError, match="the AU encoder takes no heads"):
+        model_config("hiva", au_numbers=AUS, encoder={"heads": 2})
+
+
+def test_encoder_overrides_merge_into_a_presets_encoder():
+    config = model_config("hiva_swin_test", au_numbers=AUS, encoder={"num_heads": 8})
+    assert config["encoder"]["num_heads"] == 8 and config["encoder"]["roi_size"] == 4
 
 
 def test_a_registered_preset_builds_by_name():
-    register_preset("region_tiny_roi", "region", image_size=64, roi_size=2, embed_dim=16)
+    register_preset("region_tiny_roi", "region",
+                    encoder={"image_size": 64, "roi_size": 2, "embed_dim": 16})
     try:
         model = create_model("region_tiny_roi", au_numbers=AUS)
-        assert model.region.roi_size == 2 and "region_tiny_roi" in list_models()
+        assert model.encoder.region.roi_size == 2 and "region_tiny_roi" in list_models()
         with pytest.raises(ValueError, match="already registered"):
             register_preset("region_tiny_roi", "region")
         with pytest.raises(ValueError, match="takes no use_graph"):
@@ -93,16 +104,16 @@ def test_a_checkpoint_stores_its_model_config_and_inference_rebuilds_the_same_mo
                            architecture=architecture, feature_stage=2, roi_size=2).eval()
     checkpoint = save(module, tmp_path / "ft.ckpt")
     stored = checkpoint[META_KEY]["model"]
-    assert stored == {**module.model_config, "pretrained_backbone": False}
-    assert stored["architecture"] == architecture and stored["conv_stem"] is True
+    assert stored == {**module.model_config,
+                      "encoder": {**module.model_config["encoder"], "pretrained_backbone": False}}
+    assert stored["architecture"] == architecture and stored["encoder"]["conv_stem"] is True
     images = torch.randn(3, 3, 64, 64)
     landmarks = torch.from_numpy(canonical_landmarks(64))[None].expand(3, -1, -1)
     with torch.no_grad():
         expected = module(images, landmarks)["logits"].sigmoid()
         torch.testing.assert_close(load_predictor(tmp_path / "ft.ckpt")(images)[0], expected)
-    # a checkpoint written before configs were stored: rebuilt from its hyperparameters
-    del checkpoint[META_KEY]["model"], checkpoint[META_KEY]["text"]
     assert checkpoint_model_config(checkpoint) == stored
-    torch.save(checkpoint, tmp_path / "old.ckpt")
-    with torch.no_grad():
-        torch.testing.assert_close(load_predictor(tmp_path / "old.ckpt")(images)[0], expected)
+    # a checkpoint written before the encoder had a config of its own is refused with the fix
+    del checkpoint[META_KEY]["model"]["encoder"]
+    with pytest.raises(ValueError, match="older aukit .* finetune again"):
+        checkpoint_model_config(checkpoint)

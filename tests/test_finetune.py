@@ -99,11 +99,12 @@ def test_stage1_checkpoint_initialises_backbone_and_region(tmp_path):
     stage1 = save_stage1(tmp_path / "s1.ckpt")
     module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
                                        embed_dim=32, use_text=False)
-    for name, value in stage1.backbone.state_dict().items():
-        assert torch.equal(module.model.backbone.state_dict()[name], value), name
+    for name, value in stage1.encoder.backbone.state_dict().items():
+        assert torch.equal(module.model.encoder.backbone.state_dict()[name], value), name
     rows = [list(stage1.au_numbers).index(a) for a in (12, 1)]
-    assert torch.equal(module.model.region.au_queries, stage1.region.au_queries[rows])
-    assert module.model_config["backbone"] == "swin_test"
+    assert torch.equal(module.model.encoder.region.au_queries,
+                       stage1.encoder.region.au_queries[rows])
+    assert module.model_config["encoder"]["backbone"] == "swin_test"
 
 
 def test_pretrained_parts_backbone_leaves_the_region_encoder_fresh(tmp_path):
@@ -114,50 +115,47 @@ def test_pretrained_parts_backbone_leaves_the_region_encoder_fresh(tmp_path):
     torch.manual_seed(0)
     module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", pretrained_parts="backbone",
                                        **kwargs)
-    for name, value in stage1.backbone.state_dict().items():
-        assert torch.equal(module.model.backbone.state_dict()[name], value), name
-    for name, value in fresh.model.region.state_dict().items():
-        assert torch.equal(module.model.region.state_dict()[name], value), name
+    for name, value in stage1.encoder.backbone.state_dict().items():
+        assert torch.equal(module.model.encoder.backbone.state_dict()[name], value), name
+    for name, value in fresh.model.encoder.region.state_dict().items():
+        assert torch.equal(module.model.encoder.region.state_dict()[name], value), name
     with pytest.raises(ValueError, match="--model.pretrained_parts"):
         HiVAFinetuner(pretrained_parts="region", **kwargs)
 
 
-def test_pretrained_shrink_moves_stage1_weights_towards_the_fresh_init(tmp_path):
-    stage1 = save_stage1(tmp_path / "s1.ckpt")
-    kwargs = dict(aus=["AU12", "AU1"], image_size=64, embed_dim=32, use_text=False)
-    torch.manual_seed(0)
-    fresh = HiVAFinetuner(**kwargs).model.backbone.state_dict()
-    modules = {}
-    for shrink in (0.0, 0.25):
-        torch.manual_seed(0)
-        modules[shrink] = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", pretrained_shrink=shrink,
-                                                    **kwargs).model.backbone
-    params = dict(modules[0.25].named_parameters())
-    unshrunk = dict(modules[0.0].named_parameters())
-    assert params
-    for name, value in stage1.backbone.named_parameters():
-        assert torch.allclose(params[name], 0.25 * value + 0.75 * fresh[name], atol=1e-6), name
-        assert torch.equal(unshrunk[name], fresh[name]), name
-    with pytest.raises(ValueError, match="--model.pretrained_shrink"):
-        HiVAFinetuner(pretrained_shrink=1.5, **kwargs)
+def test_a_stage1_encoder_with_other_settings_is_refused_naming_each_flag(tmp_path):
+    save_stage1(tmp_path / "s1.ckpt", num_heads=4, region_depth=1)
+    kwargs = dict(aus=["AU12"], image_size=64, embed_dim=32, use_text=False,
+                  pretrained=str(tmp_path / "s1.ckpt"))
+    # the head count changes no parameter shape: without the check it would silently re-split
+    with pytest.raises(ValueError, match=r"num_heads=4 but this model uses num_heads=2; set "
+                                         r"--model.num_heads 4"):
+        HiVAFinetuner(num_heads=2, **kwargs)
+    with pytest.raises(ValueError, match=r"embed_dim=32, region_depth=1 .* embed_dim=16, "
+                                         r"region_depth=2; set --model.embed_dim 32 "
+                                         r"--model.region_depth 1"):
+        HiVAFinetuner(**{**kwargs, "embed_dim": 16}, region_depth=2)
+    with pytest.raises(ValueError, match="image_size=64.*--data.image_size 64"):
+        HiVAFinetuner(**{**kwargs, "image_size": 96})
+    HiVAFinetuner(dropout=0.3, **kwargs)  # a training setting: not compared
 
 
 def test_stage1_weights_arrive_when_training_starts_and_never_over_a_resumed_run(tmp_path):
     from types import SimpleNamespace
 
     stage1 = save_stage1(tmp_path / "s1.ckpt")
-    expected = stage1.region.au_queries[[list(stage1.au_numbers).index(12)]]
+    expected = stage1.encoder.region.au_queries[[list(stage1.au_numbers).index(12)]]
     for resumed in ("last.ckpt", None):
         module = HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False,
                                pretrained=str(tmp_path / "s1.ckpt"))
-        assert not torch.equal(module.model.region.au_queries, expected)  # not read yet
+        assert not torch.equal(module.model.encoder.region.au_queries, expected)  # not read yet
         module._trainer = SimpleNamespace(ckpt_path=resumed)
         module.on_fit_start()
-        assert torch.equal(module.model.region.au_queries, expected) == (resumed is None)
+        assert torch.equal(module.model.encoder.region.au_queries, expected) == (resumed is None)
     with torch.no_grad():
-        module.model.region.au_queries.zero_()  # "trained"
+        module.model.encoder.region.au_queries.zero_()  # "trained"
     module.on_fit_start()  # a second fit of the same module keeps its weights
-    assert not module.model.region.au_queries.any()
+    assert not module.model.encoder.region.au_queries.any()
 
 
 @pytest.mark.parametrize("conv_stem", [True, False])
@@ -165,12 +163,13 @@ def test_the_region_baseline_adopts_the_stage1_stem_and_weights(tmp_path, conv_s
     stage1 = save_stage1(tmp_path / "s1.ckpt", conv_stem=conv_stem)
     module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
                                        embed_dim=32, architecture="region")
-    assert module.model_config["conv_stem"] is conv_stem
-    assert module.model.backbone.conv_stem is conv_stem
-    for name, value in stage1.backbone.state_dict().items():
-        assert torch.equal(module.model.backbone.state_dict()[name], value), name
+    assert module.model_config["encoder"]["conv_stem"] is conv_stem
+    assert module.model.encoder.backbone.conv_stem is conv_stem
+    for name, value in stage1.encoder.backbone.state_dict().items():
+        assert torch.equal(module.model.encoder.backbone.state_dict()[name], value), name
     rows = [list(stage1.au_numbers).index(a) for a in (12, 1)]
-    assert torch.equal(module.model.region.au_queries, stage1.region.au_queries[rows])
+    assert torch.equal(module.model.encoder.region.au_queries,
+                       stage1.encoder.region.au_queries[rows])
 
 
 def test_roi_pooling_is_handed_over_from_stage1(tmp_path):
@@ -178,7 +177,8 @@ def test_roi_pooling_is_handed_over_from_stage1(tmp_path):
     module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
                                        embed_dim=32, roi_size=3, roi_extent=0.2,
                                        architecture="region")
-    assert torch.equal(module.model.region.roi_proj.weight, stage1.region.roi_proj.weight)
+    assert torch.equal(module.model.encoder.region.roi_proj.weight,
+                       stage1.encoder.region.roi_proj.weight)
     with pytest.raises(ValueError, match="roi_size=3.*--model.roi_size 3"):
         HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, architecture="region",
                       pretrained=str(tmp_path / "s1.ckpt"))
@@ -188,10 +188,10 @@ def test_the_geometry_branch_is_handed_over_from_stage1(tmp_path):
     stage1 = save_stage1(tmp_path / "s1.ckpt", geometry=True)
     module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
                                        embed_dim=32, use_text=False)  # geometry: the stage 1's
-    assert module.model_config["geometry"] is True
-    region, rows = module.model.region, [list(stage1.au_numbers).index(a) for a in (12, 1)]
-    assert torch.equal(region.geometry.project.weight, stage1.region.geometry.project.weight)
-    assert torch.equal(region.geometry_embed, stage1.region.geometry_embed[rows])
+    assert module.model_config["encoder"]["geometry"] is True
+    region, rows = module.model.encoder.region, [list(stage1.au_numbers).index(a) for a in (12, 1)]
+    assert torch.equal(region.geometry.project.weight, stage1.encoder.region.geometry.project.weight)
+    assert torch.equal(region.geometry_embed, stage1.encoder.region.geometry_embed[rows])
     with pytest.raises(ValueError, match="geometry=True.*--model.geometry True"):
         HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False, geometry=False,
                       pretrained=str(tmp_path / "s1.ckpt"))
@@ -201,14 +201,14 @@ def test_frozen_parts_do_not_train_and_a_part_that_is_off_is_skipped(tmp_path):
     save_stage1(tmp_path / "s1.ckpt", geometry=True)
     module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
                                        embed_dim=32, use_text=False,
-                                       freeze=["region.geometry", "region.geometry_embed"])
-    region = module.model.region
+                                       freeze=["encoder.region.geometry", "encoder.region.geometry_embed"])
+    region = module.model.encoder.region
     frozen = {id(p) for p in [*region.geometry.parameters(), region.geometry_embed]}
     trained = {id(p) for group in parameter_groups(module.model, 1e-3, 0.05)
                for p in group["params"]}
-    assert frozen and not frozen & trained and id(module.model.region.au_queries) in trained
+    assert frozen and not frozen & trained and id(module.model.encoder.region.au_queries) in trained
     scratch = HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False,
-                            freeze=["region.geometry"])  # no geometry branch: nothing to freeze
+                            freeze=["encoder.region.geometry"])  # no geometry branch: nothing to freeze
     assert all(p.requires_grad for p in scratch.model.parameters())
     with pytest.raises(ValueError, match="--model.freeze names 'region.wings'"):
         HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False,
@@ -220,13 +220,13 @@ def test_cotraining_solves_the_geometry_map_on_the_pool_unless_it_is_frozen(tmp_
                 masked_weight=1.0, geometry_weight=1.0)  # geometry_solver: lstsq
     kwargs = dict(aus=["AU12", "AU1"], image_size=64, embed_dim=32, use_text=False,
                   unlabeled_weight=1.0)
-    frozen = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", freeze=["region.geometry"],
+    frozen = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", freeze=["encoder.region.geometry"],
                                        **kwargs)
     assert frozen.objective.geometry_fit is None  # the map stays as stage 1 left it ...
     assert frozen.objective.weights["geometry"] == 0  # ... and the loss would train nothing
     solved = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", **kwargs)
     assert solved.objective.geometry_fit is not None  # solved on the pool, not optimised
-    assert not any(p.requires_grad for p in solved.model.region.geometry.parameters())
+    assert not any(p.requires_grad for p in solved.model.encoder.region.geometry.parameters())
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -334,10 +334,10 @@ def test_a_finetune_checkpoint_loads_without_its_stage1_file(tmp_path, capsys, c
 
     checkpoint = torch.load(ckpt, weights_only=False)
     assert checkpoint["hyper_parameters"]["pretrained"] is None
-    assert checkpoint[META_KEY]["model"]["conv_stem"] is True  # the config it was built from
+    assert checkpoint[META_KEY]["model"]["encoder"]["conv_stem"] is True  # the config it was built from
     assert checkpoint[META_KEY]["pretrained"] == str(stage1_path)  # where it came from
     loaded = HiVAFinetuner.load_from_checkpoint(ckpt).eval()
-    assert loaded.hparams.conv_stem is True and loaded.model.backbone.conv_stem is True
+    assert loaded.hparams.conv_stem is True and loaded.model.encoder.backbone.conv_stem is True
     assert loaded.hparams.backbone == "swin_test" and loaded.hparams.image_size == 64
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     landmarks = torch.from_numpy(canonical_landmarks(64))[None].expand(2, -1, -1)
@@ -446,8 +446,8 @@ def test_pseudo_labels_train_on_a_second_view_against_a_mean_teacher(tmp_path):
     assert moved  # an average, not a copy
     last = Path(cli.trainer.logger.log_dir) / "checkpoints" / "last.ckpt"
     reloaded = HiVAFinetuner.load_from_checkpoint(last)
-    assert torch.equal(reloaded.teacher.model.region.au_queries,
-                       module.teacher.model.region.au_queries)
+    assert torch.equal(reloaded.teacher.model.encoder.region.au_queries,
+                       module.teacher.model.encoder.region.au_queries)
 
 
 def test_the_mean_teacher_averages_weights_and_copies_buffers():

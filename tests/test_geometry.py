@@ -115,7 +115,7 @@ def test_stage1_trains_the_geometry_branch_and_needs_it_and_subject_ids(faces):
     with pytest.raises(ValueError, match="needs each face's person id"):
         module.training_step(batch, 0)
     batch["subject"] = ["S1"] * 4 + ["S2"] * 4
-    optimiser = torch.optim.AdamW(module.region.geometry.parameters(), lr=1e-2)
+    optimiser = torch.optim.AdamW(module.encoder.region.geometry.parameters(), lr=1e-2)
     losses = []
     for _ in range(100):
         loss = module.training_step(batch, 0)
@@ -125,10 +125,10 @@ def test_stage1_trains_the_geometry_branch_and_needs_it_and_subject_ids(faces):
         losses.append(loss.item())
     assert losses[0] > 0.5 and losses[-1] < 0.05  # the linear map fits the 8 faces' geometry
     # the branch feeds the AU features: other landmarks, other features
-    tokens = torch.randn(2, 16, module.backbone.out_dim)
+    tokens = torch.randn(2, 16, module.encoder.backbone.out_dim)
     maps = torch.rand(2, 12, 16)
-    a = module.region(tokens, maps, (faces[[0, 0]] / 2))
-    b = module.region(tokens, maps, (faces[[0, 1]] / 2))
+    a = module.encoder.region(tokens, maps, (faces[[0, 0]] / 2))
+    b = module.encoder.region(tokens, maps, (faces[[0, 1]] / 2))
     assert torch.equal(a[0], b[0]) and not torch.allclose(a[1], b[1])
 
 
@@ -163,7 +163,7 @@ def test_stage1_solves_the_geometry_map_in_closed_form_and_resumes_it(faces):
     module = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, region_weight=0,
                                       relation_weight=0, masked_weight=1.0, geometry_weight=1.0,
                                       geometry=True)  # geometry_solver "lstsq", the default
-    geometry = module.region.geometry
+    geometry = module.encoder.region.geometry
     assert not any(p.requires_grad for p in geometry.parameters())  # not the optimiser's
     trainable = {id(p) for group in parameter_groups(module, 1e-3, 0.05)
                  for p in group["params"]}
@@ -180,4 +180,4 @@ def test_stage1_solves_the_geometry_map_in_closed_form_and_resumes_it(faces):
     for a, b in zip(resumed.objective.geometry_fit.solve(), module.objective.geometry_fit.solve(),
                     strict=True):
         assert torch.equal(a, b)
-    assert torch.equal(resumed.region.geometry.project.weight, geometry.project.weight)
+    assert torch.equal(resumed.encoder.region.geometry.project.weight, geometry.project.weight)

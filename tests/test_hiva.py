@@ -14,7 +14,7 @@ PARTS = {"use_graph": ("graph",), "use_ddca": ("ddca", "patch_proj"), "use_cdca"
 
 
 def build(**switches) -> HiVA:
-    return HiVA(AUS, image_size=S, embed_dim=E, text_dim=DT, num_heads=2, **switches)
+    return HiVA(AUS, {"image_size": S, "embed_dim": E, "num_heads": 2}, text_dim=DT, **switches)
 
 
 def inputs() -> dict:
@@ -32,7 +32,7 @@ def test_forward_backward_for_every_switch_combination(flags):
     switches = dict(zip(SWITCHES, flags, strict=True))
     model = build(**switches)
     out = model(**inputs())
-    h, w = model.backbone.grid
+    h, w = model.encoder.backbone.grid
     for key in ("logits", "mlp_logits", "cos_logits"):
         assert out[key].shape == (B, A)
     assert out["au_features"].shape == (B, A, E)
@@ -101,17 +101,17 @@ def test_parameter_groups_cover_everything_once_with_layer_decay():
 
     model = build()
     lr, decay = 1e-3, 0.05
-    groups = parameter_groups(model, lr, decay, layer_decay=0.5, layered="backbone.model")
+    groups = parameter_groups(model, lr, decay, layer_decay=0.5, layered="encoder.backbone.model")
     seen = [id(p) for g in groups for p in g["params"]]
     assert sorted(seen) == sorted(id(p) for p in model.parameters())
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     named = dict(model.named_parameters())
-    queries = id(named["region.au_queries"])
+    queries = id(named["encoder.region.au_queries"])
     assert lr_of[queries] == lr and wd_of[queries] == 0
     assert lr_of[id(named["cosine_log_scale"])] == lr and wd_of[id(named["cosine_bias"])] == 0
-    stem = lr_of[id(named["backbone.model.patch_embed.proj.weight"])]
-    deep = lr_of[id(named["backbone.model.layers.2.blocks.1.mlp.fc1.weight"])]
+    stem = lr_of[id(named["encoder.backbone.model.patch_embed.proj.weight"])]
+    deep = lr_of[id(named["encoder.backbone.model.layers.2.blocks.1.mlp.fc1.weight"])]
     assert stem < deep < lr
     assert deep == pytest.approx(lr * 0.5)
     torch.optim.AdamW(groups, lr=lr)  # the groups are ready for a torch optimizer
@@ -128,7 +128,7 @@ def test_the_landmark_prior_ties_each_activation_map_to_its_au_region():
     text = inputs()
     scores = {}
     for prior in (True, False):
-        model = HiVA(AUS, image_size=size, embed_dim=E, text_dim=DT, num_heads=2,
+        model = HiVA(AUS, {"image_size": size, "embed_dim": E, "num_heads": 2}, text_dim=DT,
                      map_prior=prior).eval()
         with torch.no_grad():
             maps = model(torch.randn(B, 3, size, size), landmarks, text["text_tokens"],

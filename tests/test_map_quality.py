@@ -204,9 +204,9 @@ def test_evaluate_maps_with_landmark_maps():
 def test_evaluate_maps_with_hiva():
     data = loader(1)
     # without DDCA, HiVA's activation maps are its landmark prior: a perfect score
-    prior = HiVA(AUS, "swin_test", SIZE, use_text=False, use_ddca=False)
+    prior = HiVA(AUS, {"image_size": SIZE}, use_text=False, use_ddca=False)
     assert evaluate_maps(prior, data)["pointing_mean"] == 1.0
-    model = HiVA(AUS, "swin_test", SIZE, use_text=False)
+    model = HiVA(AUS, {"image_size": SIZE}, use_text=False)
     out = evaluate_maps(model, data)
     assert all(math.isfinite(v) for v in out.values())
     assert 0 <= out["pointing_mean"] <= 1 and 0 <= out["map_distinctness"] <= 1

@@ -51,8 +51,8 @@ def test_groups_hold_every_trainable_parameter_exactly_once(architecture, layer_
     else:
         module = HiVAFinetuner(aus=["AU1", "AU12"], image_size=64, embed_dim=32,
                                architecture=architecture, use_text=False).model
-    module.backbone.model.patch_embed.requires_grad_(False)  # frozen ones are left out
-    groups = parameter_groups(module, 1e-3, 0.05, layer_decay, layered="backbone.model")
+    module.encoder.backbone.model.patch_embed.requires_grad_(False)  # frozen ones are left out
+    groups = parameter_groups(module, 1e-3, 0.05, layer_decay, layered="encoder.backbone.model")
     seen = [id(p) for g in groups for p in g["params"]]
     trainable = [id(p) for p in module.parameters() if p.requires_grad]
     assert len(seen) == len(set(seen)) and set(seen) == set(trainable)

@@ -71,10 +71,10 @@ def test_the_cli_applies_the_performance_switches(tmp_path, caplog):
     cli = run_finetune(tmp_path, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
                        "--performance.channels_last", "true", "--performance.compile", "true",
                        "--performance.compile_backend", "eager")
-    backbone = cli.model.model.backbone
+    backbone = cli.model.model.encoder.backbone
     assert backbone.compiled and backbone._channels_last
     assert "performance: channels_last=True, compile=True" in caplog.text
     checkpoint = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=False)
     assert not any("_orig_mod" in key for key in checkpoint["state_dict"])
     fresh = HiVAFinetuner.load_from_checkpoint(cli.trainer.checkpoint_callback.last_model_path)
-    assert not fresh.model.backbone.compiled  # loads into a plain model
+    assert not fresh.model.encoder.backbone.compiled  # loads into a plain model

@@ -13,6 +13,7 @@ from aukit.checkpoint import load_stage1_encoder, read_checkpoint
 from aukit.cli import AUCLI
 from aukit.data.datamodules import UnlabeledFaceDataModule
 from aukit.losses.masked_pixels import block_mask
+from aukit.models.encoder import AUEncoder, encoder_config
 from pretrain.module import RegionRelationPretrainer
 
 TINY = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.logger", "false",
@@ -62,16 +63,18 @@ def test_tiny_pretrain_writes_a_self_describing_checkpoint_and_probes(tmp_path, 
     last = Path(cli.trainer.checkpoint_callback.last_model_path)
     assert last.is_file()
     meta = read_checkpoint(last, "pretrain")["aukit"]
-    assert meta["backbone"] == "swin_test" and meta["image_size"] == 64
+    assert meta["encoder"]["backbone"] == "swin_test" and meta["encoder"]["image_size"] == 64
     assert len(meta["aus"]) == 17 and meta["config"]["embed_dim"] == 32
     out = capsys.readouterr().out
     assert "linear probe (val)" in out and "finished: last checkpoint" in out
     probe = [c for c in cli.trainer.callbacks if type(c).__name__ == "LinearProbe"][0]
     assert 0.0 <= probe.last["f1_mean"] <= 1.0 and "f1_AU12" in probe.last
-    encoder = load_stage1_encoder(last, None, 64, 2, (12, 1), roi_size=4, roi_extent=0.15)
-    assert encoder.region["au_queries"].shape == (2, 32)
-    expected = cli.model.region.au_queries[[list(cli.model.au_numbers).index(a) for a in (12, 1)]]
-    assert torch.equal(encoder.region["au_queries"], expected.detach())
+    # the checkpoint's encoder config rebuilds the encoder; AU rows follow the stage-2 AUs
+    encoder = AUEncoder((12, 1), **encoder_config(meta["encoder"]))
+    load_stage1_encoder(last, encoder)
+    trained = cli.model.encoder.region.au_queries
+    expected = trained[[list(cli.model.au_numbers).index(a) for a in (12, 1)]]
+    assert torch.equal(encoder.region.au_queries, expected.detach())
 
 
 @pytest.mark.slow
@@ -103,7 +106,7 @@ def test_every_loss_switch_trains_and_gradients_reach_the_encoder():
         loss = module.training_step(batch, 0)
         assert torch.isfinite(loss)
         loss.backward()
-        grads = [p.grad for p in module.backbone.parameters()]
+        grads = [p.grad for p in module.encoder.backbone.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
         if relation == "ot":
             assert module.objective.au_mass.weight.grad.abs().sum() > 0
@@ -118,12 +121,12 @@ def test_masked_pixel_loss_alone_trains_the_backbone_and_never_sees_hidden_pixel
                                       region_weight=0, relation_weight=0, masked_weight=1.0,
                                       mask_block=8)
     seen = []
-    module.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    module.encoder.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
     torch.manual_seed(1)
     loss = module.training_step(batch, 0)
     loss.backward()
     assert torch.isfinite(loss) and module.objective.pixel_decoder.weight.grad.abs().sum() > 0
-    assert all(p.grad is not None for p in module.backbone.parameters())
+    assert all(p.grad is not None for p in module.encoder.backbone.parameters())
     torch.manual_seed(1)
     hidden = block_mask(4, (64, 64), 8, 0.5)[:, None]  # the same draw as in the step
     # alone, the loss encodes only the first view, hidden
@@ -203,7 +206,7 @@ class PoisonWeights(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if trainer.global_step == self.step:
             with torch.no_grad():
-                module.backbone.model.patch_embed.proj.weight[0, 0, 0, 0] = float("nan")
+                module.encoder.backbone.model.patch_embed.proj.weight[0, 0, 0, 0] = float("nan")
 
 
 @pytest.mark.slow

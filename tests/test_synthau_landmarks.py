@@ -85,6 +85,7 @@ def test_pretraining_pool_and_probe_serve_detected_landmarks():
     dm, exact = UnlabeledFaceDataModule(**kwargs), UnlabeledFaceDataModule(**kwargs,
                                                                            landmarks="exact")
     dm.prepare_data()
+    dm.probe_datamodule().prepare_data()  # run_probe does this before the first probe
     for a, b in ((dm, exact), (dm.probe_datamodule(), exact.probe_datamodule())):
         loader_a = a.train_dataloader() if a is dm else a.split_dataloader("val")
         loader_b = b.train_dataloader() if b is exact else b.split_dataloader("val")

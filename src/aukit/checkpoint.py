@@ -1,23 +1,23 @@
 """The hand-over between stages: checkpoint metadata and the stage-1 encoder loader.
 
-Each stage writes ``checkpoint["aukit"] = {"stage": ..., "backbone": ..., "image_size": ...,
-"aus": [...], ...}`` so a checkpoint says what it holds (a finetune checkpoint also stores its
-model's config, ``"model"``, see ``aukit.models.create_model``). Stage 2 checks a stage-1
-checkpoint's settings when it is built (``stage1_settings``, no weights read) and loads its
-backbone and AU region encoder once, when it starts training (``load_stage1_encoder``,
-``Stage1Encoder.load_into``): a stage-2 checkpoint holds those weights and loads without the
+Each stage writes ``checkpoint["aukit"] = {"stage": ..., "aus": [...], ...}`` so a checkpoint
+says what it holds: a stage-1 checkpoint its ``AUEncoder`` config (``"encoder"``), a finetune
+checkpoint its model's config (``"model"``, see ``aukit.models.create_model``). Stage 2 checks
+a stage-1 encoder's whole config against its own when it is built (``stage1_meta``, no
+weights read) and loads the encoder once, when it starts training
+(``load_stage1_encoder``): a stage-2 checkpoint holds those weights and loads without the
 stage-1 file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from aukit.models.encoder import AUEncoder, differing_settings
 
 META_KEY = "aukit"
 # the region encoder's parameters with one row per AU, selected to match the stage-2 AUs
@@ -49,88 +49,55 @@ def read_checkpoint(path: str | Path, stage: str, mmap: bool = False) -> dict[st
     return checkpoint
 
 
-@dataclass
-class Stage1Encoder:
-    """Backbone and region-encoder weights from a stage-1 checkpoint, restricted to some AUs."""
-
-    meta: dict[str, Any]
-    backbone: dict[str, Tensor]
-    region: dict[str, Tensor]
-    path: Path
-
-    def load_into(self, model: nn.Module, region: bool = True, shrink: float = 1.0) -> None:
-        """Copy the weights into ``model.backbone`` and, with ``region`` and where it has one,
-        ``model.region``; ``shrink`` < 1 keeps ``shrink`` of each loaded parameter and ``1 -
-        shrink`` of the module's own (fresh) value. Normalisation statistics are copied as
-        they are."""
-        parts = [(model.backbone, self.backbone)]
-        if region and hasattr(model, "region"):
-            parts.append((model.region, self.region))
-        for module, weights in parts:
-            fresh = [p.detach().clone() for p in module.parameters()] if shrink < 1 else None
-            module.load_state_dict(weights)
-            if fresh is not None:
-                with torch.no_grad():
-                    for param, init in zip(module.parameters(), fresh, strict=True):
-                        param.lerp_(init, 1 - shrink)
-
-
-def stage1_settings(path: str | Path, backbone: str | None, image_size: int, feature_stage: int,
-                    aus: Sequence[int], conv_stem: bool | None = None, roi_size: int = 0,
-                    roi_extent: float = 0.3, geometry: bool | None = None) -> dict[str, Any]:
-    """The metadata of the stage-1 checkpoint at ``path`` (its ``backbone``, ``conv_stem``, ...),
-    checked against a stage-2 model built with these settings; refuses, with the flag to set,
-    one that does not fit. ``backbone=None`` / ``conv_stem=None`` / ``geometry=None`` accept the
-    checkpoint's.
-    Maps the file without reading its weights."""
+def stage1_meta(path: str | Path, wanted: dict[str, Any], aus: tuple[int, ...]) -> dict[str, Any]:
+    """The metadata of the stage-1 checkpoint at ``path``, its ``AUEncoder`` config
+    (``"encoder"``) checked against a stage-2 encoder's settings ``wanted``
+    (``differing_settings``: None adopts the checkpoint's) and AUs; refuses, naming each
+    differing setting and its flag, one that does not fit. Maps the file without reading its
+    weights."""
     meta = read_checkpoint(path, "pretrain", mmap=True)[META_KEY]
-    _check_stage1(meta, path, backbone, image_size, feature_stage, aus, conv_stem, roi_size,
-                  roi_extent, geometry)
-    return meta
-
-
-def load_stage1_encoder(path: str | Path, backbone: str | None, image_size: int, feature_stage: int,
-                        aus: Sequence[int], conv_stem: bool | None = None, roi_size: int = 0,
-                        roi_extent: float = 0.3, geometry: bool | None = None) -> Stage1Encoder:
-    """Read a stage-1 checkpoint for a stage-2 model built with these settings (checked as by
-    ``stage1_settings``). The region encoder's per-AU parameters (queries, geometry embeddings)
-    are selected (and reordered) to match ``aus``.
-    """
-    checkpoint = read_checkpoint(path, "pretrain")
-    meta = checkpoint[META_KEY]
-    _check_stage1(meta, path, backbone, image_size, feature_stage, aus, conv_stem, roi_size,
-                  roi_extent, geometry)
-    state = checkpoint["state_dict"]
-    backbone_state = _strip(state, "backbone.")
-    region_state = _strip(state, "region.")
-    rows = torch.tensor([meta["aus"].index(a) for a in aus])
-    for name in PER_AU_PARAMETERS:
-        if name in region_state:
-            region_state[name] = region_state[name][rows]
-    return Stage1Encoder(meta, backbone_state, region_state, Path(path))
-
-
-def _check_stage1(meta: dict[str, Any], path: str | Path, backbone: str | None, image_size: int,
-                  feature_stage: int, aus: Sequence[int], conv_stem: bool | None, roi_size: int,
-                  roi_extent: float, geometry: bool | None) -> None:
-    meta.setdefault("conv_stem", False)  # written before the conv stem existed
-    meta.setdefault("roi_size", 0)  # ... and before ROI pooling
-    meta.setdefault("roi_extent", 0.3)
-    meta.setdefault("geometry", False)  # ... and before the geometry branch
-    wanted = {"backbone": backbone, "image_size": image_size, "feature_stage": feature_stage,
-              "conv_stem": conv_stem, "roi_size": roi_size,
-              "roi_extent": roi_extent if roi_size else None, "geometry": geometry}
-    for key, value in wanted.items():
-        if value is not None and meta[key] != value:
-            raise ValueError(
-                f"stage-1 checkpoint {path} was trained with {key}={meta[key]!r} but this model "
-                f"uses {key}={value!r}; set --model.{key} {meta[key]} (and --data.image_size for "
-                f"the image size), or pretrain with the same setting")
-    missing = [a for a in aus if a not in meta["aus"]]
+    encoder = meta.get("encoder")
+    if encoder is None:
+        raise ValueError(f"stage-1 checkpoint {path} stores no encoder config: it was written by "
+                         "an older aukit; pretrain again with this version")
+    differ = differing_settings(encoder, wanted)
+    if differ:
+        found = ", ".join(f"{k}={encoder.get(k)!r}" for k in differ)
+        asked = ", ".join(f"{k}={wanted.get(k)!r}" for k in differ)
+        flags = " ".join(f"{_flag(k)} {encoder.get(k)}" for k in differ)
+        raise ValueError(f"stage-1 checkpoint {path} was trained with {found} but this model "
+                         f"uses {asked}; set {flags}, or pretrain with the same settings")
+    missing = [a for a in aus if a not in encoder["au_numbers"]]
     if missing:
         raise ValueError(f"stage-1 checkpoint {path} has no region queries for "
                          f"{[f'AU{a}' for a in missing]} (it was pretrained on "
-                         f"{[f'AU{a}' for a in meta['aus']]}); pretrain with --model.aus all")
+                         f"{[f'AU{a}' for a in encoder['au_numbers']]}); pretrain with "
+                         "--model.aus all")
+    return meta
+
+
+def load_stage1_encoder(path: str | Path, encoder: AUEncoder, region: bool = True) -> None:
+    """Copies the stage-1 checkpoint's encoder into ``encoder`` (checked as by
+    ``stage1_meta``): its backbone and, with ``region``, its AU region encoder, whose
+    per-AU parameters (queries, geometry embeddings) are selected and reordered to match
+    ``encoder.aus``. Normalisation statistics are copied as they are."""
+    stage1_meta(path, encoder.config, encoder.aus)
+    checkpoint = read_checkpoint(path, "pretrain")
+    state = checkpoint["state_dict"]
+    encoder.backbone.load_state_dict(_strip(state, "encoder.backbone."))
+    if region and encoder.region is not None:
+        weights = _strip(state, "encoder.region.")
+        stage1_aus = checkpoint[META_KEY]["encoder"]["au_numbers"]
+        rows = torch.tensor([stage1_aus.index(a) for a in encoder.aus])
+        for name in PER_AU_PARAMETERS:
+            if name in weights:
+                weights[name] = weights[name][rows]
+        encoder.region.load_state_dict(weights)
+
+
+def _flag(key: str) -> str:
+    """The command-line flag of encoder setting ``key``."""
+    return "--data.image_size" if key == "image_size" else f"--model.{key}"
 
 
 def _strip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

@@ -121,7 +121,7 @@ def model_card(checkpoint: dict[str, Any], ckpt_path: Path, exported: Path,
     outputs = ["- `probabilities` float32 `[B, A]`: sigmoid of each AU's logit, AUs in the order "
                f"below; an AU is present when its probability is >= {THRESHOLD}"]
     if predictor.has_maps:
-        h, w = predictor.model.backbone.grid
+        h, w = predictor.model.encoder.grid
         outputs.append(f"- `activation_maps` float32 `[B, A, {h}, {w}]`: DDCA text->vision "
                        "attention of each AU over the backbone's token grid (each map sums to 1); "
                        "upsample onto the crop to display")

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from aukit.au import au_keys
 from aukit.au_maps import canonical_landmarks
 from aukit.checkpoint import META_KEY, read_checkpoint
-from aukit.models import create_model, model_config
+from aukit.models import create_model
 from aukit.models.hiva import HiVA
 from aukit.models.linear import LinearAUClassifier, RegionAUClassifier
 from aukit.text.features import TextFeatures, load_text_features
@@ -64,28 +64,15 @@ class AUPredictor(nn.Module):
 
 
 def checkpoint_model_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The config (``aukit.models.model_config``) of a finetune checkpoint's model: the one it
-    stores, or, for checkpoints written before configs were stored, the one its metadata and
-    hyperparameters describe. ``create_model`` of it reads no other file (no stage-1 checkpoint,
-    no ImageNet weights): the checkpoint's state dict holds every weight, so a checkpoint
-    predicts and exports after its stage-1 file is gone."""
+    """The config (``aukit.models.model_config``) of a finetune checkpoint's model, as it stores
+    it. ``create_model`` of it reads no other file (no stage-1 checkpoint, no ImageNet weights):
+    the checkpoint's state dict holds every weight, so a checkpoint predicts and exports after
+    its stage-1 file is gone."""
     meta = checkpoint[META_KEY]
-    if "model" in meta:
-        return dict(meta["model"])
-    cfg = meta["config"]
-    settings = dict(
-        au_numbers=meta["aus"], backbone=meta["backbone"], image_size=meta["image_size"],
-        feature_stage=meta["feature_stage"], conv_stem=meta.get("conv_stem", False),
-        **{k: cfg[k] for k in ("embed_dim", "num_heads", "region_depth", "attention_sigma",
-                               "dropout", "use_graph", "use_ddca", "use_cdca", "use_text",
-                               "graph_top_k", "cooccurrence_prior") if k in cfg},
-        # the defaults of checkpoints written before these existed
-        roi_size=cfg.get("roi_size", 0), roi_extent=cfg.get("roi_extent", 0.3),
-        map_prior=cfg.get("map_prior", False), region_head=cfg.get("region_supervision", 0) > 0)
-    text_proj = checkpoint["state_dict"].get("model.text_proj.weight")
-    if text_proj is not None:
-        settings["text_dim"] = int(text_proj.shape[1])
-    return model_config(meta["architecture"], strict=False, **settings)
+    if "model" not in meta or "encoder" not in meta["model"]:
+        raise ValueError("this finetune checkpoint was written by an older aukit (no encoder "
+                         "config); finetune again with this version")
+    return dict(meta["model"])
 
 
 def text_features(meta: dict[str, Any], cache_dir: str | Path | None = None) -> TextFeatures:
@@ -116,7 +103,7 @@ def predictor_from_checkpoint(checkpoint: dict[str, Any],
                               text_cache_dir: str | Path | None = None) -> AUPredictor:
     """An eval-mode ``AUPredictor`` on the CPU from a loaded finetune checkpoint."""
     config = checkpoint_model_config(checkpoint)
-    model = create_model(config, pretrained_backbone=False)
+    model = create_model(config, encoder={"pretrained_backbone": False})
     text = None
     if config.get("use_text"):
         text = text_features(checkpoint[META_KEY], text_cache_dir).model_inputs()

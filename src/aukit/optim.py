@@ -36,7 +36,7 @@ def parameter_groups(module: nn.Module, lr: float, weight_decay: float,
     """AdamW parameter groups (each with "params", "lr", "weight_decay") over every trainable
     parameter of ``module``, exactly once; frozen parameters are left out.
 
-    ``layered`` names a timm submodule (e.g. ``"backbone.model"``, the Swin) that gets
+    ``layered`` names a timm submodule (e.g. ``"encoder.backbone.model"``, the Swin) that gets
     layer-wise LR decay when ``layer_decay < 1``: timm's ``param_groups_layer_decay`` over its
     blocks, patch embedding first, the deepest block at ``lr * layer_decay`` and each earlier
     one another factor of ``layer_decay``; the modules after it act as its head and train at

@@ -76,6 +76,7 @@ def run_probe(encode: Encoder, encoder_aus: Sequence[int], datamodule, eval_spli
         raise ValueError(f"the probe data has {missing}, which the encoder does not model; "
                          "pretrain with --model.aus all or probe fewer AUs")
     feature_index = [list(encoder_aus).index(parse_au(n)) for n in au_names]
+    datamodule.prepare_data()  # e.g. SynthAU's detected landmarks, found once and cached
     datamodule.setup("fit")
     if eval_split == "test":
         datamodule.setup("test")

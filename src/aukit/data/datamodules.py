@@ -629,9 +629,8 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
         self._train: SynthAUDataset | ImageFolderDataset | None = None
 
     def prepare_data(self) -> None:
-        """Fit and cache the landmarks of a folder without any, or of SynthAU's faces and the
-        probe's (one process per node)."""
-        self._probe.prepare_data()
+        """Fit and cache the landmarks of a folder without any, or of SynthAU's faces (one
+        process per node; the probe's faces get theirs when the probe first runs)."""
         if self.source == "synthau":
             self.setup()
             assert isinstance(self._train, SynthAUDataset)

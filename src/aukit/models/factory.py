@@ -6,8 +6,11 @@ Registered names are architectures (``hiva``, ``linear``, ``region``: the constr
 defaults) and presets (an architecture plus settings, e.g. ``hiva_swin_base``)::
 
     model = create_model("hiva_swin_test", au_numbers="bp4d")
-    config = model_config("region", au_numbers=[1, 12], roi_size=4)  # every argument, filled in
-    same = create_model(config)                                         # that model again
+    config = model_config("region", au_numbers=[1, 12], encoder={"roi_size": 4})  # all filled in
+    same = create_model(config)                                                 # that model again
+
+Every architecture is a head over an ``AUEncoder`` (``aukit.models.encoder``), whose settings
+are the config's ``encoder`` dict.
 
 Training (``finetune``), inference, export and predict all build through ``create_model``, and
 a finetune checkpoint stores the config its model was built from (``checkpoint["aukit"]
@@ -25,6 +28,7 @@ from typing import Any
 from torch import nn
 
 from aukit.au import au_numbers as parse_aus
+from aukit.models.encoder import encoder_config
 from aukit.models.hiva import HiVA
 from aukit.models.linear import LinearAUClassifier, RegionAUClassifier
 
@@ -34,21 +38,22 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "region": RegionAUClassifier,  # Swin + AU region features + one linear head per AU
 }
 
-# the synthau config's model: 128 px, stage-2 tokens (16 x 16), 4 x 4 ROI windows 15% wide
+# the synthau config's encoder: 128 px, stage-2 tokens (16 x 16), 4 x 4 ROI windows 15% wide
 _SWIN_TEST = {"backbone": "swin_test", "image_size": 128, "feature_stage": 2, "roi_size": 4,
               "roi_extent": 0.15}
-# the real-data configs' model (conf/finetune/bp4d.yaml): 224 px, stage-3 tokens (7 x 7)
+# the real-data configs' encoder (conf/finetune/bp4d.yaml): 224 px, stage-3 tokens (7 x 7)
 _REAL = {"image_size": 224, "feature_stage": 3, "embed_dim": 256}
 # HiVA as the finetune module builds it: with the graph's label co-occurrence prior
 _HIVA = {"architecture": "hiva", "cooccurrence_prior": True}
 PRESETS: dict[str, dict[str, Any]] = {
-    "hiva_swin_test": {**_HIVA, **_SWIN_TEST},
-    "region_swin_test": {"architecture": "region", **_SWIN_TEST},
-    "linear_swin_test": {"architecture": "linear", "backbone": "swin_test", "image_size": 128,
-                         "feature_stage": 2},
-    "hiva_swin_tiny": {**_HIVA, "backbone": "swin_tiny", **_REAL},
-    "hiva_swin_small": {**_HIVA, "backbone": "swin_small", **_REAL},
-    "hiva_swin_base": {**_HIVA, "backbone": "swin_base", **_REAL},
+    "hiva_swin_test": {**_HIVA, "encoder": _SWIN_TEST},
+    "region_swin_test": {"architecture": "region", "encoder": _SWIN_TEST},
+    "linear_swin_test": {"architecture": "linear",
+                         "encoder": {"backbone": "swin_test", "image_size": 128,
+                                     "feature_stage": 2}},
+    "hiva_swin_tiny": {**_HIVA, "encoder": {"backbone": "swin_tiny", **_REAL}},
+    "hiva_swin_small": {**_HIVA, "encoder": {"backbone": "swin_small", **_REAL}},
+    "hiva_swin_base": {**_HIVA, "encoder": {"backbone": "swin_base", **_REAL}},
 }
 
 
@@ -77,10 +82,12 @@ def _plain(key: str, value: Any) -> Any:
     """``value`` as YAML / JSON data (tuples become lists); anything else is refused."""
     if isinstance(value, tuple | list):
         return [_plain(key, v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(f"{key}.{k}", v) for k, v in value.items()}
     if value is None or isinstance(value, bool | int | float | str):
         return value
     raise TypeError(f"model config value {key}={value!r} is not plain data (None, bool, int, "
-                    "float, str or a list of them)")
+                    "float, str, or lists and dicts of them)")
 
 
 def model_config(name_or_config: str | Mapping[str, Any], *, strict: bool = True,
@@ -104,6 +111,8 @@ def model_config(name_or_config: str | Mapping[str, Any], *, strict: bool = True
     else:
         base = dict(name_or_config)
     settings = {**base, **overrides}
+    if isinstance(base.get("encoder"), Mapping) and isinstance(overrides.get("encoder"), Mapping):
+        settings["encoder"] = {**base["encoder"], **overrides["encoder"]}  # merged, not replaced
     architecture = settings.pop("architecture", None)
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r} (--model.architecture); "
@@ -123,6 +132,8 @@ def model_config(name_or_config: str | Mapping[str, Any], *, strict: bool = True
             config[key] = _plain(key, parameter.default)
     # one spelling of the AU set (numbers, in order), so equal models have equal configs
     config["au_numbers"] = list(parse_aus(config["au_numbers"]))
+    if "encoder" in parameters:  # every encoder setting, filled in
+        config["encoder"] = encoder_config(config["encoder"])
     return config
 
 

@@ -8,62 +8,67 @@ Swin tokens -> landmark AU attention maps -> AU region features -> AU dynamic gr
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aukit.au import au_numbers as parse_aus
-from aukit.models.backbone import SwinBackbone
 from aukit.models.cross_attention import CDCA, DDCA
+from aukit.models.encoder import AUEncoder, encoder_config
 from aukit.models.graph import AUDynamicGraph
-from aukit.models.region import MIN_ATTENTION, AURegionEncoder, PerAUHead, encode_regions
+from aukit.models.region import MIN_ATTENTION, PerAUHead
 
 # CLIP-style cap so the learned cosine scale cannot blow the logits up
 MAX_COSINE_SCALE = 100.0
 
 
 class HiVA(nn.Module):
-    """AU detector with hierarchical vision-language interaction.
+    """AU detector with hierarchical vision-language interaction: heads over an ``AUEncoder``.
 
-    ``backbone`` and ``region`` keep these names: a stage-1 checkpoint loads into them.
-    Each of ``use_graph``, ``use_ddca``, ``use_cdca`` and ``use_text`` switches one component
-    for ablations; a switched-off component has no parameters. ``use_text=False`` replaces the
-    language prior with one learnable embedding per AU (used as its single text token and as
-    its anchor), so DDCA and CDCA still run without any text. ``map_prior`` biases DDCA's
-    text->vision attention (the activation maps) by the log landmark AU maps, as the region
-    encoder's attention is; without it the maps start uniform and nothing ties them to an AU.
-    ``region_head`` adds one linear classifier per AU on the region features before the graph
-    ("region_logits", for deep supervision in training; the prediction is "logits").
-    ``cooccurrence_prior`` is the graph's label co-occurrence prior ``[A, A]``; ``True`` reserves
-    it as the identity, to be set from the training labels (``graph.set_prior``) or loaded from
-    a checkpoint. ``geometry`` feeds the region encoder the face's expression geometry from its
-    landmarks (``aukit.models.region.ExpressionGeometry``). Build it by name or from a config
-    with ``aukit.models.create_model``.
+    Build it by name or from a config with ``aukit.models.create_model``.
+
+    Args:
+        au_numbers: the AUs it predicts (numbers, names or a set name such as ``"bp4d"``).
+        encoder: the ``AUEncoder`` settings (``aukit.models.encoder.encoder_config``); a
+            stage-1 checkpoint's encoder loads into ``encoder``.
+        text_dim: the text encoder's feature size (``use_text``).
+        use_graph: the AU-aware dynamic graph over the AU features.
+        use_ddca: DDCA, per-AU vision <-> text cross-attention (its text->vision weights are
+            the activation maps).
+        use_cdca: CDCA, all AUs' vision <-> text cross-attention, then across AUs.
+        use_text: the language prior; False gives each AU one learnable embedding instead (its
+            single text token and its anchor), so DDCA and CDCA still run without text.
+        graph_top_k: neighbours per AU in the graph (None: softmax over all).
+        cooccurrence_prior: the graph's label co-occurrence prior ``[A, A]``; True reserves it
+            as the identity, to be set from the training labels (``graph.set_prior``).
+        dropout: dropout in the graph, the cross-attention and the heads.
+        map_prior: bias DDCA's text->vision attention by the log landmark AU maps, as the region
+            encoder's attention is; without it the maps start uniform.
+        region_head: one linear classifier per AU on the region features before the graph
+            (``"region_logits"``, deep supervision in training).
+        cross_attention_heads: heads of DDCA and CDCA (None: the encoder's ``num_heads``).
+
+    A switched-off component has no parameters.
     """
 
-    def __init__(self, au_numbers: Sequence[int | str] | str, backbone: str = "swin_test",
-                 image_size: int = 128, pretrained_backbone: bool = False,
-                 feature_stage: int = 3, embed_dim: int = 128, text_dim: int = 384,
-                 num_heads: int = 4, region_depth: int = 1, attention_sigma: float = 0.3,
+    def __init__(self, au_numbers: Sequence[int | str] | str,
+                 encoder: Mapping[str, Any] | None = None, text_dim: int = 384,
                  use_graph: bool = True, use_ddca: bool = True, use_cdca: bool = True,
                  use_text: bool = True, graph_top_k: int | None = 4,
                  cooccurrence_prior: bool | Tensor | None = None, dropout: float = 0.1,
-                 conv_stem: bool | None = None, map_prior: bool = True,
-                 region_head: bool = True, roi_size: int = 0, roi_extent: float = 0.3,
-                 geometry: bool = False) -> None:
+                 map_prior: bool = True, region_head: bool = True,
+                 cross_attention_heads: int | None = None) -> None:
         super().__init__()
         self.aus = parse_aus(au_numbers)
         num_aus = len(self.aus)
-        self.attention_sigma = attention_sigma
         self.use_text = use_text
         self.map_prior = map_prior
-        self.backbone = SwinBackbone(backbone, image_size, pretrained_backbone, feature_stage,
-                                     conv_stem)
-        self.region = AURegionEncoder(self.backbone.out_dim, embed_dim, num_aus, num_heads,
-                                      region_depth, dropout=dropout, roi_size=roi_size,
-                                      roi_extent=roi_extent, geometry=geometry)
+        self.encoder = AUEncoder(self.aus, **encoder_config(encoder))
+        embed_dim = self.encoder.embed_dim
+        num_heads = cross_attention_heads or self.encoder.config["num_heads"]
         self.region_head = PerAUHead(num_aus, embed_dim, dropout) if region_head else None
         self.graph = None
         if cooccurrence_prior is True:
@@ -79,7 +84,7 @@ class HiVA(nn.Module):
             self.au_embedding = nn.Parameter(torch.randn(num_aus, embed_dim) * 0.02)
         self.patch_proj = self.ddca = self.cdca = self.fuse = None
         if use_ddca:
-            d = self.backbone.out_dim
+            d = self.encoder.token_dim
             self.patch_proj = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, embed_dim))
             self.ddca = DDCA(embed_dim, num_heads, dropout)
         if use_cdca:
@@ -140,9 +145,8 @@ class HiVA(nn.Module):
         "text_anchors" [A, E]; "act_maps" [B, A, h, w] (rows sum to 1 over h * w);
         "adjacency" [B, A, A] when the graph is on; "region_logits" [B, A] with the region
         head."""
-        h, w = self.backbone.grid
-        tokens, maps, v = encode_regions(self.backbone, self.region, images, landmarks, self.aus,
-                                         self.attention_sigma)  # [B, N, D], [B, A, N], [B, A, E]
+        h, w = self.encoder.grid
+        tokens, maps, v = self.encoder(images, landmarks)  # [B, N, D], [B, A, N], [B, A, E]
         out: dict[str, Tensor] = {}
         if self.region_head is not None:
             out["region_logits"] = self.region_head(v)

@@ -37,18 +37,6 @@ def landmark_maps(landmarks: Tensor | None, images: Tensor, grid: tuple[int, int
     return au_attention_maps(landmarks, size, grid, aus, sigma=sigma).flatten(2)
 
 
-def encode_regions(backbone: nn.Module, region: nn.Module, images: Tensor,
-                   landmarks: Tensor | None, aus: tuple[int, ...],
-                   sigma: float) -> tuple[Tensor, Tensor, Tensor]:
-    """images [B, 3, H, W], landmarks [B, 68, 2] or None -> the ``backbone``'s tokens
-    [B, N, D], the landmark maps on its grid [B, A, N] and the ``region`` encoder's AU
-    features [B, A, E]."""
-    tokens = backbone(images)
-    landmarks = face_landmarks(landmarks, images)
-    maps = landmark_maps(landmarks, images, backbone.grid, aus, sigma).to(tokens.dtype)
-    return tokens, maps, region(tokens, maps, landmarks)
-
-
 class ExpressionGeometry(nn.Module):
     """A face's expression geometry from its landmarks: its shape in the face frame
     (``aukit.face_shape``) minus the canonical face, in ``1 / SHAPE_SCALE`` inter-ocular
