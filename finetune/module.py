@@ -46,7 +46,8 @@ class HiVAFinetuner(StageModule):
     the resolved architecture, and loads without the stage-1 file (or ImageNet weights,
     ``pretrained_backbone``), which may since have moved; ``from_stage1`` builds a module with
     the stage-1 weights already in. ``freeze`` names submodules of the model that do not train
-    (e.g. ``[encoder.region.geometry]``: the stage-1 geometry map stays as stage 1 learned it on many
+    (e.g. ``[encoder.region.geometry]``: the stage-1 geometry map stays as stage 1 learned it on
+    many
     people; a part the model has switched off is skipped). ``geometry`` gives the region encoder its
     expression-geometry branch (``aukit.models.region.ExpressionGeometry``; null: the stage-1
     checkpoint's setting, else off).

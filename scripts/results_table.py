@@ -7,7 +7,8 @@ figure per seed) and the stage-1 probe (``probe``: variant -> one figure per see
 the renderer's exact landmarks are marked as oracles; the superseded exact-landmark figures
 (``superseded_exact_landmarks``) are not shown.
 
-    python scripts/results_table.py [--json docs/results/synthau_benchmark.json] [--readme README.md]
+    python scripts/results_table.py [--json docs/results/synthau_benchmark.json]
+        [--readme README.md]
 """
 
 from __future__ import annotations

@@ -13,11 +13,11 @@ from test_install import installed_script
 from torch.utils.data import Dataset
 
 from aukit.checkpoint import load_stage1_encoder, read_checkpoint
-from aukit.models.encoder import AUEncoder, encoder_config
 from aukit.cli import OOM_HINT, check_trainer
 from aukit.configs import config_flags, finetune_configs
 from aukit.data.datamodules import AUDataModule, make_loader
 from aukit.data.sampling import ResumableDataLoader
+from aukit.models.encoder import AUEncoder, encoder_config
 from finetune.cli import FinetuneCLI
 from finetune.module import HiVAFinetuner
 

@@ -190,7 +190,8 @@ def test_the_geometry_branch_is_handed_over_from_stage1(tmp_path):
                                        embed_dim=32, use_text=False)  # geometry: the stage 1's
     assert module.model_config["encoder"]["geometry"] is True
     region, rows = module.model.encoder.region, [list(stage1.au_numbers).index(a) for a in (12, 1)]
-    assert torch.equal(region.geometry.project.weight, stage1.encoder.region.geometry.project.weight)
+    assert torch.equal(region.geometry.project.weight,
+                       stage1.encoder.region.geometry.project.weight)
     assert torch.equal(region.geometry_embed, stage1.encoder.region.geometry_embed[rows])
     with pytest.raises(ValueError, match="geometry=True.*--model.geometry True"):
         HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False, geometry=False,
@@ -201,14 +202,16 @@ def test_frozen_parts_do_not_train_and_a_part_that_is_off_is_skipped(tmp_path):
     save_stage1(tmp_path / "s1.ckpt", geometry=True)
     module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
                                        embed_dim=32, use_text=False,
-                                       freeze=["encoder.region.geometry", "encoder.region.geometry_embed"])
+                                       freeze=["encoder.region.geometry",
+                                               "encoder.region.geometry_embed"])
     region = module.model.encoder.region
     frozen = {id(p) for p in [*region.geometry.parameters(), region.geometry_embed]}
     trained = {id(p) for group in parameter_groups(module.model, 1e-3, 0.05)
                for p in group["params"]}
     assert frozen and not frozen & trained and id(module.model.encoder.region.au_queries) in trained
     scratch = HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False,
-                            freeze=["encoder.region.geometry"])  # no geometry branch: nothing to freeze
+                            # no geometry branch: nothing to freeze
+                            freeze=["encoder.region.geometry"])
     assert all(p.requires_grad for p in scratch.model.parameters())
     with pytest.raises(ValueError, match="--model.freeze names 'region.wings'"):
         HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False,
@@ -334,7 +337,8 @@ def test_a_finetune_checkpoint_loads_without_its_stage1_file(tmp_path, capsys, c
 
     checkpoint = torch.load(ckpt, weights_only=False)
     assert checkpoint["hyper_parameters"]["pretrained"] is None
-    assert checkpoint[META_KEY]["model"]["encoder"]["conv_stem"] is True  # the config it was built from
+    # the config it was built from
+    assert checkpoint[META_KEY]["model"]["encoder"]["conv_stem"] is True
     assert checkpoint[META_KEY]["pretrained"] == str(stage1_path)  # where it came from
     loaded = HiVAFinetuner.load_from_checkpoint(ckpt).eval()
     assert loaded.hparams.conv_stem is True and loaded.model.encoder.backbone.conv_stem is True

@@ -52,7 +52,8 @@ class TestReport(L.Callback):
         config = getattr(pl_module, "model_config", {})
         report = {"aus": names, "metrics": values,
                   "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
-                  "architecture": config.get("architecture"), "backbone": config.get("encoder", {}).get("backbone"),
+                  "architecture": config.get("architecture"),
+                  "backbone": config.get("encoder", {}).get("backbone"),
                   "model": config}
         (folder / "test_report.json").write_text(json.dumps(report, indent=2))
         rows = ["au," + ",".join(REPORT_METRICS)]
