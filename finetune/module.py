@@ -11,10 +11,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from aukit.au import au_keys, au_numbers
 from aukit.checkpoint import META_KEY, load_stage1_encoder, stage1_meta
-from aukit.losses.alignment import ALIGNMENTS, alignment_loss, state_alignment_loss
+from aukit.losses.alignment import state_alignment_loss
 from aukit.losses.au_bce import au_bce_loss
-from aukit.losses.pseudo_labels import EMATeacher, pseudo_label_loss
-from aukit.losses.stage1 import SETTINGS, Stage1Objective
 from aukit.metrics import AUMetrics
 from aukit.models import ARCHITECTURES, create_model, model_config
 from aukit.optim import parameter_groups
@@ -47,14 +45,13 @@ class HiVAFinetuner(StageModule):
     ``pretrained_backbone``), which may since have moved; ``from_stage1`` builds a module with
     the stage-1 weights already in. ``freeze`` names submodules of the model that do not train
     (e.g. ``[encoder.region.geometry]``: the stage-1 geometry map stays as stage 1 learned it on
-    many
-    people; a part the model has switched off is skipped). ``geometry`` gives the region encoder its
-    expression-geometry branch (``aukit.models.region.ExpressionGeometry``; null: the stage-1
-    checkpoint's setting, else off).
+    many people; a part the model has switched off is skipped). ``geometry`` gives the region
+    encoder its expression-geometry branch (``aukit.models.region.ExpressionGeometry``; null:
+    the stage-1 checkpoint's setting, else off).
     ``region_supervision`` weighs a BCE on HiVA's per-AU linear head over the region features
     (deep supervision, 0 = off), so the encoder gets the plain region baseline's signal under
-    HiVA's components. ``alignment`` is "state" (AU k's anchor scores faces with AU k above
-    faces without it) or "slots" (version 1: AU k's feature against the other AUs' anchors).
+    HiVA's components. The alignment loss (``alignment_weight``) carries AU state: AU k's
+    anchor scores faces with AU k above faces without it.
     The text encoder is ``text_encoder`` ("minilm", the offline default, or "open_clip:<model>"
     with ``text_pretrained``, an open_clip tag); ``text_weights`` is local weights (an open_clip
     file, or a MiniLM model folder). It runs once, at set-up, to encode the descriptions
@@ -62,22 +59,6 @@ class HiVAFinetuner(StageModule):
     (``set_text_features``). Test reports and activation-map images are callbacks
     (``aukit.callbacks``).
 
-    ``unlabeled_weight`` > 0 co-trains: every step also optimises the stage-1 objective
-    (``aukit.losses.stage1.Stage1Objective``) on a batch of unlabeled faces (the data module's
-    ``unlabeled`` pool), weighted by it, so the unlabeled identities keep shaping the encoder
-    while the labelled ones are fitted ("S4L", Zhai et al. 2019). The objective's settings are
-    ``unlabeled_losses`` (e.g. ``{masked_weight: 1, region_weight: 0, relation_weight: 0}``)
-    over the stage-1 checkpoint's own (``pretrained``; without one, the objective's defaults);
-    its heads start fresh and are not part of the model that inference loads. Its geometry loss
-    is dropped while ``freeze`` keeps the geometry map, and otherwise re-solves the map on the
-    pool (``geometry_solver`` "lstsq") or trains it ("sgd").
-    ``pseudo_label_weight`` > 0 trains on the pool's faces semi-supervised instead (or as
-    well): a mean teacher (the model's weights averaged with ``teacher_decay`` per step,
-    starting from the model as training starts) labels one view of each face where it is sure
-    (``pseudo_label_threshold``; ``pseudo_label_negatives`` False: sure-present only), and the
-    model learns those labels on the other view (the pool
-    needs 2 views: with ``positives: clip`` another frame of the same expression); the weight
-    ramps up linearly over the first ``pseudo_label_rampup`` of the training steps.
     """
 
     stage = "finetune"
@@ -96,12 +77,8 @@ class HiVAFinetuner(StageModule):
                  text_pretrained: str | None = None, text_weights: str | None = None,
                  descriptions: str | None = None, descriptions_per_step: int = 4,
                  text_cache_dir: str | None = None, alignment_weight: float = 0.1,
-                 alignment: str = "state", region_supervision: float = 1.0,
+                 region_supervision: float = 1.0,
                  class_weighted: bool = True, balance_positives: bool = True,
-                 unlabeled_weight: float = 0.0, unlabeled_losses: dict | None = None,
-                 pseudo_label_weight: float = 0.0, pseudo_label_threshold: float = 0.9,
-                 pseudo_label_negatives: bool = True,
-                 pseudo_label_rampup: float = 0.2, teacher_decay: float = 0.99,
                  lr: float = 5e-4, weight_decay: float = 0.05,
                  layer_decay: float = 0.75, warmup_epochs: float = 1.0):
         super().__init__()
@@ -112,9 +89,6 @@ class HiVAFinetuner(StageModule):
         if pretrained_parts not in PRETRAINED_PARTS:
             raise ValueError(f"--model.pretrained_parts must be one of {PRETRAINED_PARTS}, got "
                              f"{pretrained_parts!r}")
-        if alignment not in ALIGNMENTS:
-            raise ValueError(f"alignment must be one of {ALIGNMENTS} (--model.alignment), got "
-                             f"{alignment!r}")
         self.save_hyperparameters()
         self.au_numbers = au_numbers(aus)
         self.au_names = au_keys(self.au_numbers)
@@ -127,11 +101,10 @@ class HiVAFinetuner(StageModule):
                        region_depth=region_depth, attention_sigma=attention_sigma,
                        dropout=dropout, roi_size=roi_size, roi_extent=roi_extent,
                        geometry=geometry)
-        meta = {}
         if pretrained:  # refuse a stage-1 checkpoint that does not fit, before anything trains
-            meta = stage1_meta(pretrained, encoder, self.au_numbers)
+            stage1 = stage1_meta(pretrained, encoder, self.au_numbers)["encoder"]
             for key in ("backbone", "conv_stem", "geometry"):  # null adopts the checkpoint's
-                encoder[key] = meta["encoder"][key]
+                encoder[key] = stage1[key]
         encoder["backbone"] = encoder["backbone"] or "swin_test"
         encoder["geometry"] = bool(encoder["geometry"])
         text = {"text_dim": text_encoder_dim(text_encoder)} if use_text else {}
@@ -146,11 +119,6 @@ class HiVAFinetuner(StageModule):
         self.model_config["encoder"] = {k: v for k, v in self.model.encoder.config.items()
                                         if k != "au_numbers"}  # with the stem resolved
         self._freeze(freeze or [])
-        self.objective = self._unlabeled_objective(meta.get("config", {}))
-        if not 0 <= pseudo_label_weight or not 0 <= teacher_decay < 1:
-            raise ValueError("need --model.pseudo_label_weight >= 0 and --model.teacher_decay in "
-                             f"[0, 1); got {pseudo_label_weight} and {teacher_decay}")
-        self.teacher = EMATeacher(self.model) if pseudo_label_weight > 0 else None
         self.uses_text = bool(self.model_config.get("use_text"))
         for field in TEXT_FIELDS:  # set at set-up; recomputed, never stored in checkpoints
             self.register_buffer(f"text_{field}", None, persistent=False)
@@ -184,37 +152,6 @@ class HiVAFinetuner(StageModule):
                     break
             if isinstance(part, torch.nn.Module | torch.nn.Parameter):
                 part.requires_grad_(False)
-
-    def _unlabeled_objective(self, stage1_config: dict) -> Stage1Objective | None:
-        """The co-training objective (``unlabeled_weight`` > 0), or None: ``unlabeled_losses``
-        over the stage-1 checkpoint's objective settings (``stage1_config``)."""
-        hp = self.hparams
-        if hp.unlabeled_weight < 0:
-            raise ValueError("--model.unlabeled_weight must be >= 0 (0 = no co-training), got "
-                             f"{hp.unlabeled_weight}")
-        if hp.unlabeled_weight == 0:
-            return None
-        settings = {k: v for k, v in stage1_config.items() if k in SETTINGS}
-        settings.update(hp.unlabeled_losses or {})
-        unknown = sorted(set(settings) - set(SETTINGS))
-        if unknown:
-            raise ValueError(f"--model.unlabeled_losses has unknown settings {unknown}; use "
-                             f"{', '.join(SETTINGS)}")
-        if self.model.encoder.region is None:
-            raise ValueError("--model.unlabeled_weight > 0 co-trains the AU region features; "
-                             f"architecture {self.model_config['architecture']!r} has none (use "
-                             "hiva or region)")
-        geometry = self.model.encoder.geometry
-        if geometry is not None and settings.get("geometry_weight", 0) > 0 and \
-                not any(p.requires_grad for p in geometry.parameters()):
-            # --model.freeze keeps the map as stage 1 left it: the loss would train nothing
-            settings["geometry_weight"] = 0.0
-        self.objective_settings = settings  # what checkpoints store, to rebuild it
-        encoder = self.model.encoder
-        objective = Stage1Objective(len(self.au_numbers), encoder.token_dim, encoder.embed_dim,
-                                    encoder.grid, self.hparams.image_size, **settings)
-        objective.take_geometry_map(geometry)  # solved on the pool's faces, not optimised
-        return objective
 
     @classmethod
     def from_stage1(cls, pretrained: str | Path, **kwargs) -> HiVAFinetuner:
@@ -295,8 +232,6 @@ class HiVAFinetuner(StageModule):
         resumed = self.trainer.ckpt_path
         if self._stage1_pending and not resumed:
             self.load_stage1()
-        if self.teacher is not None and not resumed:  # the teacher starts as the model
-            self.teacher.copy_from(self.model)
         rank_zero_info(f"resumed from {resumed} (stage-1 initialisation: {self.stage1_path})"
                        if resumed else
                        f"initialised from stage-1 checkpoint {self.stage1_path}"
@@ -308,17 +243,6 @@ class HiVAFinetuner(StageModule):
 
     # ---------------------------------------------------------------- steps
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        unlabeled = batch.get("unlabeled")
-        if "labelled" in batch:  # a labelled and an unlabeled stream (co-training)
-            batch = batch["labelled"]
-        uses_pool = self.objective is not None or self.teacher is not None
-        if uses_pool != (unlabeled is not None):
-            raise ValueError("--model.unlabeled_weight or --model.pseudo_label_weight > 0 "
-                             "trains on unlabeled faces, which need --data.unlabeled (an "
-                             "UnlabeledFaceDataModule); give both or neither" if uses_pool else
-                             "the data module has an unlabeled pool (--data.unlabeled) but "
-                             "--model.unlabeled_weight and --model.pseudo_label_weight are 0; "
-                             "set one > 0, or drop --data.unlabeled")
         out = self(batch["image"], batch["landmarks"])
         labels, mask = batch["labels"], batch["label_mask"]
         bce = au_bce_loss(out["logits"], labels, mask, self.class_weights, self.pos_weight)
@@ -330,44 +254,12 @@ class HiVAFinetuner(StageModule):
             loss = loss + self.hparams.region_supervision * region
             self.log("train/region_bce_loss", region, batch_size=len(labels))
         if "text_anchors" in out and self.hparams.alignment_weight > 0:
-            loss_fn = state_alignment_loss if self.hparams.alignment == "state" else alignment_loss
-            align = loss_fn(out["au_features"], out["text_anchors"], labels, mask)
+            align = state_alignment_loss(out["au_features"], out["text_anchors"], labels, mask)
             loss = loss + self.hparams.alignment_weight * align
             self.log("train/align_loss", align, batch_size=len(labels))
-        if self.objective is not None:
-            stage1 = self.objective(self.model.encoder.features, unlabeled["image"],
-                                    unlabeled["landmarks"], groups=unlabeled.get("subject"),
-                                    geometry=self.model.encoder.geometry)
-            loss = loss + self.hparams.unlabeled_weight * stage1.pop("loss")
-            self.log_dict({f"train/unlabeled_{k}_loss": v for k, v in stage1.items()},
-                          batch_size=len(unlabeled["image"]))
-        if self.teacher is not None:
-            loss = loss + self._pseudo_label_loss(unlabeled)
         self.log("train/bce_loss", bce, batch_size=len(labels))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
         return loss
-
-    def _pseudo_label_loss(self, unlabeled: dict) -> Tensor:
-        """The ramped, weighted loss of the model's predictions on the second view of each
-        pool face against the teacher's confident ones on the first."""
-        images, landmarks = unlabeled["image"], unlabeled["landmarks"]
-        if images.ndim != 5 or images.shape[1] < 2:
-            raise ValueError("pseudo-labels need two views of each unlabeled face (batch of "
-                             f"shape {tuple(images.shape)}); set --data.unlabeled.views 2")
-        text = self.text_inputs()
-        teacher = self.teacher(images[:, 0], landmarks[:, 0], *text)["logits"]
-        student = self.model(images[:, 1], landmarks[:, 1], *text)["logits"]
-        loss, used = pseudo_label_loss(student, teacher, self.hparams.pseudo_label_threshold,
-                                       self.hparams.pseudo_label_negatives)
-        hp, total = self.hparams, max(1, self.trainer.estimated_stepping_batches)
-        ramp = min(1.0, self.global_step / max(1.0, hp.pseudo_label_rampup * total))
-        self.log_dict({"train/pseudo_label_loss": loss, "train/pseudo_label_share": used},
-                      batch_size=len(images))
-        return hp.pseudo_label_weight * ramp * loss
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.teacher is not None:
-            self.teacher.update(self.model, self.hparams.teacher_decay)
 
     def on_train_epoch_end(self) -> None:
         if self.metrics["fit"].update_count:  # a resumed run may start at an epoch's end
@@ -411,8 +303,6 @@ class HiVAFinetuner(StageModule):
         hp = self.hparams
         groups = parameter_groups(self.model, hp.lr, hp.weight_decay, hp.layer_decay,
                                   layered="encoder.backbone.model")
-        if self.objective is not None:
-            groups += parameter_groups(self.objective, hp.lr, hp.weight_decay)
         return self.adamw_warmup_cosine(groups)
 
     # ---------------------------------------------------------------- checkpoints
@@ -445,8 +335,6 @@ class HiVAFinetuner(StageModule):
                            backbone=self.model_config["encoder"]["backbone"],
                            conv_stem=self.model_config["encoder"]["conv_stem"],
                            geometry=self.model_config["encoder"]["geometry"])
-            if self.objective is not None:  # its settings, without the stage-1 file
-                hparams["unlabeled_losses"] = dict(self.objective_settings)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)

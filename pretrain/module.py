@@ -5,26 +5,21 @@ from __future__ import annotations
 from torch import Tensor
 
 from aukit.au import au_numbers
-from aukit.losses.region_contrastive import other_subject_bias
 from aukit.losses.stage1 import SETTINGS, Stage1Objective
 from aukit.models.encoder import AUEncoder
 from aukit.optim import parameter_groups
 from aukit.stage import StageModule
-from aukit.utils.distributed import world_size
 
 
 class RegionRelationPretrainer(StageModule):
     """An ``AUEncoder`` (Swin -> AU attention pooling -> region transformer) trained by
     ``Stage1Objective``; its checkpoint's ``encoder`` is what stage 2 loads.
 
-    The objective's losses on two augmented views (region, relation, global, masked pixels,
-    expression geometry; each ``*_weight``, 0 = off; see ``aukit.losses.stage1.Stage1Objective``).
-    ``other_subject_weight`` weights the negatives of other subjects in every loss (1 keeps
-    them, 0 drops them: only the same person's other expressions are negatives; needs the
-    batch's ``subject`` ids, e.g. person-aware SynthAU or folder batches). ``geometry`` gives
-    the region encoder its expression-geometry branch, which ``geometry_weight`` trains
-    (``geometry_solver`` "lstsq": its linear map is solved in closed form, not stepped by the
-    optimiser; "sgd": the optimiser trains it).
+    The objective's losses on two augmented views (region, relation, masked pixels, expression
+    geometry; each ``*_weight``, 0 = off; see ``aukit.losses.stage1.Stage1Objective``).
+    ``geometry`` gives the region encoder its expression-geometry branch, which
+    ``geometry_weight`` trains (its linear map is solved in closed form, not stepped by the
+    optimiser).
     """
 
     stage = "pretrain"
@@ -36,20 +31,16 @@ class RegionRelationPretrainer(StageModule):
                  region_depth: int = 1, attention_sigma: float = 0.3, roi_size: int = 0,
                  roi_extent: float = 0.3, geometry: bool = False,
                  region_weight: float = 1.0, relation_weight: float = 1.0,
-                 global_weight: float = 0.0, masked_weight: float = 0.0,
-                 geometry_weight: float = 0.0, geometry_solver: str = "lstsq",
+                 masked_weight: float = 0.0, geometry_weight: float = 0.0,
                  mask_ratio: float = 0.5, mask_block: int = 16,
                  temperature: float = 0.1,
                  relation: str = "fgw", fgw_alpha: float = 0.5, gw_iters: int = 5,
                  ot_temperature: float = 0.1, ot_epsilon: float = 0.05, ot_iters: int = 30,
                  identity_prior: float = 0.5, ot_solver: str = "torch",
-                 other_subject_weight: float = 1.0, lr: float = 1e-3,
+                 lr: float = 1e-3,
                  weight_decay: float = 0.05, warmup_epochs: float = 1.0):
         super().__init__()
         self.save_hyperparameters()
-        if not 0 <= other_subject_weight <= 1:
-            raise ValueError("--model.other_subject_weight must be in [0, 1] (1 keeps other "
-                             f"subjects' negatives, 0 drops them), got {other_subject_weight}")
         self.au_numbers = au_numbers(aus)
         # no dropout: the contrastive views differ by their augmentations only
         self.encoder = AUEncoder(self.au_numbers, backbone, image_size, pretrained_backbone,
@@ -77,24 +68,12 @@ class RegionRelationPretrainer(StageModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         images = batch["image"]  # [B, V, 3, H, W], landmarks [B, V, 68, 2]
         losses = self.objective(self.encoder.features, images, batch["landmarks"],
-                                self._key_bias(batch, len(images)), batch.get("subject"),
-                                self.encoder.geometry)
+                                batch.get("subject"), self.encoder.geometry)
         loss = losses.pop("loss")
         self.log_dict({f"train/{k}_loss": val for k, val in losses.items()},
                       batch_size=len(images))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
-
-    def _key_bias(self, batch: dict, b: int) -> Tensor | None:
-        """``other_subject_bias`` of the batch's subjects, or None with every negative kept."""
-        weight = self.hparams.other_subject_weight
-        if weight == 1:
-            return None
-        if "subject" not in batch:
-            raise ValueError("--model.other_subject_weight < 1 needs subject ids in the batch; "
-                             "this data source gives none (use SynthAU, or a folder with one "
-                             "sub-folder per subject or a subjects.csv)")
-        return other_subject_bias(batch["subject"], weight, b * world_size(), self.device)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -3,7 +3,7 @@
 For each seed: a randomly initialised encoder (no training), raw pixels around each AU, and the
 pretraining variants of ``VARIANTS`` (region loss only, relation loss only, both, on person-aware
 batches with clip positives; both on random batches; both with two augmentations of one image as
-the positive pair; both with own-subject negatives only; masked-pixel prediction alone and next
+the positive pair; masked-pixel prediction alone and next
 to both; masked pixels + expression geometry; the default recipe as it is and without each of
 its region and relation losses), each trained with the same budget
 through the real CLI (``conf/pretrain/synthau.yaml``), then probed: one logistic regression per
@@ -56,8 +56,6 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                                                           "--data.faces_per_subject", "0"]),
     "region + relation, one-image positives": ("both-augment", [*CONTRASTIVE,
                                                                 "--data.positives", "augment"]),
-    "region + relation, own-subject negatives only": ("both-own", [
-        *CONTRASTIVE, "--model.other_subject_weight", "0"]),
     "masked pixels only": ("masked", ["--model.geometry", "false", "--model.geometry_weight",
                                       "0", "--data.faces_per_subject", "4"]),
     "region + relation + masked pixels": ("both-masked", [*CONTRASTIVE,

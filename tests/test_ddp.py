@@ -174,24 +174,3 @@ def test_two_process_finetune_test_metrics_equal_one_process(tmp_path):
         assert ddp_report["metrics"][key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
 
 
-@pytest.mark.slow
-def test_two_process_finetune_with_an_unlabeled_pool(tmp_path):
-    # co-training and pseudo-labels together; each rank draws whole subject groups of the pool
-    cli("aukit-finetune", "fit", *FINETUNE, *DDP, "--model.text_cache_dir", str(tmp_path / "t"),
-        "--data.unlabeled", "aukit.data.UnlabeledFaceDataModule",
-        "--data.unlabeled.image_size", "64", "--data.unlabeled.batch_size", "4",
-        "--data.unlabeled.faces_per_subject", "2", "--data.unlabeled.synthau_subjects", "8",
-        "--data.unlabeled.synthau_samples_per_subject", "2", "--data.unlabeled.synthau_cache",
-        str(tmp_path / "pool"), "--data.unlabeled.positives", "clip",
-        "--model.unlabeled_weight", "1",
-        "--model.unlabeled_losses", "{masked_weight: 1, mask_block: 8, relation_weight: 0}",
-        "--model.pseudo_label_weight", "1", "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "2", "--trainer.logger.init_args.save_dir",
-        str(tmp_path))
-    checkpoint = read_checkpoint(tmp_path / "finetune/version_0/checkpoints/last.ckpt",
-                                 "finetune")
-    assert checkpoint["global_step"] == 2
-    # the labelled and the unlabeled stream's positions, saved by rank 0 for an exact resume
-    assert checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
-        {"epoch": 0, "consumed": 2}] * 2
-    assert any(k.startswith("teacher.") for k in checkpoint["state_dict"])

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aukit.checkpoint import META_KEY
 from aukit.configs import config_flags, finetune_configs
@@ -218,20 +217,6 @@ def test_frozen_parts_do_not_train_and_a_part_that_is_off_is_skipped(tmp_path):
                       freeze=["region.wings"])
 
 
-def test_cotraining_solves_the_geometry_map_on_the_pool_unless_it_is_frozen(tmp_path):
-    save_stage1(tmp_path / "s1.ckpt", geometry=True, region_weight=0, relation_weight=0,
-                masked_weight=1.0, geometry_weight=1.0)  # geometry_solver: lstsq
-    kwargs = dict(aus=["AU12", "AU1"], image_size=64, embed_dim=32, use_text=False,
-                  unlabeled_weight=1.0)
-    frozen = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", freeze=["encoder.region.geometry"],
-                                       **kwargs)
-    assert frozen.objective.geometry_fit is None  # the map stays as stage 1 left it ...
-    assert frozen.objective.weights["geometry"] == 0  # ... and the loss would train nothing
-    solved = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", **kwargs)
-    assert solved.objective.geometry_fit is not None  # solved on the pool, not optimised
-    assert not any(p.requires_grad for p in solved.model.encoder.region.geometry.parameters())
-
-
 @pytest.mark.parametrize("kwargs,message", [
     ({"image_size": 128}, "image_size=64.*image_size=128"),
     ({"image_size": 64, "conv_stem": False}, "conv_stem=True.*--model.conv_stem True"),
@@ -368,116 +353,3 @@ def test_a_finetune_checkpoint_loads_without_its_stage1_file(tmp_path, capsys, c
         capsys.readouterr().out + caplog.text)
     resaved = torch.load(resumed.trainer.checkpoint_callback.last_model_path, weights_only=False)
     assert resaved[META_KEY]["pretrained"] == str(stage1_path)
-
-
-UNLABELED = ["--data.unlabeled", "aukit.data.UnlabeledFaceDataModule",
-             "--data.unlabeled.image_size", "64", "--data.unlabeled.batch_size", "4",
-             "--data.unlabeled.faces_per_subject", "2", "--data.unlabeled.synthau_subjects", "6",
-             "--data.unlabeled.synthau_samples_per_subject", "2"]
-
-
-def pool_cache(tmp_path: Path) -> list[str]:
-    # a folder of the test's own: a dotted "null" override of a nested class's argument
-    # reaches it as the string "None" (jsonargparse), which would be a folder in the cwd
-    return ["--data.unlabeled.synthau_cache", str(tmp_path / "pool")]
-
-
-@pytest.mark.slow
-def test_cotraining_continues_the_stage1_objective_on_unlabeled_faces(tmp_path):
-    save_stage1(tmp_path / "s1.ckpt", feature_stage=2, roi_size=4, roi_extent=0.15,
-                region_weight=0, relation_weight=0, masked_weight=1, mask_block=8)
-    cli = run_finetune(tmp_path, *UNLABELED, *pool_cache(tmp_path),
-                       "--model.pretrained", str(tmp_path / "s1.ckpt"),
-                       "--model.unlabeled_weight", "0.5",
-                       "--model.unlabeled_losses", "{region_weight: 1}",
-                       "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3",
-                       "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
-                       "--trainer.log_every_n_steps", "1")
-    module = cli.model
-    # the stage-1 file's objective (masked pixels), with the override added
-    assert module.objective.weights == {"region": 1, "relation": 0, "global": 0, "masked": 1,
-                                        "geometry": 0}
-    events = EventAccumulator(cli.trainer.logger.log_dir)
-    events.Reload()
-    for name in ("train/unlabeled_masked_loss", "train/unlabeled_region_loss"):
-        assert len(events.Scalars(name)) == 6  # every step
-    assert cli.trainer.global_step == 6  # the labelled loader sets the epoch (3 batches)
-    last = Path(cli.trainer.logger.log_dir) / "checkpoints" / "last.ckpt"
-    loops = torch.load(last, weights_only=False)["loops"]["fit_loop"]["state_dict"]
-    # both streams' positions are saved, for an exact resume (see test_sampling)
-    assert loops["combined_loader"] == [{"epoch": 0, "consumed": 3}] * 2
-    # the checkpoint rebuilds the objective without the stage-1 file; inference ignores it
-    reloaded = HiVAFinetuner.load_from_checkpoint(last)
-    assert reloaded.objective.weights == module.objective.weights
-
-
-def test_cotraining_needs_both_the_weight_and_the_pool(tmp_path):
-    module = HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False,
-                           unlabeled_weight=1.0, unlabeled_losses={"masked_weight": 1,
-                                                                   "mask_block": 8})
-    batch = {"image": torch.randn(2, 3, 64, 64), "landmarks": torch.zeros(2, 68, 2),
-             "labels": torch.ones(2, 1), "label_mask": torch.ones(2, 1, dtype=torch.bool)}
-    with pytest.raises(ValueError, match="need --data.unlabeled"):
-        module.training_step(batch, 0)
-    with pytest.raises(ValueError, match="unknown settings \\['masked'\\]"):
-        HiVAFinetuner(aus=["AU12"], image_size=64, use_text=False, unlabeled_weight=1.0,
-                      unlabeled_losses={"masked": 1})
-    with pytest.raises(ValueError, match="architecture 'linear' has none"):
-        HiVAFinetuner(aus=["AU12"], image_size=64, use_text=False, architecture="linear",
-                      unlabeled_weight=1.0)
-    with pytest.raises(ValueError, match="set --data.unlabeled.image_size 64"):
-        from aukit.data.datamodules import UnlabeledFaceDataModule
-        SynthAUDataModule(image_size=64, unlabeled=UnlabeledFaceDataModule(image_size=128))
-
-
-@pytest.mark.slow
-def test_pseudo_labels_train_on_a_second_view_against_a_mean_teacher(tmp_path):
-    cli = run_finetune(tmp_path, *UNLABELED, *pool_cache(tmp_path), "--data.unlabeled.views", "2",
-                       "--data.unlabeled.positives", "clip", "--model.pseudo_label_weight", "1",
-                       "--model.pseudo_label_threshold", "0.6", "--model.pseudo_label_rampup",
-                       "0", "--model.teacher_decay", "0.5", "--trainer.max_epochs", "1",
-                       "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
-                       "--trainer.limit_test_batches", "1", "--trainer.log_every_n_steps", "1")
-    events = EventAccumulator(cli.trainer.logger.log_dir)
-    events.Reload()
-    assert len(events.Scalars("train/pseudo_label_loss")) == 3
-    module = cli.model
-    assert not any(p.requires_grad for p in module.teacher.parameters())
-    # after 3 updates at decay 0.5 the teacher sits between its start and the model
-    student = dict(module.model.named_parameters())
-    moved = [n for n, p in module.teacher.model.named_parameters()
-             if not torch.equal(p, student[n])]
-    assert moved  # an average, not a copy
-    last = Path(cli.trainer.logger.log_dir) / "checkpoints" / "last.ckpt"
-    reloaded = HiVAFinetuner.load_from_checkpoint(last)
-    assert torch.equal(reloaded.teacher.model.encoder.region.au_queries,
-                       module.teacher.model.encoder.region.au_queries)
-
-
-def test_the_mean_teacher_averages_weights_and_copies_buffers():
-    from aukit.losses.pseudo_labels import EMATeacher, pseudo_label_loss
-
-    student = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    teacher = EMATeacher(student)
-    start = teacher.model[0].weight.clone()
-    with torch.no_grad():
-        student[0].weight.add_(1.0)
-        student[1].running_mean.fill_(3.0)
-    teacher.update(student, decay=0.75)
-    assert torch.allclose(teacher.model[0].weight, start + 0.25)
-    assert torch.equal(teacher.model[1].running_mean, torch.full((2,), 3.0))
-    teacher.train()
-    teacher(torch.ones(3, 2))
-    assert not teacher.model[1].training  # predicts in eval mode, whatever the trainer set
-    assert torch.equal(teacher.model[1].running_mean, torch.full((2,), 3.0))
-    # confident teacher decisions become labels; unsure ones are ignored
-    teacher_logits = torch.tensor([[4.0, 0.0, -4.0]])
-    loss, used = pseudo_label_loss(torch.tensor([[4.0, 9.0, -4.0]]), teacher_logits, 0.9)
-    assert torch.isclose(used, torch.tensor(2 / 3))
-    expected = torch.nn.functional.softplus(torch.tensor(-4.0))  # both confident ones right
-    assert torch.isclose(loss, expected)
-    loss, used = pseudo_label_loss(torch.tensor([[4.0, 9.0, 4.0]]), teacher_logits, 0.9,
-                                   negatives=False)  # only the sure "present" is a label
-    assert torch.isclose(used, torch.tensor(1 / 3)) and torch.isclose(loss, expected)
-    with pytest.raises(ValueError, match="threshold must be in"):
-        pseudo_label_loss(teacher_logits, teacher_logits, 0.4)

@@ -102,28 +102,18 @@ def test_the_loss_is_the_share_of_the_target_left_unexplained():
     assert torch.isclose(geometry_loss(target / 2, target), torch.tensor(0.25))
 
 
-def test_stage1_trains_the_geometry_branch_and_needs_it_and_subject_ids(faces):
+def test_stage1_geometry_needs_the_branch_and_subject_ids_and_feeds_the_au_features(faces):
     torch.manual_seed(0)
     batch = {"image": torch.randn(8, 1, 3, 64, 64), "landmarks": (faces / 2)[:, None]}
+    kwargs = dict(aus="bp4d", image_size=64, embed_dim=32, proj_dim=16, region_weight=0,
+                  relation_weight=0, masked_weight=1.0, mask_block=8, geometry_weight=1.0)
     with pytest.raises(ValueError, match="set --model.geometry true"):
-        RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, region_weight=0,
-                                 relation_weight=0, geometry_weight=1.0,
-                                 geometry_solver="sgd").training_step(batch, 0)
-    module = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, proj_dim=16,
-                                      region_weight=0, relation_weight=0, geometry_weight=1.0,
-                                      geometry=True, geometry_solver="sgd")
+        RegionRelationPretrainer(**kwargs).training_step(batch, 0)
+    module = RegionRelationPretrainer(**kwargs, geometry=True)
     with pytest.raises(ValueError, match="needs each face's person id"):
         module.training_step(batch, 0)
     batch["subject"] = ["S1"] * 4 + ["S2"] * 4
-    optimiser = torch.optim.AdamW(module.encoder.region.geometry.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(100):
-        loss = module.training_step(batch, 0)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
-    assert losses[0] > 0.5 and losses[-1] < 0.05  # the linear map fits the 8 faces' geometry
+    module.training_step(batch, 0)
     # the branch feeds the AU features: other landmarks, other features
     tokens = torch.randn(2, 16, module.encoder.backbone.out_dim)
     maps = torch.rand(2, 12, 16)
@@ -157,12 +147,12 @@ def test_stage1_solves_the_geometry_map_in_closed_form_and_resumes_it(faces):
     torch.manual_seed(0)
     batch = {"image": torch.randn(8, 1, 3, 64, 64), "landmarks": (faces / 2)[:, None],
              "subject": ["S1"] * 4 + ["S2"] * 4}
-    with pytest.raises(ValueError, match="leaves the optimiser no loss"):
+    with pytest.raises(ValueError, match="no stage-1 loss trains the encoder"):
         RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, region_weight=0,
                                  relation_weight=0, geometry_weight=1.0, geometry=True)
     module = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, region_weight=0,
                                       relation_weight=0, masked_weight=1.0, geometry_weight=1.0,
-                                      geometry=True)  # geometry_solver "lstsq", the default
+                                      geometry=True)
     geometry = module.encoder.region.geometry
     assert not any(p.requires_grad for p in geometry.parameters())  # not the optimiser's
     trainable = {id(p) for group in parameter_groups(module, 1e-3, 0.05)

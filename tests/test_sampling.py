@@ -2,13 +2,12 @@
 shares and exact mid-epoch resume through ResumableDataLoader."""
 
 from collections import Counter
-from itertools import islice
 
 import numpy as np
 import pytest
 from torch.utils.data import Dataset
 
-from aukit.data.sampling import EndlessLoader, GroupedKeySampler, ResumableDataLoader
+from aukit.data.sampling import GroupedKeySampler, ResumableDataLoader
 
 # 9 groups of uneven size; "g8" (3 items) is too small for M = 4 and is left out
 SIZES = {"g0": 12, "g1": 9, "g2": 4, "g3": 7, "g4": 8, "g5": 16, "g6": 5, "g7": 6, "g8": 3}
@@ -121,28 +120,6 @@ def test_a_resumed_loader_serves_exactly_the_rest_of_the_epoch():
     assert served + [b.tolist() for b in resumed] == expected
     resumed.sampler.set_epoch(3)  # the skip applies to the resumed epoch only
     assert len(list(resumed)) == len(expected)
-
-
-def test_an_endless_loader_continues_across_epochs_and_resumes_exactly():
-    def endless() -> EndlessLoader:
-        return EndlessLoader(ResumableDataLoader(Keys(), S * M,
-                                                 sampler=GroupedKeySampler(GROUPS, S, M, seed=9)))
-
-    per_pass = len(endless().loader)
-    stream = endless()
-    # "epochs" of 3 batches, each a new iter(): together one stream over passes 0, 1, ...
-    served = [b.tolist() for _ in range(per_pass) for b in islice(stream, 3)]
-    for k, batch in enumerate(served):
-        check_batch(batch, epoch=k // per_pass)  # pass p draws the sampler's epoch p
-    assert len(served) == 3 * per_pass
-    state = stream.state_dict()
-    assert state == {"epoch": 3, "consumed": 0} or state["epoch"] * per_pass + \
-        state["consumed"] == len(served)
-    resumed = endless()
-    resumed.load_state_dict(state)
-    assert [b.tolist() for b in islice(resumed, per_pass + 1)] == \
-        [b.tolist() for b in islice(stream, per_pass + 1)]
-    assert len(stream) > 10 ** 9  # never the shorter loader of a min_size CombinedLoader
 
 
 def test_bad_settings_are_refused():

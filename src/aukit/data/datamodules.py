@@ -14,7 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from lightning.pytorch.utilities import CombinedLoader, rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from aukit.au import DATASET_AUS, au_numbers
@@ -29,7 +29,7 @@ from aukit.data.manifest import Manifest, manifest_aus, read_manifest
 from aukit.data.prepare import write_landmarks_sidecar
 from aukit.data.protocol import choose_subjects, fold_split
 from aukit.data.readers import dataset_manifest, manifest_hash, manifest_summary
-from aukit.data.sampling import EndlessLoader, GroupedKeySampler, ResumableDataLoader
+from aukit.data.sampling import GroupedKeySampler, ResumableDataLoader
 from aukit.data.synthau import split_subjects, unlabeled_subjects
 from aukit.data.synthau_landmarks import SYNTHAU_LANDMARKS, resolve_synthau_landmarks
 from aukit.data.transforms import eval_transform, pretrain_transform, train_transform
@@ -146,11 +146,7 @@ class AUDataModule(L.LightningDataModule):
     source's standard AUs (a CSV manifest: its AU columns). ``val_subjects``: the validation
     split carved from the training subjects, a fraction or names (0: none). ``label_fraction``
     keeps a seeded fraction of the training subjects (after carving validation). Every split is
-    subject-exclusive (``check_subject_exclusive``). ``unlabeled``: an
-    ``UnlabeledFaceDataModule`` whose faces come with every training batch, for co-training
-    (``--model.unlabeled_weight``): training batches are then ``{"labelled": ..., "unlabeled":
-    ...}``, the labelled loader sets the epoch and the unlabeled one runs on without end
-    (``EndlessLoader``).
+    subject-exclusive (``check_subject_exclusive``).
 
     Batches hold ``image`` uint8 ``[B, 3, S, S]``, ``landmarks`` ``[B, 68, 2]``, ``labels`` and
     ``label_mask`` ``[B, A]``; the stage modules normalise images on the device
@@ -164,15 +160,14 @@ class AUDataModule(L.LightningDataModule):
 
     def __init__(self, aus: list[str] | str | None = None, val_subjects: float | list[str] = 0.15,
                  label_fraction: float = 1.0, image_size: int = 224, batch_size: int = 32,
-                 num_workers: int = 0, seed: int = 0,
-                 unlabeled: UnlabeledFaceDataModule | None = None) -> None:
+                 num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
         if not self.dataset:
             raise ValueError(f"{type(self).__name__} names no source: use SynthAUDataModule, "
                             "ManifestDataModule, BP4DDataModule or DISFADataModule "
                             "(--data SynthAUDataModule)")
         # the model logs the resolved AU list; the raw request would clash with it
-        self.save_hyperparameters(ignore=["aus", "unlabeled"])
+        self.save_hyperparameters(ignore=["aus"])
         if not 0 < label_fraction <= 1:
             raise ValueError(f"--data.label_fraction must be in (0, 1], got {label_fraction}")
         if isinstance(val_subjects, float | int) and not 0 <= val_subjects < 1:
@@ -190,10 +185,6 @@ class AUDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
-        if unlabeled is not None and unlabeled.image_size != image_size:
-            raise ValueError(f"the unlabeled faces are {unlabeled.image_size} px but the labelled "
-                             f"ones {image_size} px; set --data.unlabeled.image_size {image_size}")
-        self.unlabeled = unlabeled
         self._splits: dict[str, Split] | None = None
         self._datasets: dict[tuple[str, bool], Dataset] = {}  # key: (split, augmenting?)
         self._labels: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -238,15 +229,8 @@ class AUDataModule(L.LightningDataModule):
             self._datasets[key] = self._make_dataset(split, splits[split], transform)
         return self._datasets[key]
 
-    def prepare_data(self) -> None:
-        if self.unlabeled is not None:
-            self.unlabeled.prepare_data()
-
     def setup(self, stage: str | None = None) -> None:
         self._log_data()
-        if self.unlabeled is not None and stage in (None, "fit"):
-            self.unlabeled.trainer = self.trainer  # for its DDP shards and augmentation seed
-            self.unlabeled.setup(stage)
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
                   "predict": ("test",)}.get(stage or "fit", ())
         for split in needed:
@@ -272,14 +256,8 @@ class AUDataModule(L.LightningDataModule):
             logger.log_hyperparams({"data_manifest_hash": self.manifest_hash or "synthau",
                                     "data_fold": self.fold or 0})
 
-    def train_dataloader(self) -> DataLoader | CombinedLoader:
-        labelled = self._loader(self.dataset_for("train", train=True), shuffle=True)
-        if self.unlabeled is None:
-            return labelled
-        self.unlabeled.trainer = self.trainer
-        return CombinedLoader({"labelled": labelled,
-                               "unlabeled": EndlessLoader(self.unlabeled.train_dataloader())},
-                              mode="min_size")
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset_for("train", train=True), shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
         return self.split_dataloader("val") if "val" in self.splits() else []
@@ -382,7 +360,6 @@ class SynthAUDataModule(AUDataModule):
 
     def prepare_data(self) -> None:
         """Finds the landmarks of every split's faces once (one process per node)."""
-        super().prepare_data()
         for split, source in self.splits().items():
             counts = self._make_dataset(split, source, None).prepare_landmarks(  # type: ignore[attr-defined]
                 f"SynthAU {split}")

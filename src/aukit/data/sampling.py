@@ -19,7 +19,6 @@ so that a contrastive batch holds several faces of each person among its negativ
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
@@ -198,40 +197,3 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume = (state["epoch"], state["consumed"])
-
-
-class EndlessLoader:
-    """``loader`` (a ``ResumableDataLoader``) served without end: each iteration continues
-    where the last one stopped, and a finished pass starts the sampler's next epoch.
-
-    Beside a labelled loader in a ``CombinedLoader`` of mode ``"min_size"`` (its length is
-    ``sys.maxsize``), the labelled loader alone sets the epoch, and a short labelled epoch neither
-    restarts nor cuts the unlabeled stream. ``state_dict`` / ``load_state_dict`` are the inner
-    loader's (its epoch and the batches served in it), so a resumed run continues the stream.
-    """
-
-    def __init__(self, loader: ResumableDataLoader):
-        self.loader = loader
-        self._batches: Iterator | None = None
-        self._pass = 0
-
-    def __len__(self) -> int:
-        return sys.maxsize
-
-    def __iter__(self) -> Iterator:
-        while True:
-            if self._batches is None:
-                self.loader.sampler.set_epoch(self._pass)
-                self._batches = iter(self.loader)
-            try:
-                yield next(self._batches)
-            except StopIteration:
-                self._batches = None
-                self._pass += 1
-
-    def state_dict(self) -> dict[str, int]:
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self._pass, self._batches = state["epoch"], None
-        self.loader.load_state_dict(state)

@@ -2,9 +2,8 @@
 
 ``state_alignment_loss`` (the default) carries AU *state*: AU k's text anchor must score the
 faces where AU k is present above those where it is absent, so AU k's feature has to depend on
-the face. ``alignment_loss`` (version 1, kept for ablations) only contrasts AU slots: AU k's
-feature against the other AUs' anchors, which a learned per-AU query satisfies without looking
-at the face.
+the face. (Version 1 only contrasted AU slots, AU k's feature against the other AUs' anchors,
+which a learned per-AU query satisfies without looking at the face; git keeps it.)
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-ALIGNMENTS = ("state", "slots")
 
 
 def _check(au_features: Tensor, text_anchors: Tensor, labels: Tensor, mask: Tensor | None,
@@ -57,23 +54,3 @@ def state_alignment_loss(au_features: Tensor, text_anchors: Tensor, labels: Tens
     if not queries.any():
         return scores.sum() * 0.0
     return F.softplus(negatives.expand_as(scores)[queries] - scores[queries]).mean()
-
-
-def alignment_loss(au_features: Tensor, text_anchors: Tensor, labels: Tensor,
-                   mask: Tensor | None = None, temperature: float = 0.1) -> Tensor:
-    """InfoNCE over AU anchors for every known-active (b, k) (version 1, "slots").
-
-    au_features [B, A, E]; text_anchors [A, E]; labels [B, A] in {0, 1}; mask [B, A] bool,
-    True = label known (None = all known). For each active (b, k) the target is anchor k and
-    the other A - 1 anchors are negatives, on cosine similarity / ``temperature``. Returns the
-    mean over active pairs; 0 (still differentiable) when nothing is active.
-    """
-    known = _check(au_features, text_anchors, labels, mask, temperature)
-    active = (labels == 1) & known
-    features = F.normalize(au_features.float(), dim=-1)
-    anchors = F.normalize(text_anchors.float(), dim=-1)
-    logits = features @ anchors.T / temperature  # [B, A, A]: AU k's feature vs anchor j
-    targets = active.nonzero()[:, 1]  # [P]: the own AU of each active (b, k)
-    if targets.numel() == 0:
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits[active], targets)

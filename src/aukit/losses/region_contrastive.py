@@ -1,42 +1,15 @@
-"""Stage-1 region loss: per-AU InfoNCE between two augmented views (and its global-image case)."""
+"""Stage-1 region loss: per-AU InfoNCE between two augmented views."""
 
 from __future__ import annotations
-
-import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from aukit.utils.distributed import gather_with_grad, rank
-from aukit.utils.groups import group_codes
 
 
-def other_subject_bias(subjects: Sequence[str], weight: float, keys: int,
-                       device: torch.device | str = "cpu") -> Tensor | None:
-    """Logit bias ``[B, K]`` that weights the negatives of other subjects by ``weight``.
-
-    ``log(weight)`` (``-inf`` at 0: dropped) where key ``j`` is another subject than query ``i``,
-    0 for the same subject (the positive included). Keys beyond this rank's ``B`` (gathered from
-    other DDP ranks) count as other subjects: the grouped sampler hands ranks whole groups.
-    None when ``weight == 1`` (every negative kept as is).
-    """
-    if not 0 <= weight <= 1:
-        raise ValueError(f"the other-subject negative weight must be in [0, 1], got {weight}")
-    if weight == 1:
-        return None
-    local = torch.as_tensor(group_codes(subjects), device=device)
-    other = torch.full((len(subjects), keys), math.log(weight) if weight > 0 else -math.inf,
-                       device=device)
-    start = rank() * len(subjects) if keys > len(subjects) else 0
-    block = other[:, start:start + len(subjects)]
-    block.masked_fill_(local[:, None] == local[None, :], 0.0)
-    return other
-
-
-def symmetric_info_nce(logits12: Tensor, logits21: Tensor, gathered: bool,
-                       key_bias: Tensor | None = None) -> Tensor:
+def symmetric_info_nce(logits12: Tensor, logits21: Tensor, gathered: bool) -> Tensor:
     """Mean cross-entropy of both directions; row ``i`` of local queries has key ``rank * B + i``.
 
     Args:
@@ -45,7 +18,6 @@ def symmetric_info_nce(logits12: Tensor, logits21: Tensor, gathered: bool,
         logits21: ``[..., B, K]`` view-2 queries against view-1 keys.
         gathered: whether the keys were all-gathered, which shifts the positive column by
             ``rank * B``.
-        key_bias: ``[B, K]`` added to both directions' logits, e.g. ``other_subject_bias``.
     """
     if logits12.shape != logits21.shape:
         raise ValueError(f"logits of the two directions differ in shape: {tuple(logits12.shape)}"
@@ -55,8 +27,6 @@ def symmetric_info_nce(logits12: Tensor, logits21: Tensor, gathered: bool,
     if offset + batch > keys:
         raise ValueError(f"{keys} keys cannot hold the positives of {batch} queries at offset "
                          f"{offset}; gather the keys from every rank")
-    if key_bias is not None:
-        logits12, logits21 = logits12 + key_bias, logits21 + key_bias
     targets = torch.arange(offset, offset + batch, device=logits12.device)
     targets = targets.expand(logits12.shape[:-1]).reshape(-1)  # [... * B]
     loss12 = F.cross_entropy(logits12.reshape(-1, keys).float(), targets)
@@ -65,7 +35,7 @@ def symmetric_info_nce(logits12: Tensor, logits21: Tensor, gathered: bool,
 
 
 def region_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1,
-                            gather: bool = True, key_bias: Tensor | None = None) -> Tensor:
+                            gather: bool = True) -> Tensor:
     """Per-AU InfoNCE between two views, symmetric and averaged over AUs.
 
     For AU ``k`` the query is image ``i``'s AU-``k`` embedding in one view; its positive is the
@@ -77,7 +47,6 @@ def region_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1,
         z2: ``[B, A, D]`` AU embeddings of view 2 (same images, same AU order).
         temperature: softmax temperature on the cosine similarities.
         gather: all-gather the keys across DDP ranks (a no-op without a process group).
-        key_bias: ``[B, K]`` logit bias per query and key (``other_subject_bias``).
 
     Returns:
         A scalar loss; ``log(B)`` for unrelated embeddings, near 0 for aligned distinct ones.
@@ -91,12 +60,5 @@ def region_contrastive_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1,
     k1, k2 = (gather_with_grad(q1), gather_with_grad(q2)) if gather else (q1, q2)
     logits12 = torch.einsum("bad,cad->abc", q1, k2) / temperature  # [A, B, K]
     logits21 = torch.einsum("bad,cad->abc", q2, k1) / temperature  # [A, B, K]
-    return symmetric_info_nce(logits12, logits21, gathered=gather, key_bias=key_bias)
+    return symmetric_info_nce(logits12, logits21, gathered=gather)
 
-
-def global_contrastive_loss(g1: Tensor, g2: Tensor, temperature: float = 0.1,
-                            gather: bool = True, key_bias: Tensor | None = None) -> Tensor:
-    """Image-level InfoNCE between two views: ``g1``, ``g2`` ``[B, D]`` -> scalar."""
-    if g1.ndim != 2:
-        raise ValueError(f"g1 and g2 must be [B, D] global embeddings, got {tuple(g1.shape)}")
-    return region_contrastive_loss(g1[:, None], g2[:, None], temperature, gather, key_bias)

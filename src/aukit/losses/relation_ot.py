@@ -491,7 +491,7 @@ def relation_ot_loss(z1: Tensor, z2: Tensor, mass1: Tensor | None = None,
                      mass2: Tensor | None = None, temperature: float = 0.1, epsilon: float = 0.05,
                      iters: int = 50, formulation: str = "fgw", alpha: float = 0.5,
                      gw_iters: int = 5, identity_prior: float = 0.5, solver: str = "torch",
-                     gather: bool = True, key_bias: Tensor | None = None) -> Tensor:
+                     gather: bool = True) -> Tensor:
     """Symmetric InfoNCE over images on logits ``-distance / temperature``.
 
     The distance between a view-1 face and a view-2 face is, by ``formulation``:
@@ -521,7 +521,6 @@ def relation_ot_loss(z1: Tensor, z2: Tensor, mass1: Tensor | None = None,
         alpha, gw_iters: see ``entropic_fgw``.
         identity_prior, solver: see ``pairwise_ot_costs``.
         gather: all-gather keys across DDP ranks (a no-op without a process group).
-        key_bias: ``[B, K]`` logit bias per query and key (``other_subject_bias``).
 
     Returns:
         A scalar loss.
@@ -558,5 +557,4 @@ def relation_ot_loss(z1: Tensor, z2: Tensor, mass1: Tensor | None = None,
     else:
         costs12 = distances(z1, z2, mass1, mass2)  # [B, B]
         costs21 = costs12.T
-    return symmetric_info_nce(-costs12 / temperature, -costs21 / temperature, gathered,
-                              key_bias)
+    return symmetric_info_nce(-costs12 / temperature, -costs21 / temperature, gathered)

@@ -1,8 +1,7 @@
 """The stage-1 objective: its heads and weighted losses over an encoder's outputs.
 
-Pretraining optimises it alone (``pretrain.module``); finetuning can keep optimising it on
-unlabeled faces beside the labelled loss (co-training, ``--model.unlabeled_weight``), so the
-unlabeled identities keep shaping the encoder while the few labelled ones are fitted.
+Pretraining optimises it (``pretrain.module``): the losses are pure functions
+(``aukit.losses``); this module owns the heads they read and weighs them.
 """
 
 from __future__ import annotations
@@ -16,19 +15,16 @@ from torch import Tensor, nn
 from aukit.au import NUM_LANDMARKS
 from aukit.losses.geometry import LeastSquaresFit, expression_geometry, geometry_loss
 from aukit.losses.masked_pixels import block_mask, masked_pixel_loss
-from aukit.losses.region_contrastive import global_contrastive_loss, region_contrastive_loss
+from aukit.losses.region_contrastive import region_contrastive_loss
 from aukit.losses.relation_ot import RELATIONS, relation_ot_loss
 from aukit.models.region import SHAPE_SCALE, ExpressionGeometry, Mlp
 
 # the objective's settings (``Stage1Objective`` keyword arguments), as the stage modules name
 # them in their hyperparameters
-SETTINGS = ("proj_dim", "region_weight", "relation_weight", "global_weight", "masked_weight",
-            "geometry_weight", "geometry_solver", "mask_ratio", "mask_block", "temperature",
+SETTINGS = ("proj_dim", "region_weight", "relation_weight", "masked_weight",
+            "geometry_weight", "mask_ratio", "mask_block", "temperature",
             "relation", "fgw_alpha", "gw_iters", "ot_temperature", "ot_epsilon", "ot_iters",
             "identity_prior", "ot_solver")
-# how the geometry loss trains the geometry branch's linear map: solved in closed form from the
-# batches' least-squares statistics, or by the optimiser's steps
-GEOMETRY_SOLVERS = ("lstsq", "sgd")
 # an encoder: images [B, 3, H, W], landmarks [B, 68, 2] -> tokens [B, N, D], AU features [B, A, E]
 Encoder = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -39,17 +35,16 @@ class Stage1Objective(nn.Module):
     Losses: per-AU InfoNCE (region), InfoNCE over images on a transport distance between the
     views' AU embedding sets (relation: ``relation="fgw"``, fused Gromov-Wasserstein that
     compares how each face's AUs relate to each other, weight ``fgw_alpha``; ``"ot"``, version
-    1's entropic OT with AU-saliency marginals and an identity prior), optionally a global
-    InfoNCE on mean-pooled tokens, and optionally masked-pixel prediction (``masked_weight``:
+    1's entropic OT with AU-saliency marginals and an identity prior), optionally masked-pixel
+    prediction (``masked_weight``:
     ``mask_ratio`` of the first view's ``mask_block``-pixel squares are hidden before the
     encoder, and a linear decoder on the tokens predicts their patch-standardised pixels; the
     contrastive losses then compare the hidden view with the whole second view), and optionally
     expression geometry (``geometry_weight``: the encoder's geometry branch, ``geometry``, learns
     each face's landmarks minus its person's mean shape in the batch, ``aukit.losses.geometry``;
-    needs person ids, ``groups``; ``geometry_solver`` "lstsq" sets the branch's linear map, in
-    training, to the loss's exact minimiser over every batch so far, ``LeastSquaresFit``, and
-    "sgd" leaves it to the optimiser). A loss with weight 0 is off, so ablations are config
-    changes.
+    needs person ids, ``groups``; the branch's linear map is not optimised: in training it is
+    set to the loss's exact least-squares minimiser over every batch so far,
+    ``LeastSquaresFit``). A loss with weight 0 is off, so ablations are config changes.
 
     ``num_aus``, ``token_dim``, ``embed_dim``: the encoder's AU count, token and AU feature
     sizes; ``grid``: its token grid at ``image_size`` pixels.
@@ -57,32 +52,22 @@ class Stage1Objective(nn.Module):
 
     def __init__(self, num_aus: int, token_dim: int, embed_dim: int, grid: tuple[int, int],
                  image_size: int, proj_dim: int = 64, region_weight: float = 1.0,
-                 relation_weight: float = 1.0, global_weight: float = 0.0,
-                 masked_weight: float = 0.0, geometry_weight: float = 0.0,
-                 geometry_solver: str = "lstsq", mask_ratio: float = 0.5, mask_block: int = 16,
+                 relation_weight: float = 1.0, masked_weight: float = 0.0,
+                 geometry_weight: float = 0.0, mask_ratio: float = 0.5, mask_block: int = 16,
                  temperature: float = 0.1, relation: str = "fgw", fgw_alpha: float = 0.5,
                  gw_iters: int = 5, ot_temperature: float = 0.1, ot_epsilon: float = 0.05,
                  ot_iters: int = 30, identity_prior: float = 0.5, ot_solver: str = "torch"):
         super().__init__()
         self.weights = {"region": region_weight, "relation": relation_weight,
-                        "global": global_weight, "masked": masked_weight,
-                        "geometry": geometry_weight}
-        if max(self.weights.values()) <= 0:
-            raise ValueError("all stage-1 losses are switched off: set region_weight, "
-                             "relation_weight, global_weight, masked_weight or geometry_weight "
-                             "> 0")
-        if geometry_solver not in GEOMETRY_SOLVERS:
-            raise ValueError(f"geometry_solver must be one of {GEOMETRY_SOLVERS} "
-                             f"(--model.geometry_solver), got {geometry_solver!r}")
-        # the least-squares statistics of the geometry map, when it is solved, not trained
+                        "masked": masked_weight, "geometry": geometry_weight}
+        if max(w for k, w in self.weights.items() if k != "geometry") <= 0:
+            raise ValueError("no stage-1 loss trains the encoder: set --model.region_weight, "
+                             "--model.relation_weight or --model.masked_weight > 0 (the geometry "
+                             "map, --model.geometry_weight, is solved in closed form, not "
+                             "optimised)")
+        # the least-squares statistics of the geometry map, which is solved, not trained
         self.geometry_fit = LeastSquaresFit(2 * NUM_LANDMARKS, 2 * NUM_LANDMARKS) \
-            if geometry_weight > 0 and geometry_solver == "lstsq" else None
-        if self.geometry_fit is not None and \
-                max(w for k, w in self.weights.items() if k != "geometry") <= 0:
-            raise ValueError("with --model.geometry_solver lstsq the geometry map is solved in "
-                             "closed form, which leaves the optimiser no loss: switch another "
-                             "loss on (e.g. --model.masked_weight 1) or use "
-                             "--model.geometry_solver sgd")
+            if geometry_weight > 0 else None
         if relation not in RELATIONS:
             raise ValueError(f"relation must be one of {RELATIONS} (--model.relation), got "
                              f"{relation!r}")
@@ -99,7 +84,6 @@ class Stage1Objective(nn.Module):
                                         * embed_dim ** -0.5)
         # AU saliency logits -> OT marginals; FGW transports uniform marginals
         self.au_mass = nn.Linear(embed_dim, 1) if relation == "ot" else None
-        self.global_proj = Mlp(token_dim, 2 * embed_dim, proj_dim) if global_weight > 0 else None
         self.grid = grid
         self.pixel_stride = image_size // grid[0]  # pixels per token side
         self.pixel_decoder = nn.Linear(token_dim, 3 * self.pixel_stride ** 2) \
@@ -115,40 +99,36 @@ class Stage1Objective(nn.Module):
 
     def take_geometry_map(self, geometry: ExpressionGeometry | None) -> None:
         """Takes the encoder's geometry map off the optimiser when this objective solves it
-        (``geometry_solver`` "lstsq"); call it before the optimiser is built."""
+        (the geometry loss is on); call it before the optimiser is built."""
         if self.geometry_fit is not None and geometry is not None:
             geometry.requires_grad_(False)
 
     @property
     def contrastive(self) -> bool:
         """Whether a loss compares two views (else one masked view is enough)."""
-        return any(self.weights[k] > 0 for k in ("region", "relation", "global"))
+        return any(self.weights[k] > 0 for k in ("region", "relation"))
 
     def heads(self, tokens: Tensor, features: Tensor) -> dict[str, Tensor]:
         """tokens [B, N, D], AU features [B, A, E] -> ``z`` [B, A, P] unit AU embeddings (region
-        or relation loss on), ``mass`` [B, A] (relation "ot"), ``g`` [B, P] (global loss on)
-        and ``pixels`` [B, 3, H, W] (masked-pixel loss on), or absent."""
+        or relation loss on), ``mass`` [B, A] (relation "ot") and ``pixels`` [B, 3, H, W]
+        (masked-pixel loss on), or absent."""
         out = {}
         if self.projector is not None:
             hidden = features + self.projector(features)
             out["z"] = F.normalize(torch.einsum("bae,aep->bap", hidden, self.au_proj), dim=-1)
         if self.au_mass is not None:
             out["mass"] = self.au_mass(features).squeeze(-1)
-        if self.global_proj is not None:
-            out["g"] = F.normalize(self.global_proj(tokens.mean(1)), dim=-1)
         if self.pixel_decoder is not None:
             patches = self.pixel_decoder(tokens).transpose(1, 2)  # [B, 3 * s * s, N]
             out["pixels"] = F.pixel_shuffle(patches.unflatten(-1, self.grid), self.pixel_stride)
         return out
 
     def forward(self, encode: Encoder, images: Tensor, landmarks: Tensor,
-                key_bias: Tensor | None = None,
                 groups: Sequence[Hashable] | None = None,
                 geometry: ExpressionGeometry | None = None) -> dict[str, Tensor]:
         """images [B, V, 3, H, W] (normalised; [B, 3, H, W]: one view), landmarks
         [B, V, 68, 2] (or [B, 68, 2]) -> each loss that is on and ``loss``, their weighted sum.
-        ``key_bias`` [B, K]: a logit bias on the contrastive losses' keys
-        (``other_subject_bias``); ``groups``: the B faces' person ids and ``geometry`` the
+        ``groups``: the B faces' person ids and ``geometry`` the
         encoder's geometry branch (``ExpressionGeometry``; the geometry loss). The
         contrastive losses need V >= 2."""
         if images.ndim == 4:
@@ -177,16 +157,13 @@ class Stage1Objective(nn.Module):
         losses = {}
         if self.weights["region"] > 0:
             losses["region"] = region_contrastive_loss(out["z"][:, 0], out["z"][:, 1],
-                                                       self.temperature, key_bias=key_bias)
+                                                       self.temperature)
         if self.weights["relation"] > 0:
             mass = out.get("mass")
             losses["relation"] = relation_ot_loss(
                 out["z"][:, 0], out["z"][:, 1], *((mass[:, 0], mass[:, 1]) if mass is not None
                                                   else (None, None)),
-                key_bias=key_bias, **self.relation_args)
-        if self.weights["global"] > 0:
-            losses["global"] = global_contrastive_loss(out["g"][:, 0], out["g"][:, 1],
-                                                       self.temperature, key_bias=key_bias)
+                **self.relation_args)
         if masked:
             losses["masked"] = masked_pixel_loss(out["pixels"][:, 0], clean, mask,
                                                  self.pixel_stride)
