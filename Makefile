@@ -60,12 +60,12 @@ bench-finetune:
 results-table:
 	$(PY) scripts/results_table.py
 
-# one seed in about half an hour on 2 cores: the default stage 1, then (a2), (b) and (c) at 10%
-# labels, on detected landmarks; how its ordering agrees with the full table: docs/benchmarks.md
+# one seed in about half an hour on 2 cores: the stage-1 probe (random init, the default recipe),
+# then (a2), (b) and (c) at 10% labels, on detected landmarks; how its ordering agrees with the full table: docs/benchmarks.md
 QUICK_OUT := --json docs/results/synthau_quick.json --out docs/benchmarks_quick.md
 bench-quick:
 	$(PY) scripts/bench_pretrain.py --seeds 0 --ckpt-dir runs/bench-quick/pretrain $(QUICK_OUT) \
-		--variants "the default recipe (conf/pretrain/synthau.yaml)"
+		--variants "random init (no pretraining)" "the default recipe (conf/pretrain/synthau.yaml)"
 	$(PY) scripts/bench_finetune.py --seeds 0 --fractions 0.1 --steps 600 $(QUICK_OUT) \
 		--stage1 "runs/bench-quick/pretrain/default-seed{seed}/last.ckpt" \
 		--log-dir runs/bench-quick/finetune --conditions \

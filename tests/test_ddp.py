@@ -140,8 +140,9 @@ def test_two_process_pretrain_writes_one_loadable_checkpoint(tmp_path):
     # both ranks served the same number of batches; rank 0 saved that count for an exact resume
     assert checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
         {"epoch": 0, "consumed": 2}]
-    # the geometry map's least-squares sums hold both ranks' faces: 2 steps x 2 ranks x 4
-    assert checkpoint["state_dict"]["objective.geometry_fit.count"].item() == 16
+    # the geometry map's least-squares sums hold both ranks' faces: 2 steps x 2 ranks x 4 faces
+    # x 2 views
+    assert checkpoint["state_dict"]["objective.geometry_fit.count"].item() == 32
     config = checkpoint["aukit"]["encoder"]  # conf/pretrain/synthau.yaml's, at the test's size
     assert config["image_size"] == 64 and config["roi_size"] == 4 and config["geometry"]
     encoder = AUEncoder((1, 2, 4), **encoder_config(config))
