@@ -89,8 +89,8 @@ def _best_and_last(folder: Path) -> dict[str, Path]:
     """The last checkpoint, and the best-on-validation one recorded in its callback state."""
     last = folder / "last.ckpt"
     if not last.is_file():
-        raise FileNotFoundError(f"no {last}: the config's ModelCheckpoint must monitor "
-                                "val/f1_mean and set save_last: true")
+        raise FileNotFoundError(f"no {last}: the config needs a ModelCheckpoint that monitors "
+                                "val/f1_mean and aukit.checkpointing.LastCheckpoint")
     state = torch.load(last, map_location="cpu", weights_only=False)
     best = next((v.get("best_model_path") for k, v in state.get("callbacks", {}).items()
                  if k.startswith("ModelCheckpoint")), None)

@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from aukit.checkpoint import META_KEY
+from aukit.checkpointing import last_checkpoint_path
 from aukit.configs import config_flags, finetune_configs
 from aukit.data.datamodules import AUDataModule, SynthAUDataModule
 from aukit.optim import parameter_groups
@@ -315,7 +316,7 @@ def test_a_finetune_checkpoint_loads_without_its_stage1_file(tmp_path, capsys, c
             "--data.aus", "[AU1,AU12]"]
     cli = run_finetune(tmp_path / "fit", *tiny, "--test_after_fit", "false",
                        "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1")
-    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    ckpt = last_checkpoint_path(cli.trainer)
     trained = cli.model.eval()
     stage1_path.unlink()
     stage1_path.parent.rmdir()
@@ -351,5 +352,5 @@ def test_a_finetune_checkpoint_loads_without_its_stage1_file(tmp_path, capsys, c
     assert resumed.trainer.global_step == 3
     assert f"resumed from {ckpt} (stage-1 initialisation: {stage1_path})" in (
         capsys.readouterr().out + caplog.text)
-    resaved = torch.load(resumed.trainer.checkpoint_callback.last_model_path, weights_only=False)
+    resaved = torch.load(last_checkpoint_path(resumed.trainer), weights_only=False)
     assert resaved[META_KEY]["pretrained"] == str(stage1_path)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from aukit.checkpointing import last_checkpoint_path
 from aukit.data.transforms import FaceTransform, normalize_images
 from aukit.models.backbone import SwinBackbone
 from aukit.performance import Performance
@@ -74,7 +75,7 @@ def test_the_cli_applies_the_performance_switches(tmp_path, caplog):
     backbone = cli.model.model.encoder.backbone
     assert backbone.compiled and backbone._channels_last
     assert "performance: channels_last=True, compile=True" in caplog.text
-    checkpoint = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=False)
+    checkpoint = torch.load(last_checkpoint_path(cli.trainer), weights_only=False)
     assert not any("_orig_mod" in key for key in checkpoint["state_dict"])
-    fresh = HiVAFinetuner.load_from_checkpoint(cli.trainer.checkpoint_callback.last_model_path)
+    fresh = HiVAFinetuner.load_from_checkpoint(last_checkpoint_path(cli.trainer))
     assert not fresh.model.encoder.backbone.compiled  # loads into a plain model

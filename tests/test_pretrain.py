@@ -50,9 +50,8 @@ class KillAtStep(L.Callback):
 
 
 def checkpoint_callback_args(tmp_path: Path, every: int = 2) -> list[str]:
-    return ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+    return ["--trainer.callbacks+=aukit.checkpointing.LastCheckpoint",
             f"--trainer.callbacks.dirpath={tmp_path / 'ckpt'}",
-            "--trainer.callbacks.save_last=true", "--trainer.callbacks.save_top_k=-1",
             f"--trainer.callbacks.every_n_train_steps={every}"]
 
 

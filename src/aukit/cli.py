@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from aukit.checkpoint import STAGE_HINT, read_checkpoint
+from aukit.checkpointing import LastCheckpoint, last_checkpoint_path
 from aukit.configs import resolve_config
 from aukit.performance import Performance
 
@@ -152,6 +153,21 @@ def check_trainer(accelerator: str, devices: int | str | list | None,
                          "16-mixed")
 
 
+def newest_last_checkpoint(trainer: dict) -> str:
+    """The newest ``last.ckpt`` of the runs the trainer's logger writes (``<save_dir>/<name>/
+    version_*/checkpoints/``); a ``UserError`` naming the folder when there is none."""
+    logger = trainer.get("logger")
+    settings = getattr(logger, "init_args", None) or (logger.get("init_args", {})
+                                                       if isinstance(logger, dict) else {})
+    save_dir = settings.get("save_dir") or trainer.get("default_root_dir") or "."
+    runs = Path(save_dir) / (settings.get("name") or "lightning_logs")
+    found = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError(f"--ckpt_path last: no last.ckpt under {runs}/version_*/checkpoints/; "
+                        "give the checkpoint's path instead (--ckpt_path <path>/last.ckpt)")
+    return str(found[-1])
+
+
 def check_ckpt_path(path: str, stage: str) -> None:
     """Refuse a ``--ckpt_path`` file that is not a checkpoint of ``stage``, saying what it is and
     how to use it. Runs before LightningCLI parses the checkpoint's hyperparameters into the
@@ -226,7 +242,12 @@ class AUCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         stage = getattr(self.model_class, "stage", "")
-        # "last" / "best" / "hpc" are Lightning's names, resolved by the trainer
+        if path == "last" and subcommand == "fit":
+            # Lightning looks only in this run's new version folder, where nothing is yet
+            path = newest_last_checkpoint(self.config[subcommand].get("trainer", {}))
+            self.config[subcommand]["ckpt_path"] = path
+            print(f"--ckpt_path last: resuming from {path}", file=sys.stderr)
+        # "best" / "hpc" are Lightning's names, resolved by the trainer
         if path and stage and Path(path).is_file():
             check_ckpt_path(str(path), stage)
 
@@ -240,9 +261,9 @@ class AUCLI(LightningCLI):
         trainer = self.trainer
         if not trainer.is_global_zero:
             return
-        callback = trainer.checkpoint_callback
-        best = getattr(callback, "best_model_path", "") or "-"
-        last = getattr(callback, "last_model_path", "") or "-"
+        best = next((c.best_model_path for c in trainer.checkpoint_callbacks
+                     if not isinstance(c, LastCheckpoint) and c.best_model_path), "-")
+        last = last_checkpoint_path(trainer) or "-"
         # fast_dev_run swaps the logger for one without a folder
         logs = (trainer.logger.log_dir if trainer.logger is not None else None) or "-"
         print(f"\nfinished: last checkpoint {last} | best {best} | TensorBoard logs {logs}"
