@@ -60,7 +60,7 @@ bench-finetune:
 results-table:
 	$(PY) scripts/results_table.py
 
-# one seed in about half an hour on 2 cores: the stage-1 probe (random init, the default recipe),
+# one seed in about 20 minutes on 2 cores: the stage-1 probe (random init, the default recipe),
 # then (a2), (b) and (c) at 10% labels, on detected landmarks; how its ordering agrees with the full table: docs/benchmarks.md
 QUICK_OUT := --json docs/results/synthau_quick.json --out docs/benchmarks_quick.md
 bench-quick:

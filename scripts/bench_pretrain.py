@@ -56,14 +56,16 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                                                           "--data.faces_per_subject", "0"]),
     "region + relation, one-image positives": ("both-augment", [*CONTRASTIVE,
                                                                 "--data.positives", "augment"]),
-    "masked pixels only": ("masked", ["--model.geometry", "false", "--model.geometry_weight",
-                                      "0", "--data.faces_per_subject", "4"]),
+    "masked pixels only": ("masked", [
+        "--model.region_weight", "0", "--model.relation_weight", "0", "--model.geometry",
+        "false", "--model.geometry_weight", "0", "--data.views", "1", "--data.positives",
+        "augment", "--data.faces_per_subject", "4"]),
     "region + relation + masked pixels": ("both-masked", [*CONTRASTIVE,
                                                           "--model.masked_weight", "1"]),
     "masked pixels + expression geometry": ("masked-geometry", [
         "--model.region_weight", "0", "--model.relation_weight", "0", "--model.masked_weight",
         "1", "--model.geometry", "true", "--model.geometry_weight", "1", "--data.views", "1",
-        "--data.faces_per_subject", "8"]),
+        "--data.positives", "augment", "--data.faces_per_subject", "8"]),
     # conf/pretrain/synthau.yaml as it is, and without each of the seed method's two losses
     DEFAULT: ("default", []),
     DEFAULT + ", without the relation loss": ("default-no-relation",
