@@ -102,9 +102,12 @@ class HiVAFinetuner(StageModule):
                        dropout=dropout, roi_size=roi_size, roi_extent=roi_extent,
                        geometry=geometry)
         if pretrained:  # refuse a stage-1 checkpoint that does not fit, before anything trains
-            stage1 = stage1_meta(pretrained, encoder, self.au_numbers)["encoder"]
-            for key in ("backbone", "conv_stem", "geometry"):  # null adopts the checkpoint's
-                encoder[key] = stage1[key]
+            region = pretrained_parts == "backbone+region"
+            stage1 = stage1_meta(pretrained, encoder, self.au_numbers, region)["encoder"]
+            # null adopts the checkpoint's (its geometry only where its region encoder loads)
+            for key in ("backbone", "conv_stem", "geometry")[:3 if region else 2]:
+                if encoder[key] is None:
+                    encoder[key] = stage1[key]
         encoder["backbone"] = encoder["backbone"] or "swin_test"
         encoder["geometry"] = bool(encoder["geometry"])
         text = {"text_dim": text_encoder_dim(text_encoder)} if use_text else {}

@@ -62,3 +62,6 @@ def test_differing_settings_names_every_key_but_training_only_ones():
     assert differing_settings(stage1, dict(stage1, num_heads=4, region_depth=3)) == \
         ["num_heads", "region_depth"]
     assert differing_settings(stage1, dict(stage1, backbone=None, geometry=None)) == []
+    # the backbone alone is compared on the backbone's settings only
+    assert differing_settings(stage1, dict(stage1, num_heads=8, geometry=True), region=False) == []
+    assert differing_settings(stage1, dict(stage1, image_size=96), region=False) == ["image_size"]

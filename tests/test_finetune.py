@@ -138,6 +138,12 @@ def test_a_stage1_encoder_with_other_settings_is_refused_naming_each_flag(tmp_pa
     with pytest.raises(ValueError, match="image_size=64.*--data.image_size 64"):
         HiVAFinetuner(**{**kwargs, "image_size": 96})
     HiVAFinetuner(dropout=0.3, **kwargs)  # a training setting: not compared
+    # the backbone alone: only its settings count, the region encoder is this model's own
+    module = HiVAFinetuner(num_heads=2, region_depth=2, pretrained_parts="backbone",
+                           geometry=True, **kwargs)
+    assert module.model_config["encoder"]["geometry"] is True
+    with pytest.raises(ValueError, match="--data.image_size 64"):
+        HiVAFinetuner(**{**kwargs, "image_size": 96}, pretrained_parts="backbone")
 
 
 def test_stage1_weights_arrive_when_training_starts_and_never_over_a_resumed_run(tmp_path):

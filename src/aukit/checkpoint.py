@@ -49,18 +49,20 @@ def read_checkpoint(path: str | Path, stage: str, mmap: bool = False) -> dict[st
     return checkpoint
 
 
-def stage1_meta(path: str | Path, wanted: dict[str, Any], aus: tuple[int, ...]) -> dict[str, Any]:
+def stage1_meta(path: str | Path, wanted: dict[str, Any], aus: tuple[int, ...],
+                region: bool = True) -> dict[str, Any]:
     """The metadata of the stage-1 checkpoint at ``path``, its ``AUEncoder`` config
     (``"encoder"``) checked against a stage-2 encoder's settings ``wanted``
     (``differing_settings``: None adopts the checkpoint's) and AUs; refuses, naming each
-    differing setting and its flag, one that does not fit. Maps the file without reading its
+    differing setting and its flag, one that does not fit; without ``region`` (the backbone
+    alone is handed over) only the backbone's settings count. Maps the file without reading its
     weights."""
     meta = read_checkpoint(path, "pretrain", mmap=True)[META_KEY]
     encoder = meta.get("encoder")
     if encoder is None:
         raise ValueError(f"stage-1 checkpoint {path} stores no encoder config: it was written by "
                          "an older aukit; pretrain again with this version")
-    differ = differing_settings(encoder, wanted)
+    differ = differing_settings(encoder, wanted, region)
     if differ:
         found = ", ".join(f"{k}={encoder.get(k)!r}" for k in differ)
         asked = ", ".join(f"{k}={wanted.get(k)!r}" for k in differ)
@@ -81,7 +83,7 @@ def load_stage1_encoder(path: str | Path, encoder: AUEncoder, region: bool = Tru
     ``stage1_meta``): its backbone and, with ``region``, its AU region encoder, whose
     per-AU parameters (queries, geometry embeddings) are selected and reordered to match
     ``encoder.aus``. Normalisation statistics are copied as they are."""
-    stage1_meta(path, encoder.config, encoder.aus)
+    stage1_meta(path, encoder.config, encoder.aus, region)
     checkpoint = read_checkpoint(path, "pretrain")
     state = checkpoint["state_dict"]
     encoder.backbone.load_state_dict(_strip(state, "encoder.backbone."))

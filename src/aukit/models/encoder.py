@@ -21,6 +21,8 @@ from aukit.models.region import AURegionEncoder, ExpressionGeometry, face_landma
 # settings that change how a trained encoder computes, not only how it trains or where its
 # first weights came from: a stage-1 encoder loads only where these agree
 TRAINING_ONLY = ("dropout", "pretrained_backbone")
+# the settings the backbone alone is built from (a hand-over of the backbone compares these)
+BACKBONE_SETTINGS = ("backbone", "image_size", "feature_stage", "conv_stem")
 
 
 class AUEncoder(nn.Module):
@@ -124,9 +126,13 @@ def encoder_config(settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return {k: settings.get(k, parameters[k].default) for k in keys}
 
 
-def differing_settings(stage1: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+def differing_settings(stage1: dict[str, Any], wanted: dict[str, Any],
+                       region: bool = True) -> list[str]:
     """The encoder settings (``AUEncoder.config`` keys) where ``wanted`` differs from a stage-1
     encoder's ``stage1``: all but ``TRAINING_ONLY`` and the AU list (stage 2 selects its AUs'
-    rows); a ``wanted`` value of None adopts the stage-1 one."""
+    rows), or without ``region`` only ``BACKBONE_SETTINGS`` (the backbone alone is handed
+    over); a ``wanted`` value of None adopts the stage-1 one."""
     keys = sorted((set(stage1) | set(wanted)) - set(TRAINING_ONLY) - {"au_numbers"})
+    if not region:
+        keys = [k for k in keys if k in BACKBONE_SETTINGS]
     return [k for k in keys if wanted.get(k) is not None and stage1.get(k) != wanted.get(k)]
