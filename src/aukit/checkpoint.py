@@ -58,6 +58,12 @@ def stage1_meta(path: str | Path, wanted: dict[str, Any], aus: tuple[int, ...],
     alone is handed over) only the backbone's settings count. Maps the file without reading its
     weights."""
     meta = read_checkpoint(path, "pretrain", mmap=True)[META_KEY]
+    _check_stage1_encoder(meta, path, wanted, aus, region)
+    return meta
+
+
+def _check_stage1_encoder(meta: dict[str, Any], path: str | Path, wanted: dict[str, Any],
+                          aus: tuple[int, ...], region: bool) -> None:
     encoder = meta.get("encoder")
     if encoder is None:
         raise ValueError(f"stage-1 checkpoint {path} stores no encoder config: it was written by "
@@ -75,7 +81,6 @@ def stage1_meta(path: str | Path, wanted: dict[str, Any], aus: tuple[int, ...],
                          f"{[f'AU{a}' for a in missing]} (it was pretrained on "
                          f"{[f'AU{a}' for a in encoder['au_numbers']]}); pretrain with "
                          "--model.aus all")
-    return meta
 
 
 def load_stage1_encoder(path: str | Path, encoder: AUEncoder, region: bool = True) -> None:
@@ -83,8 +88,8 @@ def load_stage1_encoder(path: str | Path, encoder: AUEncoder, region: bool = Tru
     ``stage1_meta``): its backbone and, with ``region``, its AU region encoder, whose
     per-AU parameters (queries, geometry embeddings) are selected and reordered to match
     ``encoder.aus``. Normalisation statistics are copied as they are."""
-    stage1_meta(path, encoder.config, encoder.aus, region)
     checkpoint = read_checkpoint(path, "pretrain")
+    _check_stage1_encoder(checkpoint[META_KEY], path, encoder.config, encoder.aus, region)
     state = checkpoint["state_dict"]
     encoder.backbone.load_state_dict(_strip(state, "encoder.backbone."))
     if region and encoder.region is not None:

@@ -33,9 +33,6 @@ class LastCheckpoint(ModelCheckpoint):
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Nothing: the state is saved by steps and epochs, not by validation."""
-
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._should_skip_saving_checkpoint(trainer):  # steps since the last save
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -342,7 +342,7 @@ class SynthAUDataModule(AUDataModule):
                                     "test": synthau_eval_samples_per_subject}
         self.cache_dir = synthau_cache_dir(synthau_cache)
         self.landmarks = resolve_synthau_landmarks(landmarks)
-        self.landmark_cache = synthau_cache_dir(synthau_cache or "auto")
+        self.landmark_cache = landmark_cache_dir(synthau_cache)
 
     def _read_splits(self) -> dict[str, Split]:
         if self.fold is not None:
@@ -529,6 +529,13 @@ def synthau_cache_dir(cache: str | None) -> str | None:
     return str((Path(root).expanduser() if root else Path.home() / ".cache" / "aukit") / "synthau")
 
 
+def landmark_cache_dir(cache: str | None) -> str:
+    """Where SynthAU's detected landmarks are kept: ``synthau_cache_dir(cache)``, or the shared
+    folder when rendered faces are not kept (they are a few hundred bytes a face, and detection
+    is the slow part)."""
+    return synthau_cache_dir(cache or "auto")  # type: ignore[return-value]
+
+
 POSITIVES = ("augment", "clip")
 
 
@@ -630,8 +637,7 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
                                          cache_dir=self.synthau_cache,
                                          clip_views=self.positives == "clip",
                                          landmarks=self.landmarks,
-                                         landmark_cache=synthau_cache_dir(
-                                             self.synthau_cache or "auto"))
+                                         landmark_cache=landmark_cache_dir(self.synthau_cache))
             rank_zero_info(f"pretraining pool: SynthAU {self.synthau_subjects} subjects x "
                            f"{self.samples_per_subject} faces, rendered faces kept in "
                            f"{self.synthau_cache or '(nowhere: synthau_cache is null)'}, "

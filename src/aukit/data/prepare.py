@@ -62,6 +62,7 @@ from aukit.landmarks import (
     TEMPLATE,
     Landmarker,
     detect_faces,
+    find_landmarks,
     five_points,
     resolve_source,
 )
@@ -269,10 +270,10 @@ def write_landmarks_sidecar(root: str | os.PathLike, device: str = "cpu",
     with tqdm(total=len(images), unit="image", desc="landmarks", file=sys.stderr,
               disable=not progress) as bar:
         for start in range(0, len(images), _BATCH):
-            chunk = [(path, read_rgb(path, f"found under {root}"))
-                     for path in images[start:start + _BATCH]]
-            for (path, image), face in zip(chunk, detect_faces(chunk, device), strict=True):
-                points = None if face is None else landmarker(image, face[0], face[2])
+            paths = images[start:start + _BATCH]
+            chunk = [read_rgb(path, f"found under {root}") for path in paths]
+            for path, points in zip(paths, find_landmarks(chunk, landmarker, device),
+                                    strict=True):
                 if points is not None:
                     found[path.relative_to(root).as_posix()] = np.round(points, 2).tolist()
             bar.update(len(chunk))

@@ -18,8 +18,8 @@ from aukit.au import au_numbers as parse_aus
 from aukit.models.backbone import SwinBackbone
 from aukit.models.region import AURegionEncoder, ExpressionGeometry, face_landmarks, landmark_maps
 
-# settings that change how a trained encoder computes, not only how it trains or where its
-# first weights came from: a stage-1 encoder loads only where these agree
+# settings that change only how an encoder trains or where its first weights come from, not how
+# a trained one computes: a stage-1 encoder loads whatever these are (the others must agree)
 TRAINING_ONLY = ("dropout", "pretrained_backbone")
 # the settings the backbone alone is built from (a hand-over of the backbone compares these)
 BACKBONE_SETTINGS = ("backbone", "image_size", "feature_stage", "conv_stem")
