@@ -37,7 +37,7 @@ class RegionRelationPretrainer(StageModule):
                  relation: str = "fgw", fgw_alpha: float = 0.5, gw_iters: int = 5,
                  ot_temperature: float = 0.1, ot_epsilon: float = 0.05, ot_iters: int = 30,
                  identity_prior: float = 0.5, ot_solver: str = "torch",
-                 lr: float = 1e-3,
+                 negatives: str = "batch", lr: float = 1e-3,
                  weight_decay: float = 0.05, warmup_epochs: float = 1.0):
         super().__init__()
         self.save_hyperparameters()

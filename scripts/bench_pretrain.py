@@ -71,6 +71,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     DEFAULT + ", without the relation loss": ("default-no-relation",
                                              ["--model.relation_weight", "0"]),
     DEFAULT + ", without the region loss": ("default-no-region", ["--model.region_weight", "0"]),
+    DEFAULT + ", same-person negatives": ("default-person", ["--model.negatives", "person"]),
 }
 
 

@@ -144,6 +144,22 @@ def test_all_losses_off_is_refused():
         RegionRelationPretrainer(region_weight=0, relation_weight=0)
 
 
+
+def test_person_negatives_train_and_need_person_ids():
+    batch = {"image": torch.randn(4, 2, 3, 64, 64),
+             "landmarks": torch.from_numpy(np.tile(_template(64), (4, 2, 1, 1))),
+             "subject": ["S1", "S2", "S1", "S2"]}
+    module = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, proj_dim=16,
+                                      ot_iters=10, negatives="person")
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in module.encoder.backbone.parameters())
+    with pytest.raises(ValueError, match="--model.negatives batch"):
+        module.training_step({k: v for k, v in batch.items() if k != "subject"}, 0)
+    with pytest.raises(ValueError, match="--model.negatives"):
+        RegionRelationPretrainer(negatives="people")
+
 def test_single_view_batches_are_refused():
     module = RegionRelationPretrainer(image_size=64, embed_dim=32)
     batch = {"image": torch.randn(2, 3, 64, 64), "landmarks": torch.zeros(2, 68, 2)}

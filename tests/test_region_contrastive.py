@@ -60,3 +60,19 @@ def test_bad_input_is_explained():
 def test_gather_is_identity_without_process_group():
     x = torch.randn(B, D)
     assert gather_with_grad(x) is x and rank() == 0 and world_size() == 1
+
+
+def test_person_negatives_are_one_loss_per_person():
+    """With ``groups``, each face competes only with its own person's faces: the loss is the
+    mean of the per-person losses (equal-sized groups), whatever the other people look like."""
+    z1, z2 = torch.randn(8, A, D), torch.randn(8, A, D)
+    groups = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    per_person = [region_contrastive_loss(z1[groups == g], z2[groups == g], 0.2) for g in (0, 1)]
+    loss = region_contrastive_loss(z1, z2, 0.2, groups=groups)
+    torch.testing.assert_close(loss, torch.stack(per_person).mean())
+    # embeddings that hold identity alone: the batch loss falls from log 8 to about log 4 (the
+    # other people are told apart), the same-person loss stays at chance, log 4
+    identity = F.one_hot(groups, D).float()[:, None].expand(8, A, D)
+    assert region_contrastive_loss(identity, identity, 0.05) < math.log(8) - 0.6
+    torch.testing.assert_close(region_contrastive_loss(identity, identity, 0.05, groups=groups),
+                               torch.tensor(math.log(4)))

@@ -400,3 +400,17 @@ def test_ddp_two_ranks_equal_single_process(tmp_path):
         for k, grad in enumerate(grads):
             gathered = torch.cat([ranks[r][name][1][k] for r in range(2)])
             torch.testing.assert_close(gathered, 2 * grad, msg=f"{name} gradient {k}")
+
+
+@pytest.mark.parametrize("formulation", ["fgw", "ot"])
+def test_person_negatives_are_one_loss_per_person(formulation):
+    """With ``groups`` each face's negatives are its own person's other faces: the loss is the
+    mean of the per-person losses (equal-sized groups)."""
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(6, 4, 8), torch.randn(6, 4, 8)
+    m1, m2 = torch.randn(6, 4), torch.randn(6, 4)
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    loss = relation_ot_loss(z1, z2, m1, m2, formulation=formulation, groups=groups)
+    per_person = [relation_ot_loss(z1[groups == g], z2[groups == g], m1[groups == g],
+                                   m2[groups == g], formulation=formulation) for g in range(3)]
+    torch.testing.assert_close(loss, torch.stack(per_person).mean(), rtol=1e-4, atol=1e-5)

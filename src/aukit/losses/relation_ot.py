@@ -491,7 +491,7 @@ def relation_ot_loss(z1: Tensor, z2: Tensor, mass1: Tensor | None = None,
                      mass2: Tensor | None = None, temperature: float = 0.1, epsilon: float = 0.05,
                      iters: int = 50, formulation: str = "fgw", alpha: float = 0.5,
                      gw_iters: int = 5, identity_prior: float = 0.5, solver: str = "torch",
-                     gather: bool = True) -> Tensor:
+                     gather: bool = True, groups: Tensor | None = None) -> Tensor:
     """Symmetric InfoNCE over images on logits ``-distance / temperature``.
 
     The distance between a view-1 face and a view-2 face is, by ``formulation``:
@@ -520,7 +520,10 @@ def relation_ot_loss(z1: Tensor, z2: Tensor, mass1: Tensor | None = None,
         formulation: ``"fgw"`` or ``"ot"``.
         alpha, gw_iters: see ``entropic_fgw``.
         identity_prior, solver: see ``pairwise_ot_costs``.
-        gather: all-gather keys across DDP ranks (a no-op without a process group).
+        gather: all-gather keys across DDP ranks (a no-op without a process group); not with
+            ``groups``.
+        groups: ``[B]`` integer person ids, or None; given, each face's negatives are only the
+            same person's other faces (``region_contrastive_loss``).
 
     Returns:
         A scalar loss.
@@ -550,11 +553,11 @@ def relation_ot_loss(z1: Tensor, z2: Tensor, mass1: Tensor | None = None,
     def keys(x: Tensor | None) -> Tensor | None:
         return None if x is None else gather_with_grad(x)
 
-    gathered = gather and world_size() > 1
+    gathered = gather and groups is None and world_size() > 1
     if gathered:
         costs12 = distances(z1, keys(z2), mass1, keys(mass2))  # [B, W * B]
         costs21 = distances(keys(z1), z2, keys(mass1), mass2).T  # [B, W * B]
     else:
         costs12 = distances(z1, z2, mass1, mass2)  # [B, B]
         costs21 = costs12.T
-    return symmetric_info_nce(-costs12 / temperature, -costs21 / temperature, gathered)
+    return symmetric_info_nce(-costs12 / temperature, -costs21 / temperature, gathered, groups)

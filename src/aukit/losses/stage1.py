@@ -24,7 +24,10 @@ from aukit.models.region import SHAPE_SCALE, ExpressionGeometry, Mlp
 SETTINGS = ("proj_dim", "region_weight", "relation_weight", "masked_weight",
             "geometry_weight", "mask_ratio", "mask_block", "temperature",
             "relation", "fgw_alpha", "gw_iters", "ot_temperature", "ot_epsilon", "ot_iters",
-            "identity_prior", "ot_solver")
+            "identity_prior", "ot_solver", "negatives")
+# which faces of a batch are the contrastive losses' negatives: every other face, or only the
+# same person's other faces (identity cannot tell those apart)
+NEGATIVES = ("batch", "person")
 # an encoder: images [B, 3, H, W], landmarks [B, 68, 2] -> tokens [B, N, D], AU features [B, A, E]
 Encoder = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -45,6 +48,9 @@ class Stage1Objective(nn.Module):
     needs person ids, ``groups``; the branch's linear map is not optimised: in training it is
     set to the loss's exact least-squares minimiser over every batch so far,
     ``LeastSquaresFit``). A loss with weight 0 is off, so ablations are config changes.
+    ``negatives``: the contrastive losses' negatives, every other face of the batch
+    (``"batch"``) or only the same person's other faces (``"person"``: needs ``groups``, and
+    batches of several faces per person), so that identity earns nothing.
 
     ``num_aus``, ``token_dim``, ``embed_dim``: the encoder's AU count, token and AU feature
     sizes; ``grid``: its token grid at ``image_size`` pixels.
@@ -56,8 +62,13 @@ class Stage1Objective(nn.Module):
                  geometry_weight: float = 0.0, mask_ratio: float = 0.5, mask_block: int = 16,
                  temperature: float = 0.1, relation: str = "fgw", fgw_alpha: float = 0.5,
                  gw_iters: int = 5, ot_temperature: float = 0.1, ot_epsilon: float = 0.05,
-                 ot_iters: int = 30, identity_prior: float = 0.5, ot_solver: str = "torch"):
+                 ot_iters: int = 30, identity_prior: float = 0.5, ot_solver: str = "torch",
+                 negatives: str = "batch"):
         super().__init__()
+        if negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES} (--model.negatives), got "
+                             f"{negatives!r}")
+        self.negatives = negatives
         self.weights = {"region": region_weight, "relation": relation_weight,
                         "masked": masked_weight, "geometry": geometry_weight}
         if max(w for k, w in self.weights.items() if k != "geometry") <= 0:
@@ -146,6 +157,14 @@ class Stage1Objective(nn.Module):
                              "id: use a data source with subject ids (SynthAU, a folder with one "
                              "sub-folder per subject or a subjects.csv, a manifest), or switch "
                              "it off with --model.geometry_weight 0")
+        person_ids = None
+        if self.negatives == "person" and self.contrastive:
+            if groups is None:
+                raise ValueError("same-person negatives (--model.negatives person) need each "
+                                 "face's person id: use a data source with subject ids, or "
+                                 "--model.negatives batch")
+            index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+            person_ids = torch.tensor([index[g] for g in groups], device=images.device)
         b, v = images.shape[:2]
         masked = self.weights["masked"] > 0
         if masked:
@@ -157,13 +176,13 @@ class Stage1Objective(nn.Module):
         losses = {}
         if self.weights["region"] > 0:
             losses["region"] = region_contrastive_loss(out["z"][:, 0], out["z"][:, 1],
-                                                       self.temperature)
+                                                       self.temperature, groups=person_ids)
         if self.weights["relation"] > 0:
             mass = out.get("mass")
             losses["relation"] = relation_ot_loss(
                 out["z"][:, 0], out["z"][:, 1], *((mass[:, 0], mass[:, 1]) if mass is not None
                                                   else (None, None)),
-                **self.relation_args)
+                **self.relation_args, groups=person_ids)
         if masked:
             losses["masked"] = masked_pixel_loss(out["pixels"][:, 0], clean, mask,
                                                  self.pixel_stride)
