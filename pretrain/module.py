@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from aukit.au import au_numbers
+from aukit.cli import UserError
 from aukit.losses.stage1 import SETTINGS, Stage1Objective
 from aukit.models.encoder import AUEncoder
 from aukit.optim import parameter_groups
@@ -55,6 +56,17 @@ class RegionRelationPretrainer(StageModule):
                 if not name.startswith("geometry."):  # as built
                     param.requires_grad_(False)
         self.objective.take_geometry_map(self.encoder.geometry)
+
+    def setup(self, stage: str) -> None:
+        """Refuses, before any step, a pool whose faces carry no person id where a loss on
+        needs them (``person_ids_problem`` of the data module says why they do not)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        needs = self.objective.person_id_losses
+        if needs and hasattr(datamodule, "person_ids_problem"):
+            problem = datamodule.person_ids_problem()
+            if problem:
+                raise UserError(f"{' and '.join(needs)} need{'s' * (len(needs) == 1)} each "
+                                f"face's person id, but {problem}")
 
     def encode(self, images: Tensor, landmarks: Tensor) -> Tensor:
         """images [B, 3, H, W], landmarks [B, 68, 2] -> AU region features [B, A, E]."""

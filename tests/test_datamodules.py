@@ -336,7 +336,7 @@ def test_image_folder_groups(tmp_path):
         write_image(flat / name)
     dataset = ImageFolderDataset(flat, eval_transform(S))
     with pytest.raises(ValueError, match=r"2 images lie directly in .*flat .*'a.png'.*subjects.csv"
-                                         r".*one sub-folder per subject.*faces_per_subject 0"):
+                                         r".*sub-folder of their own"):
         dataset.groups()
     (flat / "subjects.csv").write_text("image,subject\na.png,S1\nsub/c.png,S2\n")
     with pytest.raises(ValueError, match=r"lists no subject for 1 of 3 images, e.g. \['b.png'\]"):
@@ -435,6 +435,29 @@ def test_image_folder_clip_views_without_videos_pair_each_image_with_itself(tmp_
     def first_pixel(image, landmarks):
         return {"image": torch.tensor(float(image[0, 0, 0])), "landmarks": torch.tensor(0.0)}
 
-    with pytest.warns(UserWarning, match="clip positives need videos or subjects"):
-        dataset = ImageFolderDataset(tmp_path, first_pixel, views=2, clip_window=1)
+    dataset = ImageFolderDataset(tmp_path, first_pixel, views=2, clip_window=1)
     assert [dataset[i]["image"].tolist() for i in range(3)] == [[10, 10], [20, 20], [30, 30]]
+    assert "subjects.csv" in dataset.person_ids_problem and "subject" not in dataset[0]
+    pool = UnlabeledFaceDataModule(str(tmp_path), image_size=32, batch_size=2,
+                                   faces_per_subject=0, positives="clip", landmarks="template")
+    with pytest.warns(UserWarning, match="clip positives need videos or subjects"):
+        pool.train_dataloader()
+
+
+def test_image_folder_items_carry_their_person_from_sub_folders_or_subjects_csv(tmp_path):
+    def nothing(image, landmarks):
+        return {"image": torch.tensor(0.0), "landmarks": torch.tensor(0.0)}
+
+    for person in ("ann", "bob"):
+        (tmp_path / "sub" / person).mkdir(parents=True)
+        (tmp_path / "csv").mkdir(exist_ok=True)
+        for i in range(2):
+            image = np.full((40, 40, 3), 50, np.uint8)
+            cv2.imwrite(str(tmp_path / "sub" / person / f"{i}.png"), image)
+            cv2.imwrite(str(tmp_path / "csv" / f"{person}{i}.png"), image)
+    (tmp_path / "csv" / "subjects.csv").write_text(
+        "image,subject\n" + "".join(f"{p}{i}.png,{p}\n" for p in ("ann", "bob") for i in (0, 1)))
+    for folder in ("sub", "csv"):
+        dataset = ImageFolderDataset(tmp_path / folder, nothing, views=1)
+        assert [dataset[i]["subject"] for i in range(4)] == ["ann", "ann", "bob", "bob"]
+        assert dataset.person_ids_problem is None

@@ -195,6 +195,36 @@ def test_tiny_images_are_not_faces(tmp_path):
                      "--data.faces_per_subject", "0")
 
 
+
+def write_face_folder(root: Path, layout: str) -> Path:
+    """4 people x 4 noise 'faces' at 64 px: ``sub`` one sub-folder per person, ``csv`` flat
+    with a subjects.csv, ``flat`` flat without person ids."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    rows = ["image,subject"]
+    for person in range(4):
+        for i in range(4):
+            name = f"p{person}/{i}.png" if layout == "sub" else f"p{person}_{i}.png"
+            (root / name).parent.mkdir(exist_ok=True)
+            cv2.imwrite(str(root / name), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+            rows.append(f"{name},p{person}")
+    if layout == "csv":
+        (root / "subjects.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("layout", ["sub", "csv"])
+def test_the_default_recipe_pretrains_on_a_folder_with_person_ids(tmp_path, layout):
+    """conf/pretrain/synthau.yaml as ``make pretrain DATA=folder`` runs it (geometry loss and
+    person-grouped batches on), on a folder of sub-folders per person or with a subjects.csv."""
+    folder = write_face_folder(tmp_path / "faces", layout)
+    cli = run_pretrain(tmp_path, "--data.source", str(folder), "--data.landmarks", "template",
+                       "--trainer.callbacks", "[]", "--trainer.max_steps", "2",
+                       "--data.batch_size", "8", "--data.faces_per_subject", "4")
+    assert cli.trainer.global_step == 2
+    assert cli.model.objective.weights["geometry"] > 0
+    assert cli.model.objective.geometry_fit.count == 2 * 8 * 2  # 2 steps x 8 faces x 2 views
+
 class PoisonWeights(L.Callback):
     """Simulates divergence: sets one backbone weight to NaN before training step ``step``."""
 

@@ -178,6 +178,23 @@ def test_an_empty_pretraining_folder_ends_in_one_message(tmp_path):
     assert f"no images found under {tmp_path / 'faces'}" in text
 
 
+
+@pytest.mark.slow
+def test_a_pretraining_folder_without_person_ids_ends_in_one_message_naming_both_fixes(tmp_path):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for i in range(8):
+        cv2.imwrite(str(faces / f"{i}.png"), np.full((64, 64, 3), 20 * i, np.uint8))
+    text = message(*run(tmp_path, "aukit-pretrain", "fit", "-c", "trainer/cpu.yaml", "-c",
+                        "pretrain/synthau.yaml", "--trainer.logger", "false",
+                        "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks", "[]",
+                        "--data.image_size", "64", "--data.batch_size", "8",
+                        "--data.landmarks", "template", "--data.source", str(faces)),
+                   "aukit-pretrain")
+    assert "the geometry loss (off: --model.geometry_weight 0) needs each face's person id" in text
+    assert "subjects.csv" in text and "sub-folder of their own" in text
+    assert "clip positives" not in text  # the warning comes only when training starts
+
 # ------------------------------------------------------------------ predict and export
 def test_predict_and_export_print_one_message_or_the_traceback_when_debugging(
         tmp_path, capsys, monkeypatch):

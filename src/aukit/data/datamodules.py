@@ -7,6 +7,7 @@ configs can set them. Every split is subject-exclusive.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -656,6 +657,10 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
         faces of one subject each."""
         self.setup()
         assert self._train is not None
+        problem = self.person_ids_problem()
+        if problem and self.positives == "clip":
+            warnings.warn(f"clip positives need videos or subjects: {problem}; each image's "
+                          "views come from that image alone", stacklevel=2)
         replicas = _replicas(self)
         sampler = self._grouped_sampler(replicas) if self.faces_per_subject else None
         # contrastive losses want full batches of negatives; a ragged last batch is dropped
@@ -671,6 +676,11 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
             raise ValueError(f"subject-grouped batches of {self.source}: {err}. Change "
                              "--data.batch_size / --data.faces_per_subject, or set "
                              "--data.faces_per_subject 0 for random batches") from err
+
+    def person_ids_problem(self) -> str | None:
+        """Why the pool's faces carry no person id (``subject``), or None when they all do."""
+        self.setup()
+        return getattr(self._train, "person_ids_problem", None)
 
     def probe_datamodule(self) -> AUDataModule:
         """Labelled data for the linear probe (use its ``split_dataloader``: eval transforms)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -188,7 +187,9 @@ class ImageFolderDataset(Dataset):
     image's group (subject or video, see ``groups``) comes from ``root/subjects.csv`` (columns
     ``image,subject``, image paths relative to the root), else from its first-level sub-folder.
     With ``clip_window`` ``w > 0`` the views after the first come from a neighbouring image of
-    the same group, at most ``w`` images away in sorted order (a nearby video frame).
+    the same group, at most ``w`` images away in sorted order (a nearby video frame). Items
+    carry their group as ``subject`` where every image has one (``person_ids_problem`` says
+    why not otherwise), for the losses that compare a person's faces.
     """
 
     def __init__(self, root: str | os.PathLike, transform: Transform, views: int = 2,
@@ -199,17 +200,20 @@ class ImageFolderDataset(Dataset):
         self.transform = transform
         self.views = _check_views(views)
         self.clip_window = clip_window
+        try:
+            self._subjects: list[str] | None = self.groups()
+            self.person_ids_problem: str | None = None
+        except ManifestError:  # a subjects.csv that cannot be read is refused, not ignored
+            raise
+        except ValueError as err:
+            self._subjects, self.person_ids_problem = None, str(err)
         self._neighbours = self._clip_neighbours() if clip_window > 0 else None
 
     def _clip_neighbours(self) -> list[list[int]]:
         """For each image, the indices of the other images of its group within ``clip_window``
         places of it (itself when it is alone)."""
-        try:
-            groups = self.groups()
-        except ValueError as err:  # no videos to take neighbours from: each image pairs itself
-            warnings.warn(f"clip positives need videos or subjects: {err}; each image's views "
-                          "come from that image alone", stacklevel=2)
-            groups = [str(i) for i in range(len(self.images))]
+        # no videos to take neighbours from: each image pairs itself (the data module says so)
+        groups = self._subjects or [str(i) for i in range(len(self.images))]
         members: dict[str, list[int]] = {}
         for i, group in enumerate(groups):
             members.setdefault(group, []).append(i)
@@ -258,9 +262,9 @@ class ImageFolderDataset(Dataset):
         if loose:
             raise ValueError(
                 f"{len(loose)} images lie directly in {self.root} (e.g. {loose[:3]}), so their "
-                f"subject is unknown; subject-grouped batches need {SUBJECTS_SIDECAR} there "
-                "(columns image,subject) or one sub-folder per subject or video; or turn grouping "
-                "off with --data.faces_per_subject 0")
+                f"subject is unknown: put a {SUBJECTS_SIDECAR} there (columns image,subject: "
+                "each image's path relative to the folder and its person) or move each person's "
+                "(or video's) images into a sub-folder of their own")
         return [r.split("/", 1)[0] for r in relative]
 
     def landmarks_for(self, path: Path, height: int, width: int) -> np.ndarray:
@@ -290,7 +294,10 @@ class ImageFolderDataset(Dataset):
             rng = np.random.default_rng(key)
             frames += [self._frame(int(rng.choice(self._neighbours[index])))
                        for _ in range(1, self.views)]
-        return apply_views(self.transform, frames, self.views, key)
+        item = apply_views(self.transform, frames, self.views, key)
+        if self._subjects is not None:
+            item["subject"] = self._subjects[index]
+        return item
 
 
 def folder_images(root: Path) -> list[Path]:

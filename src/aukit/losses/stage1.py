@@ -115,6 +115,14 @@ class Stage1Objective(nn.Module):
             geometry.requires_grad_(False)
 
     @property
+    def person_id_losses(self) -> list[str]:
+        """The losses that are on and compare a person's faces, each with its off switch."""
+        return [name for name, on in [
+            ("the geometry loss (off: --model.geometry_weight 0)", self.weights["geometry"] > 0),
+            ("same-person negatives (off: --model.negatives batch)",
+             self.negatives == "person" and self.contrastive)] if on]
+
+    @property
     def contrastive(self) -> bool:
         """Whether a loss compares two views (else one masked view is enough)."""
         return any(self.weights[k] > 0 for k in ("region", "relation"))
