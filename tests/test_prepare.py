@@ -205,3 +205,41 @@ def test_truncated_video_frames_are_no_frame(tmp_path, codec, cut):
     for i in kept:  # what is kept is the right, whole frame
         error = np.abs(frames[i][..., ::-1].astype(int) - shape_frame(i)).mean()
         assert error < 8, (i, error)
+
+
+def run_main(capsys, *args: str) -> str:
+    """``aukit-prepare`` in process: the one message it prints, checked to end with exit 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_module.main(list(args))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aukit-prepare: error: ") and "Traceback" not in err, err
+    return err
+
+
+def test_bad_trees_and_flags_end_in_one_message(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("AUKIT_DEBUG", raising=False)
+    out = str(tmp_path / "out")
+    for dataset in ("bp4d", "disfa", "folder"):
+        assert f"--data-root {tmp_path / 'nope'} does not exist" in run_main(
+            capsys, "--dataset", dataset, "--data-root", str(tmp_path / "nope"), "--out", out)
+    (tmp_path / "empty").mkdir()
+    assert "no images under" in run_main(capsys, "--dataset", "folder", "--data-root",
+                                         str(tmp_path / "empty"), "--out", out)
+    assert "give the BP4D root" in run_main(capsys, "--dataset", "bp4d", "--data-root",
+                                            str(tmp_path / "empty"), "--out", out)
+    disfa = make_disfa(tmp_path / "disfa")
+    err = run_main(capsys, "--dataset", "bp4d", "--data-root", str(disfa), "--out", out)
+    assert "a DISFA tree" in err and "use --dataset disfa" in err
+    assert "--frames-root" in run_main(capsys, "--dataset", "disfa", "--data-root", str(disfa),
+                                       "--out", out, "--frame-offset", "0")
+
+
+def test_a_folder_without_faces_ends_in_one_message(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("AUKIT_DEBUG", raising=False)
+    monkeypatch.setattr(prepare_module, "detect_faces", lambda frames, device: [None] * len(frames))
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((64, 64, 3), 128, np.uint8))
+    err = run_main(capsys, "--dataset", "folder", "--data-root", str(tmp_path), "--out",
+                   str(tmp_path / "out"), "--workers", "1", "--landmarks", "template")
+    assert "found no face in any of the 3 frames" in err and "no_face.txt" in err

@@ -314,6 +314,7 @@ def prepare(dataset: str, data_root: str | os.PathLike, out: str | os.PathLike,
     if frame_offset is not None and (dataset != "disfa" or frames_root is None):
         raise ValueError(f"--frame-offset {frame_offset} numbers extracted DISFA frames; give it "
                          "with --dataset disfa --frames-root <folder>, or drop it")
+    _check_root(dataset, root)
     raw = None
     if dataset == "folder":
         jobs = folder_jobs(root, out)
@@ -342,6 +343,23 @@ def prepare(dataset: str, data_root: str | os.PathLike, out: str | os.PathLike,
     return _write_outputs(out, jobs, raw, source)
 
 
+# the folder each data set's root holds, to tell a data set given under another's name
+ROOT_MARKERS = {"bp4d": "AUCoding", "disfa": "ActionUnit_Labels"}
+
+
+def _check_root(dataset: str, root: Path) -> None:
+    """Refuses a missing ``--data-root``, or one that holds another data set's tree."""
+    if not root.is_dir():
+        wanted = "image folder" if dataset == "folder" else f"{dataset.upper()} root"
+        raise FileNotFoundError(f"--data-root {root} does not exist or is not a folder; give the "
+                                f"{wanted}")
+    for other, marker in ROOT_MARKERS.items():
+        if other != dataset and dataset in ROOT_MARKERS and (root / marker).is_dir() \
+                and not (root / ROOT_MARKERS[dataset]).is_dir():
+            raise ValueError(f"--data-root {root} holds {marker}/, a {other.upper()} tree, not "
+                             f"{ROOT_MARKERS[dataset]}/ ({dataset.upper()}): use --dataset {other}")
+
+
 def _write_outputs(out: Path, jobs: list[Job], raw: RawDataset | None,
                    source: str) -> dict[str, int]:
     records = {k: v for job in jobs for k, v in read_records(out / "records" / f"{job.name}.csv")
@@ -368,11 +386,13 @@ def _write_outputs(out: Path, jobs: list[Job], raw: RawDataset | None,
               "no_face": sum(records[c]["status"] == NO_FACE for c in missed),
               "no_frame": sum(records[c]["status"] == NO_FRAME for c in missed),
               "template_landmarks": len(templated)}
+    if not aligned:
+        raise ValueError(f"the face detector found no face in any of the {len(sources)} frames "
+                         f"(each is listed in {out / 'no_face.txt'}); check that --data-root "
+                         "holds face images or videos, with faces at least 20 px wide")
     lines = [f"{k}: {v}" for k, v in counts.items()]
     if raw is not None:
         kept = [f for f in raw.frames if records.get(crop_name(f), {}).get("status") == OK]
-        if not kept:
-            raise ValueError(f"no face was aligned in any frame; see {out / 'no_face.txt'}")
         manifest = RawDataset(raw.name, out, raw.aus, [replace(f, image=out / crop_name(f),
                                                                video=None) for f in kept],
                               raw.problems).manifest(out / PREPARED_MANIFEST)
@@ -413,8 +433,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="number of the first extracted DISFA frame (0: ME-GraphAU / JAA-Net "
                              "extraction); default: 0 when a frame 0 exists, else 1")
     args = parser.parse_args(argv)
-    prepare(args.dataset, args.data_root, args.out, args.workers, args.size, args.device,
-            args.frames_root, args.frame_offset, args.landmarks)
+    try:
+        prepare(args.dataset, args.data_root, args.out, args.workers, args.size, args.device,
+                args.frames_root, args.frame_offset, args.landmarks)
+    except Exception as err:
+        from aukit.cli import report_user_error  # Lightning loads only when something failed
+
+        report_user_error(err, parser.prog)
+        raise
 
 
 if __name__ == "__main__":
