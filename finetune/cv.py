@@ -35,7 +35,7 @@ import torch
 from aukit.au import au_keys
 from aukit.configs import config_flags, finetune_configs, resolve_config
 from aukit.data.manifest import read_manifest
-from aukit.data.protocol import FOLDS, PROTOCOL_DATASETS, dataset_parts
+from aukit.data.protocol import FOLDS, PROTOCOL_DATASETS, dataset_parts, fold_split
 from aukit.data.readers import dataset_manifest, manifest_hash
 
 CHECKPOINTS = ("last", "best")
@@ -269,6 +269,8 @@ def cross_validate(args: argparse.Namespace, extra: list[str]) -> None:
     else:
         digest, present = "synthau (rendered)", {s for p in dataset_parts("synthau") for s in p}
     print(subject_coverage(args.dataset, present, args.folds)[1], flush=True)
+    for fold in args.folds:  # every fold's parts, before the first fold trains
+        fold_split(args.dataset, fold, present, val_subjects=0)
     reports = {}
     for fold in args.folds:
         done = out / f"fold{fold}" / "reports.json"

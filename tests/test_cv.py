@@ -132,3 +132,20 @@ def test_a_second_run_into_the_same_folder_is_refused_not_mixed(tmp_path):
     with pytest.raises(FileExistsError, match="--skip-finished"):
         run_fold(1, None, finetune_configs("synthau"), "trainer/cpu.yaml", tmp_path, [])
     assert (stale / "last.ckpt").read_bytes() == b"an earlier run"
+
+
+def test_a_fold_whose_test_part_has_no_data_is_refused_before_any_fold_trains(tmp_path, capsys,
+                                                                              monkeypatch):
+    monkeypatch.delenv("AUKIT_DEBUG", raising=False)
+    root = make_bp4d(tmp_path / "bp4d", subjects=("F001", "F018", "M011", "F003"), frames=2)
+    out = tmp_path / "cv"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dataset", "bp4d", "--data-root", str(root), "--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "bp4d fold 3: the data has no subject of the test part" in err
+    assert "aukit-cv --folds" in err and "Traceback" not in err
+    third = dataset_parts("bp4d")[2]
+    named = err.split("none of ", 1)[1].split(")", 1)[0].split(", ")
+    assert named == list(third)  # the part's subjects, not every missing one
+    assert not (out / "fold1").exists()  # nothing trained

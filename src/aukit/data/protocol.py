@@ -122,9 +122,12 @@ def fold_split(dataset: str, fold: int, subjects: Iterable[str] | None = None,
     test = [s for s in parts[fold - 1] if s in present]
     pool = [s for k, part in enumerate(parts) if k != fold - 1 for s in part if s in present]
     if not test or not pool:
+        which = [parts[fold - 1]] if not test else [p for k, p in enumerate(parts) if k != fold - 1]
+        absent = [s for part in which for s in part]
         raise ValueError(f"{dataset} fold {fold}: the data has no subject of the "
-                         f"{'test part' if not test else 'training parts'} (missing {missing}); "
-                         "check data_root / the manifest's subject column")
+                         f"{'test part' if not test else 'training parts'} (none of "
+                         f"{', '.join(absent)}); check data_root / the manifest's subject "
+                         "column, or leave the fold out (aukit-cv --folds)")
     val = _carve(pool, val_subjects, seed, f"{dataset} fold {fold}")
     train = [s for s in pool if s not in set(val)]
     return FoldSplit(fold, train, val, test, missing, unlisted)
