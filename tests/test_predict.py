@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+import torch
 from test_export import AUS, save_finetune
 from test_prepare import cut_avi
 
@@ -123,3 +124,26 @@ def test_a_truncated_video_s_cut_last_frame_is_unreadable_not_a_copy(ckpt, tmp_p
     cut_avi(video, 1)  # the download stopped in the middle of the last frame
     rows = _rows(predict(video, ckpt, tmp_path / "out", progress=False)["csv"])
     assert [r["status"] for r in rows] == ["ok", "ok", "ok", "unreadable"]
+
+
+def test_an_image_smaller_than_a_face_is_no_face_and_the_others_are_kept(ckpt, tmp_path):
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "b_tiny.png"), np.full((16, 16, 3), 100, np.uint8))
+    rows = _rows(predict(folder, ckpt, tmp_path / "out", progress=False)["csv"])
+    assert [(Path(r["source"]).name, r["status"]) for r in rows] == [
+        ("a.png", "ok"), ("b_tiny.png", "no_face")]
+    rows = _rows(predict(folder / "b_tiny.png", ckpt, tmp_path / "alone", progress=False)["csv"])
+    assert [r["status"] for r in rows] == ["no_face"]
+
+
+def test_a_gpu_the_machine_lacks_ends_in_one_message(ckpt, astronaut, tmp_path, capsys,
+                                                    monkeypatch):
+    monkeypatch.delenv("AUKIT_DEBUG", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--input", str(astronaut), "--ckpt", str(ckpt), "--out", str(tmp_path),
+              "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "needs a CUDA GPU" in err and "Traceback" not in err

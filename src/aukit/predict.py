@@ -43,6 +43,7 @@ from aukit.data.transforms import eval_transform
 from aukit.data.video import video_frames
 from aukit.inference import THRESHOLD, AUPredictor, load_predictor
 from aukit.landmarks import AUTO, SOURCES, Landmarker
+from aukit.utils.device import check_device
 from aukit.visualize import activation_grid
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -151,11 +152,17 @@ class FaceDetector:
             raise ImportError("face detection needs facenet-pytorch: pip install --no-deps "
                               "facenet-pytorch==2.6.0 (make install does this)") from err
         self.mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size)
+        self.min_face_size = min_face_size
 
     def __call__(self, images: list[np.ndarray]) -> list[list[tuple[np.ndarray, float,
                                                                    np.ndarray]]]:
         """RGB images ``[H, W, 3]`` -> per image, ``(box [4], score, points [5, 2])`` per face,
-        left to right."""
+        left to right; an image smaller than the smallest face has none."""
+        small = [min(image.shape[:2]) < self.min_face_size for image in images]
+        if any(small):  # MTCNN fails on an image smaller than its smallest face
+            found = iter(self([im for im, tiny in zip(images, small, strict=True) if not tiny])
+                         if not all(small) else [])
+            return [[] if tiny else next(found) for tiny in small]
         if len({image.shape for image in images}) == 1:
             # same-size frames (a video) go through MTCNN as one batch
             found = zip(*self.mtcnn.detect(np.stack(images), landmarks=True), strict=True)
@@ -327,7 +334,7 @@ def predict(input_path: str | Path, ckpt: str | Path, out: str | Path, device: s
     frames, total, fps = open_input(input_path)  # bad input fails before the model loads
     if video_out is not None and fps is None:
         raise ValueError("--video-out needs a video input; for images use --visualize")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     predictor = load_predictor(ckpt, text_cache_dir)
     run = FramePredictor(predictor, device, batch_size, min_face_size, landmarks)
     out = Path(out)

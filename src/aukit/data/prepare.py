@@ -66,6 +66,7 @@ from aukit.landmarks import (
     five_points,
     resolve_source,
 )
+from aukit.utils.device import check_device
 
 POINTS = ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")  # MTCNN's order
 RECORD_FIELDS = ("crop", "status", "sha256", "box_x1", "box_y1", "box_x2", "box_y2", "score",
@@ -310,6 +311,7 @@ def prepare(dataset: str, data_root: str | os.PathLike, out: str | os.PathLike,
         raise ValueError(f"dataset must be bp4d, disfa or folder, got {dataset!r}")
     if size < 32 or workers < 1:
         raise ValueError(f"need size >= 32 and workers >= 1, got {size} and {workers}")
+    check_device(device)
     root, out = Path(data_root).expanduser().resolve(), Path(out).expanduser().resolve()
     if frame_offset is not None and (dataset != "disfa" or frames_root is None):
         raise ValueError(f"--frame-offset {frame_offset} numbers extracted DISFA frames; give it "
