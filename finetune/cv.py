@@ -95,8 +95,12 @@ def _best_and_last(folder: Path) -> dict[str, Path]:
     best = next((v.get("best_model_path") for k, v in state.get("callbacks", {}).items()
                  if k.startswith("ModelCheckpoint")), None)
     if not best or not Path(best).is_file():
-        raise FileNotFoundError(f"{last} records no best-on-validation checkpoint; is there a "
-                                "validation split (--data.val_subjects > 0)?")
+        raise FileNotFoundError(
+            f"{last} records no best-on-validation checkpoint: validation never ran in its "
+            f"{state.get('global_step', 0)} training steps (it runs every "
+            "--trainer.val_check_interval steps, else at each epoch end); train longer "
+            "(--trainer.max_steps), validate sooner (--trainer.val_check_interval N), and keep "
+            "a validation split (--data.val_subjects > 0)")
     return {"last": last, "best": Path(best)}
 
 

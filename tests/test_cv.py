@@ -149,3 +149,15 @@ def test_a_fold_whose_test_part_has_no_data_is_refused_before_any_fold_trains(tm
     named = err.split("none of ", 1)[1].split(")", 1)[0].split(", ")
     assert named == list(third)  # the part's subjects, not every missing one
     assert not (out / "fold1").exists()  # nothing trained
+
+
+def test_a_run_that_never_validated_says_so_and_how_to_fix_it(tmp_path):
+    import torch
+
+    from finetune.cv import _best_and_last
+
+    torch.save({"global_step": 8, "callbacks": {"ModelCheckpoint{'monitor': 'val/f1_mean'}":
+                                                {"best_model_path": ""}}}, tmp_path / "last.ckpt")
+    with pytest.raises(FileNotFoundError, match=r"validation never ran in its 8 training steps"
+                                                r".*--trainer.val_check_interval N"):
+        _best_and_last(tmp_path)

@@ -271,6 +271,21 @@ def test_the_datamodule_refuses_a_corrupt_image_before_training(faces):
         data.setup("fit")
 
 
+
+def test_the_datamodule_refuses_an_image_too_small_to_be_a_face_before_training(tmp_path):
+    from aukit.data.datamodules import ManifestDataModule
+
+    records = [{"image": f"f{i}.png", "subject": f"S{i // 2}", "AU1": i % 2, "AU12": 1}
+               for i in range(4)]
+    for i in range(4):
+        write_face(tmp_path / f"f{i}.png", size=16 if i == 3 else 64)
+    data = ManifestDataModule(manifest=str(write_csv(tmp_path / "m.csv", records)),
+                              val_subjects=0, image_size=32)
+    with pytest.raises(ValueError, match=r"(?s)1 bad row\(s\) of 4 \(1 tiny image\).*row 4 "
+                                         r"\(line 5\): image .*f3.png is 16x16 px, smaller than "
+                                         r"32 px.*re-crop the face larger or drop the row"):
+        data.setup("fit")
+
 def test_skip_bad_rows_drops_corrupt_images_with_counts(faces, caplog):
     from aukit.data.datamodules import ManifestDataModule
 

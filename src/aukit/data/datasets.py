@@ -22,7 +22,14 @@ from torch.utils.data import Dataset
 
 from aukit.au import ALL_AUS, NUM_LANDMARKS, au_numbers
 from aukit.au_maps import canonical_landmarks
-from aukit.data.manifest import Manifest, ManifestError, load_landmarks
+from aukit.data.manifest import (
+    Manifest,
+    ManifestError,
+    default_image_check_cache,
+    image_problem,
+    load_landmarks,
+    unreadable_images,
+)
 from aukit.data.synthau import SynthAU
 from aukit.data.synthau_landmarks import SynthAULandmarks
 from aukit.landmarks import AUTO
@@ -34,7 +41,6 @@ if TYPE_CHECKING:
 Transform = Callable[[np.ndarray, np.ndarray], dict[str, torch.Tensor]]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-MIN_FACE_SIZE = 32
 LANDMARKS_SIDECAR = "landmarks.json"
 SUBJECTS_SIDECAR = "subjects.csv"
 
@@ -196,6 +202,7 @@ class ImageFolderDataset(Dataset):
                  clip_window: int = 0) -> None:
         self.root = Path(root).expanduser()
         self.images = folder_images(self.root)
+        self._check_images()
         self.sidecar = self._read_sidecar()
         self.transform = transform
         self.views = _check_views(views)
@@ -224,6 +231,17 @@ class ImageFolderDataset(Dataset):
                 near = run[max(0, pos - w):pos] + run[pos + 1:pos + 1 + w]
                 neighbours[i] = near or [i]
         return neighbours
+
+    def _check_images(self) -> None:
+        """Refuses, before anything trains, images that will not decode or are too small to be
+        face crops (headers only, verdicts cached: ``unreadable_images``)."""
+        bad = unreadable_images(self.images, default_image_check_cache())
+        if bad:
+            listed = [image_problem(path, reason, "remove it")[1]
+                      for path, reason in sorted(bad.items())]
+            more = f"\n  ... and {len(listed) - 5} more" if len(listed) > 5 else ""
+            raise ManifestError(f"{len(bad)} of the {len(self.images)} images under {self.root} "
+                                "cannot be used:\n  " + "\n  ".join(listed[:5]) + more)
 
     def _read_sidecar(self) -> dict[str, np.ndarray]:
         path = self.root / LANDMARKS_SIDECAR
@@ -281,11 +299,7 @@ class ImageFolderDataset(Dataset):
         """(image ``[H, W, 3]`` uint8 RGB, landmarks ``[68, 2]``) of image ``index``."""
         path = self.images[index]
         image = read_rgb(path, f"found under {self.root}")
-        height, width = image.shape[:2]
-        if min(height, width) < MIN_FACE_SIZE:
-            raise ValueError(f"image {path} is {width}x{height} px, smaller than {MIN_FACE_SIZE} "
-                             "px: not a face-sized crop; remove it or re-crop the face larger")
-        return image, self.landmarks_for(path, height, width)
+        return image, self.landmarks_for(path, *image.shape[:2])
 
     def __getitem__(self, key: int) -> dict:
         index = key % len(self)

@@ -49,7 +49,10 @@ _AU_COLUMN = re.compile(r"^\s*au\d", re.IGNORECASE)
 _MAX_LISTED = 10
 ENV_CACHE = "AUKIT_CACHE"
 # bump when _decode_problem changes what it accepts, so cached verdicts are not reused
-_IMAGE_CHECK_VERSION = 1
+_IMAGE_CHECK_VERSION = 2
+# the smallest image side a face crop may have, and how unreadable_images marks a smaller one
+MIN_FACE_SIZE = 32
+TOO_SMALL = "too small: "
 # formats whose header check below is trusted to agree with OpenCV's decoder; any other format
 # is decoded by OpenCV itself, the reader training uses
 _HEADER_CHECKED_FORMATS = ("JPEG", "PNG", "BMP")
@@ -304,8 +307,7 @@ def read_manifest(path: str | os.PathLike, aus: Sequence[int | str] | str | None
         bad = unreadable_images(existing, cache)
         for entry, problems in parsed:
             if entry.image in bad:
-                problems.append(("unreadable image", f"image {entry.image} cannot be decoded "
-                                 f"({bad[entry.image]}); re-export it as JPEG/PNG or drop the row"))
+                problems.append(image_problem(entry.image, bad[entry.image], "drop the row"))
     entries = [entry for entry, problems in parsed if not problems]
     skipped = _report(path, [(e.row, kind, message) for e, problems in parsed
                              for kind, message in problems], len(records), skip_bad_rows)
@@ -328,7 +330,9 @@ def default_image_check_cache() -> Path:
 
 def unreadable_images(paths: Sequence[Path], cache_dir: str | os.PathLike | None = None,
                       workers: int | None = None) -> dict[Path, str]:
-    """The images of ``paths`` that will not decode, each with the reason.
+    """The images of ``paths`` that will not decode, or are smaller than ``MIN_FACE_SIZE`` on
+    a side (their reason starts with ``TOO_SMALL``), each with the reason (``image_problem``
+    words it for a user).
 
     Checked in a thread pool of ``workers`` (default: ``ThreadPoolExecutor``'s), the verdicts
     kept in ``cache_dir`` under a hash of every path with its size and modification time, so a
@@ -384,6 +388,16 @@ def _write_verdicts(cache: Path | None, bad: dict[Path, str]) -> None:
                     cache.parent, err)
 
 
+def image_problem(image: Path, reason: str, drop: str) -> tuple[str, str]:
+    """(kind, message) of an ``unreadable_images`` verdict, the fix ending in ``drop``."""
+    if reason.startswith(TOO_SMALL):
+        return "tiny image", (f"image {image} is {reason[len(TOO_SMALL):]}, smaller than "
+                              f"{MIN_FACE_SIZE} px: not a face-sized crop; re-crop the face "
+                              f"larger or {drop}")
+    return "unreadable image", (f"image {image} cannot be decoded ({reason}); re-export it as "
+                                f"JPEG/PNG or {drop}")
+
+
 def _decode_problem(path: Path) -> str | None:
     """None if OpenCV (the training reader) will decode ``path``, else why not.
 
@@ -396,12 +410,14 @@ def _decode_problem(path: Path) -> str | None:
     """
     try:
         with Image.open(path) as image:
-            kind = image.format
+            kind, (width, height) = image.format, image.size
             image.verify()
     except Exception as err:  # noqa: BLE001  # PIL raises many types for broken files
         kind, problem = None, f"{type(err).__name__}: {err}"
     else:
         problem = None
+        if min(width, height) < MIN_FACE_SIZE:
+            return f"{TOO_SMALL}{width}x{height} px"
     if kind == "JPEG" and not _has_jpeg_end(path):
         try:
             with Image.open(path) as image:
