@@ -307,8 +307,8 @@ def test_the_image_check_is_cached_by_file_size_and_time(faces, tmp_path, monkey
     first = read_manifest(faces, skip_bad_rows=True, verify_images=True, image_check_cache=cache)
     assert len(list(cache.glob("*.json"))) == 1
     calls = []
-    real = manifest_module._decode_problem
-    monkeypatch.setattr(manifest_module, "_decode_problem", lambda p: calls.append(p) or real(p))
+    real = manifest_module.decode_problem
+    monkeypatch.setattr(manifest_module, "decode_problem", lambda p: calls.append(p) or real(p))
     again = read_manifest(faces, skip_bad_rows=True, verify_images=True, image_check_cache=cache)
     assert calls == [] and again.rows == first.rows and again.skipped == first.skipped
     write_face(tmp_path / "f1.jpg")  # repaired: a new size and time, so checked again

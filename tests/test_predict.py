@@ -11,7 +11,7 @@ import torch
 from test_export import AUS, save_finetune
 from test_prepare import cut_avi
 
-from aukit.predict import Face, annotate, main, predict
+from aukit.predict import LINE_HEIGHT, Face, _text_origin, annotate, main, predict
 
 # MTCNN's box of the astronaut's face in skimage.data.astronaut() (512x512), checked by eye
 FACE_X, FACE_Y = (181, 268), (62, 172)
@@ -147,3 +147,52 @@ def test_a_gpu_the_machine_lacks_ends_in_one_message(ckpt, astronaut, tmp_path, 
               "--device", "cuda"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "needs a CUDA GPU" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("box", [(80, 170, 120, 196), (170, 170, 198, 196)])
+def test_the_au_text_stays_in_the_frame_near_its_edges(box):
+    """A face at the bottom (text above it) or in the bottom-right corner (shifted left): every
+    line is drawn whole, as on a frame with room below; beside a face as tall as the frame the
+    text ends inside it."""
+    face = Face(np.array(box, float), 0.99, np.zeros((64, 64, 3), np.uint8),
+                np.zeros((68, 2), np.float32), "dlib68", np.array([[1.0, 0, 0], [0, 1.0, 0]]),
+                probs=np.ones(len(AUS)))
+    drawn = annotate(np.zeros((200, 200, 3), np.uint8), [face], AUS)[..., 1] > 0
+    roomy = annotate(np.zeros((400, 400, 3), np.uint8), [face], AUS)[..., 1] > 0
+    assert drawn.sum() == roomy.sum()  # nothing cut off
+    x, top = _text_origin(["face 0", "AU1 0.90", "AU2 0.90"], (80, 4, 120, 196), (200, 200), 0.45)
+    assert top + 3 * LINE_HEIGHT + 4 <= 200 and x == 80
+
+
+def test_a_truncated_jpeg_is_unreadable_and_a_folder_says_it_skips_videos(ckpt, tmp_path, capsys):
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    face = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
+    cv2.imwrite(str(folder / "a.jpg"), face)
+    data = (folder / "a.jpg").read_bytes()
+    (folder / "b_cut.jpg").write_bytes(data[:len(data) // 2])  # OpenCV fills the rest grey
+    writer = cv2.VideoWriter(str(folder / "c.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0,
+                             (64, 64))
+    writer.write(np.zeros((64, 64, 3), np.uint8))
+    writer.release()
+    rows = _rows(predict(folder, ckpt, tmp_path / "out", progress=False)["csv"])
+    assert [(Path(r["source"]).name, r["status"]) for r in rows] == [
+        ("a.jpg", "ok"), ("b_cut.jpg", "unreadable")]
+    err = capsys.readouterr().err
+    assert "its 1 video(s)" in err and "give each as --input" in err
+
+
+def test_an_image_and_a_video_of_one_name_get_folders_of_their_own(ckpt, astronaut, tmp_path,
+                                                                    monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image = tmp_path / "clip.png"
+    image.write_bytes(astronaut.read_bytes())
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 64))
+    writer.write(np.zeros((64, 64, 3), np.uint8))
+    writer.release()
+    for path in (image, video):
+        main(["--input", str(path), "--ckpt", str(ckpt), "--no-progress"])
+    assert _rows(tmp_path / "predictions" / "clip.png" / "predictions.csv")[0]["status"] == "ok"
+    assert _rows(tmp_path / "predictions" / "clip.avi" / "predictions.csv")[0]["status"] == \
+        "no_face"

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from aukit.data.manifest import TOO_SMALL, decode_problem
 from aukit.data.prepare import align_with_landmarks
 from aukit.data.readers import IMAGE_SUFFIXES
 from aukit.data.transforms import eval_transform
@@ -91,6 +92,11 @@ class FrameResult:
 
 # ---------------------------------------------------------------- inputs
 def _read_image(path: Path) -> np.ndarray | None:
+    """RGB ``[H, W, 3]``, or None when the file will not decode whole (a truncated JPEG, which
+    OpenCV would fill with grey, included; ``aukit.data.manifest.decode_problem``)."""
+    problem = decode_problem(path)
+    if problem is not None and not problem.startswith(TOO_SMALL):  # small images have no face
+        return None
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
@@ -122,8 +128,13 @@ def open_input(path: str | Path) -> tuple[Iterator[Frame], int | None, float | N
                                 "or a video")
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        videos = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+        if videos:
+            print(f"note: a folder is read as images; its {len(videos)} video(s) (e.g. "
+                  f"{videos[0]}) are not read: give each as --input", file=sys.stderr)
         if not files:
-            raise ValueError(f"no images in folder {path} (looked for {', '.join(IMAGE_SUFFIXES)})")
+            raise ValueError(f"no images in folder {path} (looked for {', '.join(IMAGE_SUFFIXES)})"
+                             + ("; give each video as --input" if videos else ""))
         return (Frame(str(p), 0, None, _read_image(p)) for p in files), len(files), None
     suffix = path.suffix.lower()
     image = _read_image(path) if suffix not in VIDEO_SUFFIXES else None
@@ -280,19 +291,37 @@ def face_panel(face: Face, au_names: list[str]) -> np.ndarray:
     return panel
 
 
+LINE_HEIGHT = 16  # pixels per line of text drawn on a frame
+
+
+def _text_origin(lines: list[str], box: tuple[int, int, int, int], frame: tuple[int, int],
+                 scale: float) -> tuple[int, int]:
+    """(x, y) of the top-left corner of a text block for a face ``box`` (x1, y1, x2, y2) in a
+    ``frame`` (height, width): below the box, else above it, else as low as the frame allows,
+    and shifted left where it would run off the right edge."""
+    (x1, y1, _, y2), (height, width) = box, frame
+    block = LINE_HEIGHT * len(lines) + 4
+    wide = max(cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for line in lines)
+    top = y2 if y2 + block <= height else y1 - block if y1 - block >= 0 \
+        else max(0, height - block)
+    return min(max(0, x1), max(0, width - wide)), top
+
+
 def annotate(image: np.ndarray, faces: list[Face], au_names: list[str]) -> np.ndarray:
     """A copy of RGB ``image`` with each face's box, 68 landmarks, index and predicted AUs
-    drawn."""
+    drawn (the text below the box, or above it where the frame ends)."""
     out = image.copy()
     for k, face in enumerate(faces):
-        x1, y1, x2, y2 = (int(round(v)) for v in face.box)
-        cv2.rectangle(out, (x1, y1), (x2, y2), (0, 255, 0), 2)
+        box = tuple(int(round(v)) for v in face.box)
+        cv2.rectangle(out, box[:2], box[2:], (0, 255, 0), 2)
         frame_landmarks = (face.landmarks - face.matrix[:, 2]) @ np.linalg.inv(face.matrix[:, :2]).T
         for x, y in frame_landmarks:
             cv2.circle(out, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1, cv2.LINE_AA)
-        for i, line in enumerate([f"face {k}", *_au_lines(face, au_names)]):
-            cv2.putText(out, line, (x1, y2 + 16 * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                        (0, 255, 0), 1, cv2.LINE_AA)
+        lines = [f"face {k}", *_au_lines(face, au_names)]
+        x, top = _text_origin(lines, box, out.shape[:2], 0.45)
+        for i, line in enumerate(lines):
+            cv2.putText(out, line, (x, top + LINE_HEIGHT * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.45, (0, 255, 0), 1, cv2.LINE_AA)
     return out
 
 
@@ -371,7 +400,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="aukit-predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, help="an image, a folder of images or a video")
     parser.add_argument("--ckpt", required=True, help="a finetune checkpoint (.ckpt)")
-    parser.add_argument("--out", default=None, help="output folder (default predictions/<input>)")
+    parser.add_argument("--out", default=None, help="output folder (default: predictions/<the "
+                        "input's file or folder name>, e.g. predictions/clip.mp4)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda "
                         "when available)")
     parser.add_argument("--batch-size", type=int, default=32, help="frames and faces per batch")
@@ -386,7 +416,8 @@ def main(argv: list[str] | None = None) -> None:
                              "installed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    out = args.out or Path("predictions") / Path(args.input).stem
+    # the input's whole name, so that clip.mp4 and clip.jpg do not share a folder
+    out = args.out or Path("predictions") / Path(args.input).resolve().name
     try:
         summary = predict(args.input, args.ckpt, out, args.device, args.batch_size,
                           args.visualize, args.every, args.video_out, args.min_face_size,

@@ -48,7 +48,7 @@ LANDMARK_SUFFIXES = (".npy", ".txt", ".json")
 _AU_COLUMN = re.compile(r"^\s*au\d", re.IGNORECASE)
 _MAX_LISTED = 10
 ENV_CACHE = "AUKIT_CACHE"
-# bump when _decode_problem changes what it accepts, so cached verdicts are not reused
+# bump when decode_problem changes what it accepts, so cached verdicts are not reused
 _IMAGE_CHECK_VERSION = 2
 # the smallest image side a face crop may have, and how unreadable_images marks a smaller one
 MIN_FACE_SIZE = 32
@@ -357,7 +357,7 @@ def unreadable_images(paths: Sequence[Path], cache_dir: str | os.PathLike | None
     start = time.perf_counter()
     todo = [p for p in paths if p not in bad]
     with ThreadPoolExecutor(workers) as pool:
-        verdicts = dict(zip(todo, pool.map(_decode_problem, todo), strict=True))
+        verdicts = dict(zip(todo, pool.map(decode_problem, todo), strict=True))
     bad.update({p: problem for p, problem in verdicts.items() if problem is not None})
     seconds = time.perf_counter() - start
     log.info("checked %d images in %.1f s (%.0f/s): %d unreadable", len(todo), seconds,
@@ -398,7 +398,7 @@ def image_problem(image: Path, reason: str, drop: str) -> tuple[str, str]:
                                 f"JPEG/PNG or {drop}")
 
 
-def _decode_problem(path: Path) -> str | None:
+def decode_problem(path: Path) -> str | None:
     """None if OpenCV (the training reader) will decode ``path``, else why not.
 
     Header checks, much faster than a 1/8-scale decode (docs/benchmarks.md, "Image checks"),
