@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--dataset", required=True, choices=PROTOCOL_DATASETS)
     parser.add_argument("--data-root", help="raw root or prepare output (not for synthau)")
     parser.add_argument("--folds", type=int, nargs="+", default=list(FOLDS), choices=FOLDS)

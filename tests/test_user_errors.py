@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader
 
 from aukit import cli
 from aukit.checkpoint import META_KEY
-from aukit.cli import OOM_HINT, UserError, check_ckpt_path, user_error_message
+from aukit.cli import AUCLI, OOM_HINT, UserError, check_ckpt_path, user_error_message
 from aukit.configs import config_flags, finetune_configs
-from aukit.data.datamodules import AUDataModule, ManifestDataModule
+from aukit.data.datamodules import AUDataModule, ManifestDataModule, UnlabeledFaceDataModule
 from aukit.data.datasets import ImageFolderDataset
 from aukit.data.transforms import eval_transform
 from finetune.cli import FinetuneCLI
@@ -271,3 +271,18 @@ def test_a_checkpoint_of_the_other_stage_is_refused_with_its_use(tmp_path):
     (tmp_path / "junk.ckpt").write_text("junk")
     with pytest.raises(UserError, match="--ckpt_path checkpoint .*junk.ckpt could not be read"):
         check_ckpt_path(str(tmp_path / "junk.ckpt"), "finetune")
+
+
+def test_a_misspelt_flag_is_refused_not_taken_as_a_prefix(tmp_path, capsys):
+    """argparse would take --trainer.max_step as --trainer.max_steps, --dev as --device."""
+    with pytest.raises(SystemExit) as exit_info:
+        AUCLI(RegionRelationPretrainer, UnlabeledFaceDataModule, run=False,
+              args=["-c", "conf/trainer/cpu.yaml", "-c", "conf/pretrain/synthau.yaml",
+                    "--trainer.max_step", "3"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --trainer.max_step 3" in capsys.readouterr().err
+    from aukit.predict import main as predict
+
+    with pytest.raises(SystemExit) as exit_info:
+        predict(["--input", "x.png", "--ckpt", "x.ckpt", "--dev", "cpu"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --dev" in capsys.readouterr().err

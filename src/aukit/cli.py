@@ -224,6 +224,8 @@ class AUCLI(LightningCLI):
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         # LightningCLI.init_parser with the config action that knows the shipped configs
         kwargs.setdefault("dump_header", [f"lightning.pytorch=={pl.__version__}"])
+        # a misspelt flag (--trainer.max_step) is an error, not a prefix of another one
+        kwargs.setdefault("allow_abbrev", False)
         parser = self.parser_class(**kwargs)
         parser.add_argument("-c", "--config", action=ShippedConfigFile,
                             help="a config file (yaml / json), or a shipped one by its name under "

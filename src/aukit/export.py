@@ -234,7 +234,7 @@ def export(ckpt: str | Path, fmt: str, out: str | Path, name: str = "au_detector
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="aukit-export",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="aukit-export",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True, help="a finetune checkpoint (.ckpt)")
     parser.add_argument("--format", required=True, choices=sorted(FORMATS))

@@ -397,7 +397,8 @@ def predict(input_path: str | Path, ckpt: str | Path, out: str | Path, device: s
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="aukit-predict", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="aukit-predict", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--input", required=True, help="an image, a folder of images or a video")
     parser.add_argument("--ckpt", required=True, help="a finetune checkpoint (.ckpt)")
     parser.add_argument("--out", default=None, help="output folder (default: predictions/<the "

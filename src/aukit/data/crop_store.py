@@ -91,7 +91,7 @@ class CropStore:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", required=True, help="CSV / JSON manifest of the crops")
     parser.add_argument("--out", required=True, help="folder to write the store into")
     parser.add_argument("--size", type=int, default=256, help="crop side in pixels")

@@ -418,7 +418,7 @@ def _write_outputs(out: Path, jobs: list[Job], raw: RawDataset | None,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="aukit-prepare",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="aukit-prepare",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=("bp4d", "disfa", "folder"))
     parser.add_argument("--data-root", required=True, help="the raw data set (or image folder)")

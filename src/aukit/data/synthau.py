@@ -791,7 +791,8 @@ def sample_grid(dataset: SynthAU, subjects: list[int], rows: int, cols: int,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write a PNG grid of SynthAU samples.")
+    parser = argparse.ArgumentParser(
+        description="Write a PNG grid of SynthAU samples.", allow_abbrev=False)
     parser.add_argument("--grid", type=Path, required=True, help="output PNG path")
     parser.add_argument("--rows", type=int, default=4)
     parser.add_argument("--cols", type=int, default=6)

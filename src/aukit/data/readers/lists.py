@@ -89,7 +89,7 @@ def read_lists(image_lists: list[str | os.PathLike], label_lists: list[str | os.
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(allow_abbrev=False,
         prog="python -m aukit.data.readers.lists",
         description="ME-GraphAU-style list files -> a manifest for --data.manifest")
     parser.add_argument("--images", nargs="+", required=True, help="image-path list files")
