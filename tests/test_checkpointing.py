@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 from test_finetune import run_finetune
+from test_pretrain import Killed
 
+from aukit import landmarks
 from aukit.checkpoint import read_checkpoint
 from aukit.cli import UserError
 
@@ -40,3 +42,21 @@ def test_ckpt_path_last_resumes_the_newest_run_and_says_where_it_looked(tmp_path
     assert resumed.trainer.global_step == 8  # 6 restored + one more epoch of 2
     with pytest.raises(UserError, match=r"--ckpt_path last: no last.ckpt under .*empty"):
         run_finetune(tmp_path / "empty", *SHORT, "--ckpt_path", "last")
+
+
+@pytest.mark.slow
+def test_a_killed_finetune_resumed_from_last_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    # the straight run finds the landmarks (building the detector), the others read them from
+    # the cache: neither may change what the run draws
+    monkeypatch.setenv("AUKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(landmarks, "_detector", None)
+    straight = run_finetune(tmp_path / "straight", *SHORT)
+    # dies at the start of step 5; the newest state is last.ckpt of the epoch end at step 4
+    kill = ["--trainer.callbacks+=test_pretrain.KillAtStep", "--trainer.callbacks.step=5"]
+    with pytest.raises(Killed):
+        run_finetune(tmp_path / "killed", *SHORT, *kill)
+    resumed = run_finetune(tmp_path / "killed", *SHORT, "--ckpt_path", "last")
+    assert _step(Path(resumed.trainer.ckpt_path)) == 4 and resumed.trainer.global_step == 6
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(),
+                                 resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

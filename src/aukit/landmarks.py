@@ -116,9 +116,13 @@ _detector = None
 def _mtcnn(device: str):
     global _detector  # one detector per process, built on first use
     if _detector is None:
+        import torch
         from facenet_pytorch import MTCNN
 
-        _detector = MTCNN(device=device)
+        # building it draws random initial weights (then replaced by its own): kept off the
+        # global generator, so a run draws the same numbers whether landmarks were cached or not
+        with torch.random.fork_rng(devices=[]):
+            _detector = MTCNN(device=device)
     return _detector
 
 
