@@ -249,13 +249,14 @@ def test_the_same_types_thrown_by_bugs_keep_their_traceback(monkeypatch):
 
 def test_an_error_in_a_dataloader_worker_is_read_from_its_traceback_text(tmp_path):
     for i in range(2):
-        cv2.imwrite(str(tmp_path / f"{i}.png"), np.zeros((16, 16, 3), np.uint8))
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.zeros((64, 64, 3), np.uint8))
     dataset = ImageFolderDataset(tmp_path, eval_transform(64, normalize=False), views=1)
-    with pytest.raises(ValueError) as info:
+    (tmp_path / "1.png").write_bytes(b"overwritten since the folder was checked")
+    with pytest.raises(OSError) as info:
         next(iter(DataLoader(dataset, batch_size=2, num_workers=1)))
     assert "Original Traceback" in str(info.value)
     text = user_error_message(info.value)
-    assert text.startswith(f"image {tmp_path}") and "16x16 px" in text
+    assert text.startswith(f"cannot read image {tmp_path / '1.png'}") and "corrupt" in text
     assert "Traceback" not in text
 
 
