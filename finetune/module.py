@@ -15,16 +15,15 @@ from aukit.losses.alignment import state_alignment_loss
 from aukit.losses.au_bce import au_bce_loss
 from aukit.metrics import AUMetrics
 from aukit.models import ARCHITECTURES, create_model, model_config
+from aukit.models.freeze import freeze_parts
 from aukit.optim import parameter_groups
 from aukit.stage import StageModule
 from aukit.text.encoders import text_encoder_dim
-from aukit.text.features import TextFeatures, load_text_features
+from aukit.text.features import DescriptionBuffers, load_text_features
 
 # what a stage-1 checkpoint initialises: the Swin backbone and the AU region encoder, or the
 # backbone alone (the region encoder then starts from scratch)
 PRETRAINED_PARTS = ("backbone+region", "backbone")
-# TextFeatures fields, each a non-persistent buffer "text_<field>" of the module
-TEXT_FIELDS = ("tokens", "token_mask", "sentence", "desc_mask")
 
 
 class HiVAFinetuner(StageModule):
@@ -56,8 +55,8 @@ class HiVAFinetuner(StageModule):
     with ``text_pretrained``, an open_clip tag); ``text_weights`` is local weights (an open_clip
     file, or a MiniLM model folder). It runs once, at set-up, to encode the descriptions
     (``aukit.text.features.load_text_features``); the module keeps only their features
-    (``set_text_features``). Test reports and activation-map images are callbacks
-    (``aukit.callbacks``).
+    (``descriptions``, ``aukit.text.features.DescriptionBuffers``). Test reports and
+    activation-map images are callbacks (``aukit.callbacks``).
 
     """
 
@@ -121,14 +120,14 @@ class HiVAFinetuner(StageModule):
         self.model = create_model(self.model_config)
         self.model_config["encoder"] = {k: v for k, v in self.model.encoder.config.items()
                                         if k != "au_numbers"}  # with the stem resolved
-        self._freeze(freeze or [])
+        freeze_parts(self.model, freeze or [], self.model_config["architecture"])
         self.uses_text = bool(self.model_config.get("use_text"))
-        for field in TEXT_FIELDS:  # set at set-up; recomputed, never stored in checkpoints
-            self.register_buffer(f"text_{field}", None, persistent=False)
+        # set at set-up; recomputed, never stored in checkpoints
+        self.descriptions = DescriptionBuffers(len(self.au_numbers),
+                                               self.model_config.get("text_dim", 0))
         # equal on every rank already: DDP need not re-send them from rank 0 at every step
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            self, [f"text_{field}" for field in TEXT_FIELDS])
-        self._text: TextFeatures | None = None  # a view of those buffers
+            self, [f"descriptions.{field}" for field in DescriptionBuffers.FIELDS])
         self.register_buffer("class_weights", torch.ones(len(self.au_numbers)))
         self.register_buffer("pos_weight", torch.ones(len(self.au_numbers)))
         # "fit": F1 on the augmented training batches as they pass, logged as train/f1_*, so the
@@ -137,24 +136,6 @@ class HiVAFinetuner(StageModule):
                                             for s in ("fit", "val", "test")})
         # the last computed values of each split (AUMetrics.compute() keys), for callbacks
         self.metric_values: dict[str, dict[str, float]] = {}
-
-    def _freeze(self, names: list[str]) -> None:
-        """Stop the model's submodules or parameters ``names`` (e.g. ``encoder.region.geometry``,
-        ``region.au_queries``) from training; a part this model has switched off (None) has
-        nothing to freeze."""
-        for name in names:
-            part = self.model
-            for attribute in name.split("."):
-                if not hasattr(part, attribute):
-                    raise ValueError(
-                        f"--model.freeze names {name!r}, which this model "
-                        f"({self.model_config['architecture']}) does not have; name submodules "
-                        "such as encoder.backbone, encoder.region or encoder.region.geometry")
-                part = getattr(part, attribute)
-                if part is None:
-                    break
-            if isinstance(part, torch.nn.Module | torch.nn.Parameter):
-                part.requires_grad_(False)
 
     @classmethod
     def from_stage1(cls, pretrained: str | Path, **kwargs) -> HiVAFinetuner:
@@ -172,41 +153,6 @@ class HiVAFinetuner(StageModule):
                             region=hp.pretrained_parts == "backbone+region")
         self._stage1_pending = False
 
-    # ---------------------------------------------------------------- text
-    @property
-    def text(self) -> TextFeatures | None:
-        """The description features the model reads (``set_text_features``), or None."""
-        if self.text_tokens is None:
-            return None
-        if self._text is None or self._text.tokens is not self.text_tokens:  # moved, or new
-            self._text = TextFeatures(*(getattr(self, f"text_{f}") for f in TEXT_FIELDS))
-        return self._text
-
-    def set_text_features(self, features: TextFeatures | None) -> None:
-        """Use ``features`` (of this module's AUs, in order) as the descriptions; they become
-        buffers, so they follow the module across devices, and are not saved."""
-        if features is not None:
-            expected = self.model_config.get("text_dim")
-            if features.tokens.shape[0] != len(self.au_numbers) or features.dim != expected:
-                raise ValueError(f"text features [A, M, L, D] = {list(features.tokens.shape)} do "
-                                 f"not fit this model: A={len(self.au_numbers)} AUs, "
-                                 f"D={expected} (the text encoder's size when it was built)")
-            features = features.to(self.device)
-        for field in TEXT_FIELDS:
-            setattr(self, f"text_{field}",
-                    None if features is None else getattr(features, field))
-
-    def text_inputs(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """Text for one step: a random subset of descriptions per AU in training, all of them
-        at evaluation -> tokens [A, T, Dt], mask [A, T], anchor vectors [A, Dt]."""
-        text = self.text
-        if text is None:
-            return None, None, None
-        if self.training:
-            generator = torch.Generator().manual_seed(int(self.global_step))
-            text = text.sample(self.hparams.descriptions_per_step, generator)
-        return text.model_inputs()
-
     # ---------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -222,12 +168,12 @@ class HiVAFinetuner(StageModule):
             graph = getattr(self.model, "graph", None)
             if self.hparams.cooccurrence_prior and graph is not None:
                 graph.set_prior(stats.cooccurrence)
-        if self.uses_text and self.text is None:
+        if self.uses_text and self.descriptions.features is None:
             hp = self.hparams
-            self.set_text_features(load_text_features(
+            self.descriptions.set(load_text_features(
                 hp.text_encoder, self.au_numbers, pretrained=hp.text_pretrained,
                 weights=hp.text_weights, descriptions=hp.descriptions,
-                min_per_au=hp.descriptions_per_step, cache_dir=hp.text_cache_dir))
+                min_per_au=hp.descriptions_per_step, cache_dir=hp.text_cache_dir), self.device)
 
     def on_fit_start(self) -> None:
         # here, not in setup: a resumed run has restored its checkpoint by now, and its weights
@@ -242,7 +188,10 @@ class HiVAFinetuner(StageModule):
                        "initialised from scratch (no stage-1 checkpoint given)")
 
     def forward(self, images: Tensor, landmarks: Tensor) -> dict[str, Tensor]:
-        return self.model(images, landmarks, *self.text_inputs())
+        # training draws descriptions_per_step descriptions per AU, seeded by the step
+        per_step = self.hparams.descriptions_per_step if self.training else None
+        return self.model(images, landmarks,
+                          *self.descriptions.inputs(per_step, self.global_step))
 
     # ---------------------------------------------------------------- steps
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:

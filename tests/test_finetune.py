@@ -265,7 +265,7 @@ def test_text_weights_that_cannot_be_had_offline_fail_fast(tmp_path):
     module = HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32,
                            text_encoder="open_clip:ViT-B-16", text_pretrained="openai",
                            text_cache_dir=str(tmp_path))
-    assert module.model.text_proj.in_features == 512 and module.text is None
+    assert module.model.text_proj.in_features == 512 and module.descriptions.features is None
     # ... which happens at set-up, before training, through this function
     with pytest.raises(OSError, match="--model.text_weights"):
         load_text_features("open_clip:ViT-B-16", ["AU12"], pretrained="openai",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from aukit.au import au_numbers
 from aukit.text.bank import DescriptionBank, load_description_bank
@@ -177,6 +177,59 @@ def encode_bank(encoder: TextEncoder, bank: DescriptionBank, aus: Sequence[int |
     _log.info("text features of %d AUs from %s cached at %s", len(aus), encoder.model_id, path)
     return features
 
+
+
+class DescriptionBuffers(nn.Module):
+    """A model's description features (``TextFeatures``) as non-persistent buffers: they follow
+    the module across devices and are never saved (set-up recomputes them from the
+    descriptions, or reads them from the cache).
+
+    Args:
+        num_aus: the AUs ``A`` the features must describe, in the model's order.
+        dim: the text encoder's feature size ``D`` the model was built for.
+    """
+
+    FIELDS = tuple(f.name for f in fields(TextFeatures))
+
+    def __init__(self, num_aus: int, dim: int) -> None:
+        super().__init__()
+        self.num_aus, self.dim = num_aus, dim
+        for field in self.FIELDS:
+            self.register_buffer(field, None, persistent=False)
+        self._view: TextFeatures | None = None
+
+    @property
+    def features(self) -> TextFeatures | None:
+        """The features, or None before ``set``."""
+        if self.tokens is None:
+            return None
+        if self._view is None or self._view.tokens is not self.tokens:  # moved, or new
+            self._view = TextFeatures(*(getattr(self, f) for f in self.FIELDS))
+        return self._view
+
+    def set(self, features: TextFeatures | None, device: torch.device | str = "cpu") -> None:
+        """Holds ``features`` on ``device`` (None: none); refuses features of another AU count
+        or size."""
+        if features is not None:
+            if features.tokens.shape[0] != self.num_aus or features.dim != self.dim:
+                raise ValueError(f"text features [A, M, L, D] = {list(features.tokens.shape)} do "
+                                 f"not fit this model: A={self.num_aus} AUs, D={self.dim} (the "
+                                 "text encoder's size when it was built)")
+            features = features.to(device)
+        for field in self.FIELDS:
+            setattr(self, field, None if features is None else getattr(features, field))
+
+    def inputs(self, per_step: int | None = None, step: int = 0
+               ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """HiVA's text inputs (``TextFeatures.model_inputs``: tokens [A, T, D], mask [A, T],
+        anchor vectors [A, D]) from ``per_step`` descriptions per AU drawn with seed ``step``
+        (training), or from all of them (None: evaluation); Nones before ``set``."""
+        features = self.features
+        if features is None:
+            return None, None, None
+        if per_step is not None:
+            features = features.sample(per_step, torch.Generator().manual_seed(int(step)))
+        return features.model_inputs()
 
 def load_text_features(encoder: str, aus: Sequence[int | str] | str, *,
                        pretrained: str | None = None, weights: str | None = None,
