@@ -16,14 +16,18 @@ from aukit.losses.au_bce import au_bce_loss
 from aukit.metrics import AUMetrics
 from aukit.models import ARCHITECTURES, create_model, model_config
 from aukit.models.freeze import freeze_parts
-from aukit.optim import parameter_groups
+from aukit.optim import Optimisation
 from aukit.stage import StageModule
 from aukit.text.encoders import text_encoder_dim
 from aukit.text.features import DescriptionBuffers, load_text_features
+from aukit.utils.settings import plain, settings
 
 # what a stage-1 checkpoint initialises: the Swin backbone and the AU region encoder, or the
 # backbone alone (the region encoder then starts from scratch)
 PRETRAINED_PARTS = ("backbone+region", "backbone")
+
+# finetuning a pretrained network: a lower peak rate, and lower still in its early layers
+DEFAULT_OPTIM = Optimisation(lr=5e-4, layer_decay=0.75)
 
 
 class HiVAFinetuner(StageModule):
@@ -78,9 +82,10 @@ class HiVAFinetuner(StageModule):
                  text_cache_dir: str | None = None, alignment_weight: float = 0.1,
                  region_supervision: float = 1.0,
                  class_weighted: bool = True, balance_positives: bool = True,
-                 lr: float = 5e-4, weight_decay: float = 0.05,
-                 layer_decay: float = 0.75, warmup_epochs: float = 1.0):
+                 optim: Optimisation = DEFAULT_OPTIM):
         super().__init__()
+        self.optim = settings(Optimisation, optim)
+        optim = plain(self.optim)  # checkpoints keep plain data
         if architecture not in ARCHITECTURES:
             raise ValueError(f"--model.architecture must be one of {', '.join(ARCHITECTURES)}, "
                              f"got {architecture!r} (presets such as 'hiva_swin_base' are for "
@@ -252,10 +257,7 @@ class HiVAFinetuner(StageModule):
 
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self):
-        hp = self.hparams
-        groups = parameter_groups(self.model, hp.lr, hp.weight_decay, hp.layer_decay,
-                                  layered="encoder.backbone.model")
-        return self.adamw_warmup_cosine(groups)
+        return self.adamw_warmup_cosine(self.model, self.optim, layered="encoder.backbone.model")
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_meta(self) -> dict:

@@ -6,18 +6,22 @@ from torch import Tensor
 
 from aukit.au import au_numbers
 from aukit.cli import UserError
-from aukit.losses.stage1 import SETTINGS, Stage1Objective
+from aukit.losses.stage1 import Stage1Losses, Stage1Objective
 from aukit.models.encoder import AUEncoder
-from aukit.optim import parameter_groups
+from aukit.optim import Optimisation
 from aukit.stage import StageModule
+from aukit.utils.settings import plain, settings
+
+DEFAULT_LOSSES, DEFAULT_OPTIM = Stage1Losses(), Optimisation()
 
 
 class RegionRelationPretrainer(StageModule):
     """An ``AUEncoder`` (Swin -> AU attention pooling -> region transformer) trained by
     ``Stage1Objective``; its checkpoint's ``encoder`` is what stage 2 loads.
 
-    The objective's losses on two augmented views (region, relation, masked pixels, expression
-    geometry; each ``*_weight``, 0 = off; see ``aukit.losses.stage1.Stage1Objective``).
+    The objective's losses on two augmented views (``losses``: region, relation, masked pixels,
+    expression geometry; each ``*_weight``, 0 = off; ``aukit.losses.stage1.Stage1Losses``),
+    optimised as ``optim`` says (``aukit.optim.Optimisation``).
     ``geometry`` gives the region encoder its expression-geometry branch, which
     ``geometry_weight`` trains (its linear map is solved in closed form, not stepped by the
     optimiser).
@@ -27,20 +31,13 @@ class RegionRelationPretrainer(StageModule):
 
     def __init__(self, aus: list[str] | str = "all", backbone: str = "swin_test",
                  image_size: int = 128, pretrained_backbone: bool = False, feature_stage: int = 3,
-                 conv_stem: bool | None = None, embed_dim: int = 128, proj_dim: int = 64,
-                 num_heads: int = 4,
-                 region_depth: int = 1, attention_sigma: float = 0.3, roi_size: int = 0,
-                 roi_extent: float = 0.3, geometry: bool = False,
-                 region_weight: float = 1.0, relation_weight: float = 1.0,
-                 masked_weight: float = 0.0, geometry_weight: float = 0.0,
-                 mask_ratio: float = 0.5, mask_block: int = 16,
-                 temperature: float = 0.1,
-                 relation: str = "fgw", fgw_alpha: float = 0.5, gw_iters: int = 5,
-                 ot_temperature: float = 0.1, ot_epsilon: float = 0.05, ot_iters: int = 30,
-                 identity_prior: float = 0.5, ot_solver: str = "torch",
-                 negatives: str = "batch", lr: float = 1e-3,
-                 weight_decay: float = 0.05, warmup_epochs: float = 1.0):
+                 conv_stem: bool | None = None, embed_dim: int = 128,
+                 num_heads: int = 4, region_depth: int = 1, attention_sigma: float = 0.3,
+                 roi_size: int = 0, roi_extent: float = 0.3, geometry: bool = False,
+                 losses: Stage1Losses = DEFAULT_LOSSES, optim: Optimisation = DEFAULT_OPTIM):
         super().__init__()
+        self.losses, self.optim = settings(Stage1Losses, losses), settings(Optimisation, optim)
+        losses, optim = plain(self.losses), plain(self.optim)  # checkpoints keep plain data
         self.save_hyperparameters()
         self.au_numbers = au_numbers(aus)
         # no dropout: the contrastive views differ by their augmentations only
@@ -48,9 +45,8 @@ class RegionRelationPretrainer(StageModule):
                                  feature_stage, conv_stem, embed_dim, num_heads, region_depth,
                                  attention_sigma, dropout=0.0, roi_size=roi_size,
                                  roi_extent=roi_extent, geometry=geometry)
-        self.objective = Stage1Objective(
-            len(self.au_numbers), self.encoder.token_dim, embed_dim, self.encoder.grid,
-            image_size, **{k: self.hparams[k] for k in SETTINGS})
+        self.objective = Stage1Objective(len(self.au_numbers), self.encoder.token_dim, embed_dim,
+                                         self.encoder.grid, image_size, self.losses)
         if not self.objective.reads_au_features:  # no loss trains the region encoder's
             for name, param in self.encoder.region.named_parameters():  # features: keep it
                 if not name.startswith("geometry."):  # as built
@@ -88,8 +84,7 @@ class RegionRelationPretrainer(StageModule):
         return loss
 
     def configure_optimizers(self):
-        hp = self.hparams
-        return self.adamw_warmup_cosine(parameter_groups(self, hp.lr, hp.weight_decay))
+        return self.adamw_warmup_cosine(self, self.optim, layered="encoder.backbone.model")
 
     def checkpoint_meta(self) -> dict:
         return {"encoder": dict(self.encoder.config), "aus": list(self.au_numbers)}

@@ -296,8 +296,8 @@ def test_a_tiny_run_learns_its_training_faces_beyond_chance(tmp_path):
             "--data.image_size", "64", "--data.batch_size", "12", "--data.num_workers", "0",
             "--data.label_fraction", "0.2", "--data.synthau_samples_per_subject", "4",
             "--data.synthau_eval_samples_per_subject", "1", "--trainer.max_epochs", "40",
-            "--trainer.check_val_every_n_epoch", "20", "--model.warmup_epochs", "1",
-            "--model.lr", "2e-3"]
+            "--trainer.check_val_every_n_epoch", "20", "--model.optim.warmup_epochs", "1",
+            "--model.optim.lr", "2e-3"]
     cli = FinetuneCLI(HiVAFinetuner, AUDataModule, args=args)
     labels, mask = cli.datamodule.split_labels("train")
     rate = (labels * mask).sum(0) / mask.sum(0)

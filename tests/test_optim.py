@@ -24,7 +24,7 @@ def kind(name: str, param: torch.Tensor) -> str:
 
 def stages() -> dict[str, torch.nn.Module]:
     return {"pretrain": RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32,
-                                                 proj_dim=16, relation="ot"),
+                                                 losses=dict(proj_dim=16, relation="ot")),
             "finetune": HiVAFinetuner(aus=["AU1", "AU12"], image_size=64, embed_dim=32,
                                       use_text=False).model}
 

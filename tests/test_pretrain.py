@@ -21,7 +21,7 @@ TINY = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.log
         "--data.image_size", "64", "--data.batch_size", "4", "--data.num_workers", "0",
         "--data.synthau_subjects", "8", "--data.synthau_samples_per_subject", "2",
         "--data.faces_per_subject", "2", "--data.probe_samples_per_subject", "2",
-        "--model.embed_dim", "32", "--model.proj_dim", "16", "--model.ot_iters", "10"]
+        "--model.embed_dim", "32", "--model.losses.proj_dim", "16", "--model.losses.ot_iters", "10"]
 
 
 def run_pretrain(tmp_path: Path, *extra: str, config: bool = True,
@@ -99,8 +99,9 @@ def test_every_loss_switch_trains_and_gradients_reach_the_encoder():
              "landmarks": torch.from_numpy(np.tile(_template(64), (4, 2, 1, 1)))}
     for weights, relation in [((1, 0), "fgw"), ((0, 1), "fgw"), ((0, 1), "ot"), ((1, 1), "ot")]:
         module = RegionRelationPretrainer(
-            aus="bp4d", image_size=64, embed_dim=32, proj_dim=16, ot_iters=10, relation=relation,
-            region_weight=weights[0], relation_weight=weights[1])
+            aus="bp4d", image_size=64, embed_dim=32,
+            losses=dict(proj_dim=16, ot_iters=10, relation=relation, region_weight=weights[0],
+                        relation_weight=weights[1]))
         loss = module.training_step(batch, 0)
         assert torch.isfinite(loss)
         loss.backward()
@@ -115,9 +116,9 @@ def test_every_loss_switch_trains_and_gradients_reach_the_encoder():
 def test_masked_pixel_loss_alone_trains_the_backbone_and_never_sees_hidden_pixels():
     images = torch.randn(4, 2, 3, 64, 64)
     batch = {"image": images, "landmarks": torch.from_numpy(np.tile(_template(64), (4, 2, 1, 1)))}
-    module = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, proj_dim=16,
-                                      region_weight=0, relation_weight=0, masked_weight=1.0,
-                                      mask_block=8)
+    module = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32,
+                                      losses=dict(proj_dim=16, region_weight=0, relation_weight=0,
+                                                  masked_weight=1.0, mask_block=8))
     seen = []
     module.encoder.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
     torch.manual_seed(1)
@@ -130,7 +131,7 @@ def test_masked_pixel_loss_alone_trains_the_backbone_and_never_sees_hidden_pixel
     # alone, the loss encodes only the first view, hidden
     assert torch.equal(seen[0], images[:, 0].masked_fill(hidden, 0.0))
     with pytest.raises(ValueError, match="must divide the image size"):
-        RegionRelationPretrainer(image_size=64, masked_weight=1.0, mask_block=24)
+        RegionRelationPretrainer(image_size=64, losses=dict(masked_weight=1.0, mask_block=24))
 
 
 def _template(size: int) -> np.ndarray:
@@ -141,7 +142,7 @@ def _template(size: int) -> np.ndarray:
 
 def test_all_losses_off_is_refused():
     with pytest.raises(ValueError, match="no stage-1 loss trains the encoder"):
-        RegionRelationPretrainer(region_weight=0, relation_weight=0)
+        RegionRelationPretrainer(losses=dict(region_weight=0, relation_weight=0))
 
 
 
@@ -149,16 +150,16 @@ def test_person_negatives_train_and_need_person_ids():
     batch = {"image": torch.randn(4, 2, 3, 64, 64),
              "landmarks": torch.from_numpy(np.tile(_template(64), (4, 2, 1, 1))),
              "subject": ["S1", "S2", "S1", "S2"]}
-    module = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, proj_dim=16,
-                                      ot_iters=10, negatives="person")
+    module = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32,
+                                      losses=dict(proj_dim=16, ot_iters=10, negatives="person"))
     loss = module.training_step(batch, 0)
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in module.encoder.backbone.parameters())
-    with pytest.raises(ValueError, match="--model.negatives batch"):
+    with pytest.raises(ValueError, match="--model.losses.negatives batch"):
         module.training_step({k: v for k, v in batch.items() if k != "subject"}, 0)
-    with pytest.raises(ValueError, match="--model.negatives"):
-        RegionRelationPretrainer(negatives="people")
+    with pytest.raises(ValueError, match="--model.losses.negatives"):
+        RegionRelationPretrainer(losses=dict(negatives="people"))
 
 def test_single_view_batches_are_refused():
     module = RegionRelationPretrainer(image_size=64, embed_dim=32)
@@ -251,7 +252,7 @@ def test_a_diverged_run_stops_with_the_fix_and_keeps_its_finite_checkpoints(tmp_
 
 def test_a_non_finite_gradient_is_refused_and_named():
     module = RegionRelationPretrainer(aus=[1, 2], backbone="swin_test", image_size=64,
-                                      embed_dim=16, proj_dim=8, relation="ot")
+                                      embed_dim=16, losses=dict(proj_dim=8, relation="ot"))
     for p in module.parameters():
         p.grad = torch.zeros_like(p)
     module.on_before_optimizer_step(None)  # finite: no complaint

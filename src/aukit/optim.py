@@ -12,12 +12,31 @@ projection and classifier weights) is decayed.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from timm.optim import param_groups_layer_decay
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+
+@dataclass(frozen=True)
+class Optimisation:
+    """AdamW under the weight-decay policy above, a linear warm-up, then a cosine decay to the
+    end of training (each stage's ``--model.optim.*``).
+
+    Args:
+        lr: the peak learning rate.
+        weight_decay: AdamW weight decay (never on biases, norms, scalars or AU queries).
+        layer_decay: the Swin backbone's layer-wise learning-rate decay: its last block trains
+            at ``lr * layer_decay`` and each earlier one another factor lower (1: one rate).
+        warmup_epochs: epochs of linear warm-up.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    layer_decay: float = 1.0
+    warmup_epochs: float = 1.0
 
 def no_weight_decay(module: nn.Module) -> set[str]:
     """Names (as in ``module.named_parameters()``) of the trainable parameters exempt from

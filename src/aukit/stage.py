@@ -10,7 +10,7 @@ import torch
 
 from aukit.checkpoint import META_KEY, STAGE_HINT
 from aukit.data.transforms import normalize_images
-from aukit.optim import warmup_cosine
+from aukit.optim import Optimisation, parameter_groups, warmup_cosine
 from aukit.utils.rng import restore_rng_state, rng_state
 
 
@@ -25,14 +25,19 @@ class StageModule(L.LightningModule):
         """What a checkpoint of this stage says about itself (backbone, image size, AUs ...)."""
         raise NotImplementedError
 
-    def adamw_warmup_cosine(self, groups: list[dict]) -> dict:
-        """AdamW over parameter ``groups``, linear warm-up for ``hparams.warmup_epochs`` epochs,
-        then cosine to the end of training, stepped every optimiser step."""
-        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr)
+    def adamw_warmup_cosine(self, model: torch.nn.Module, optim: Optimisation,
+                            layered: str | None = None) -> dict:
+        """AdamW over ``model``'s parameter groups (``aukit.optim.parameter_groups``; ``layered``
+        names the submodule that gets ``optim.layer_decay``), linear warm-up for
+        ``optim.warmup_epochs`` epochs, then cosine to the end of training, stepped every
+        optimiser step."""
+        groups = parameter_groups(model, optim.lr, optim.weight_decay, optim.layer_decay,
+                                  layered=layered)
+        optimizer = torch.optim.AdamW(groups, lr=optim.lr)
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = self.trainer.num_training_batches / self.trainer.accumulate_grad_batches
         per_epoch = per_epoch if math.isfinite(per_epoch) else total  # iterable of unknown size
-        schedule = warmup_cosine(optimizer, int(self.hparams.warmup_epochs * per_epoch), total)
+        schedule = warmup_cosine(optimizer, int(optim.warmup_epochs * per_epoch), total)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -42,7 +47,7 @@ class StageModule(L.LightningModule):
             raise FloatingPointError(
                 f"the {self.stage} loss became {loss.item()} at step {self.global_step}; the "
                 "weights are still the last finite ones and earlier checkpoints are kept. Fix: "
-                "lower --model.lr, clip gradients (--trainer.gradient_clip_val 1.0), or run "
+                "lower --model.optim.lr, clip gradients (--trainer.gradient_clip_val 1.0), or run "
                 "--trainer.precision 32-true to see whether bf16 is the cause; resume with "
                 "--ckpt_path <last checkpoint>")
 
@@ -62,8 +67,8 @@ class StageModule(L.LightningModule):
         raise FloatingPointError(
             f"non-finite gradients at step {self.global_step} in {len(bad)} parameters: "
             f"{', '.join(bad[:6])}{' ...' if len(bad) > 6 else ''}; the weights are still the "
-            "last finite ones. Fix: lower --model.lr or run --trainer.precision 32-true to see "
-            "whether bf16 is the cause; resume with --ckpt_path <last checkpoint>")
+            "last finite ones. Fix: lower --model.optim.lr or run --trainer.precision 32-true to "
+            "see whether bf16 is the cause; resume with --ckpt_path <last checkpoint>")
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Normalise uint8 ``batch["image"]`` on the device, one batched pass (the loaders'

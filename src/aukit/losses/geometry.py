@@ -50,7 +50,7 @@ def expression_geometry(landmarks: Tensor, groups: Sequence[Hashable]) -> Tensor
         raise ValueError("the geometry loss compares each face with its person's other faces, "
                          "but no person has two faces in this batch: use person-aware batches "
                          "(--data.faces_per_subject >= 2 with subject ids), or switch it off "
-                         "with --model.geometry_weight 0")
+                         "with --model.losses.geometry_weight 0")
     shape = normalise_shape(landmarks.float())
     symmetric = (shape + mirror_shape(shape)) / 2
     index = torch.as_tensor(codes, device=shape.device)

@@ -21,9 +21,9 @@ def block_mask(batch: int, size: tuple[int, int], block: int, ratio: float,
     h, w = size
     if block <= 0 or h % block or w % block:
         raise ValueError(f"mask block {block} must divide the image size {h}x{w} "
-                         "(--model.mask_block)")
+                         "(--model.losses.mask_block)")
     if not 0 < ratio < 1:
-        raise ValueError(f"mask ratio must be in (0, 1) (--model.mask_ratio), got {ratio}")
+        raise ValueError(f"mask ratio must be in (0, 1) (--model.losses.mask_ratio), got {ratio}")
     gh, gw = h // block, w // block
     hidden = min(max(round(ratio * gh * gw), 1), gh * gw - 1)
     order = torch.rand(batch, gh * gw, device=device).argsort(1)

@@ -7,6 +7,7 @@ Pretraining optimises it (``pretrain.module``): the losses are pure functions
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,15 +20,59 @@ from aukit.losses.region_contrastive import region_contrastive_loss
 from aukit.losses.relation_ot import RELATIONS, relation_ot_loss
 from aukit.models.region import SHAPE_SCALE, ExpressionGeometry, Mlp
 
-# the objective's settings (``Stage1Objective`` keyword arguments), as the stage modules name
-# them in their hyperparameters
-SETTINGS = ("proj_dim", "region_weight", "relation_weight", "masked_weight",
-            "geometry_weight", "mask_ratio", "mask_block", "temperature",
-            "relation", "fgw_alpha", "gw_iters", "ot_temperature", "ot_epsilon", "ot_iters",
-            "identity_prior", "ot_solver", "negatives")
 # which faces of a batch are the contrastive losses' negatives: every other face, or only the
 # same person's other faces (identity cannot tell those apart)
 NEGATIVES = ("batch", "person")
+
+
+@dataclass(frozen=True)
+class Stage1Losses:
+    """The stage-1 losses and their settings (``--model.losses.*``); a weight of 0 switches a
+    loss off, so an ablation is a config change.
+
+    Args:
+        region_weight: the region loss: per-AU InfoNCE between two views of each face.
+        relation_weight: the relation loss: InfoNCE over faces on a transport distance
+            between the two views' AU embedding sets.
+        masked_weight: masked-pixel prediction (the first view's hidden squares).
+        geometry_weight: expression geometry (needs the encoder's geometry branch and person
+            ids): the branch learns each face's landmarks minus its person's mean shape.
+        proj_dim: size of the per-AU projections the contrastive losses compare.
+        temperature: the region loss's softmax temperature.
+        negatives: the contrastive losses' negatives: "batch" (every other face) or "person"
+            (only the same person's other faces; needs person ids).
+        relation: "fgw" (fused Gromov-Wasserstein: how each face's AUs relate to each other
+            as well as the AUs) or "ot" (version 1: entropic OT, AU saliency marginals).
+        fgw_alpha: FGW's weight of the AU-relation term.
+        gw_iters: FGW's linearisations.
+        ot_temperature: the relation loss's softmax temperature.
+        ot_epsilon: entropic regularisation of the transport.
+        ot_iters: Sinkhorn iterations.
+        identity_prior: "ot" only: the pull of each AU towards the same AU.
+        ot_solver: "ot" only: "torch", "pot" or "pot_loop".
+        mask_ratio: the share of the view's squares the masked-pixel loss hides.
+        mask_block: those squares' side, in pixels.
+    """
+
+    region_weight: float = 1.0
+    relation_weight: float = 1.0
+    masked_weight: float = 0.0
+    geometry_weight: float = 0.0
+    proj_dim: int = 64
+    temperature: float = 0.1
+    negatives: str = "batch"
+    relation: str = "fgw"
+    fgw_alpha: float = 0.5
+    gw_iters: int = 5
+    ot_temperature: float = 0.1
+    ot_epsilon: float = 0.05
+    ot_iters: int = 30
+    identity_prior: float = 0.5
+    ot_solver: str = "torch"
+    mask_ratio: float = 0.5
+    mask_block: int = 16
+
+
 # an encoder: images [B, 3, H, W], landmarks [B, 68, 2] -> tokens [B, N, D], AU features [B, A, E]
 Encoder = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -53,40 +98,41 @@ class Stage1Objective(nn.Module):
     batches of several faces per person), so that identity earns nothing.
 
     ``num_aus``, ``token_dim``, ``embed_dim``: the encoder's AU count, token and AU feature
-    sizes; ``grid``: its token grid at ``image_size`` pixels.
+    sizes; ``grid``: its token grid at ``image_size`` pixels; ``losses``: ``Stage1Losses``.
     """
 
     def __init__(self, num_aus: int, token_dim: int, embed_dim: int, grid: tuple[int, int],
-                 image_size: int, proj_dim: int = 64, region_weight: float = 1.0,
-                 relation_weight: float = 1.0, masked_weight: float = 0.0,
-                 geometry_weight: float = 0.0, mask_ratio: float = 0.5, mask_block: int = 16,
-                 temperature: float = 0.1, relation: str = "fgw", fgw_alpha: float = 0.5,
-                 gw_iters: int = 5, ot_temperature: float = 0.1, ot_epsilon: float = 0.05,
-                 ot_iters: int = 30, identity_prior: float = 0.5, ot_solver: str = "torch",
-                 negatives: str = "batch"):
+                 image_size: int, losses: Stage1Losses | None = None):
         super().__init__()
-        if negatives not in NEGATIVES:
-            raise ValueError(f"negatives must be one of {NEGATIVES} (--model.negatives), got "
-                             f"{negatives!r}")
-        self.negatives = negatives
+        losses = losses or Stage1Losses()
+        if losses.negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES} (--model.losses.negatives), "
+                             f"got {losses.negatives!r}")
+        self.negatives = losses.negatives
+        region_weight, relation_weight = losses.region_weight, losses.relation_weight
+        masked_weight, geometry_weight = losses.masked_weight, losses.geometry_weight
+        relation = losses.relation
         self.weights = {"region": region_weight, "relation": relation_weight,
                         "masked": masked_weight, "geometry": geometry_weight}
         if max(w for k, w in self.weights.items() if k != "geometry") <= 0:
-            raise ValueError("no stage-1 loss trains the encoder: set --model.region_weight, "
-                             "--model.relation_weight or --model.masked_weight > 0 (the geometry "
-                             "map, --model.geometry_weight, is solved in closed form, not "
+            raise ValueError("no stage-1 loss trains the encoder: set "
+                             "--model.losses.region_weight, --model.losses.relation_weight or "
+                             "--model.losses.masked_weight > 0 (the geometry map, "
+                             "--model.losses.geometry_weight, is solved in closed form, not "
                              "optimised)")
         # the least-squares statistics of the geometry map, which is solved, not trained
         self.geometry_fit = LeastSquaresFit(2 * NUM_LANDMARKS, 2 * NUM_LANDMARKS) \
             if geometry_weight > 0 else None
         if relation not in RELATIONS:
-            raise ValueError(f"relation must be one of {RELATIONS} (--model.relation), got "
-                             f"{relation!r}")
-        self.temperature = temperature
-        self.relation_args = dict(temperature=ot_temperature, epsilon=ot_epsilon, iters=ot_iters,
-                                  formulation=relation, alpha=fgw_alpha, gw_iters=gw_iters,
-                                  identity_prior=identity_prior, solver=ot_solver)
-        self.mask_args = (mask_block, mask_ratio)
+            raise ValueError(f"relation must be one of {RELATIONS} (--model.losses.relation), "
+                             f"got {relation!r}")
+        self.temperature = losses.temperature
+        self.relation_args = dict(temperature=losses.ot_temperature, epsilon=losses.ot_epsilon,
+                                  iters=losses.ot_iters, formulation=relation,
+                                  alpha=losses.fgw_alpha, gw_iters=losses.gw_iters,
+                                  identity_prior=losses.identity_prior, solver=losses.ot_solver)
+        self.mask_args = (losses.mask_block, losses.mask_ratio)
+        proj_dim = losses.proj_dim
         # per-AU projection heads, stored as one [A, E, P] weight (for the losses that read them)
         self.projector = self.au_proj = None
         if self.reads_au_features:
@@ -100,7 +146,7 @@ class Stage1Objective(nn.Module):
         self.pixel_decoder = nn.Linear(token_dim, 3 * self.pixel_stride ** 2) \
             if masked_weight > 0 else None
         if masked_weight > 0:
-            block_mask(1, (image_size, image_size), mask_block, mask_ratio)  # checks the flags
+            block_mask(1, (image_size, image_size), *self.mask_args)  # checks the flags
 
     @property
     def reads_au_features(self) -> bool:
@@ -118,8 +164,9 @@ class Stage1Objective(nn.Module):
     def person_id_losses(self) -> list[str]:
         """The losses that are on and compare a person's faces, each with its off switch."""
         return [name for name, on in [
-            ("the geometry loss (off: --model.geometry_weight 0)", self.weights["geometry"] > 0),
-            ("same-person negatives (off: --model.negatives batch)",
+            ("the geometry loss (off: --model.losses.geometry_weight 0)",
+             self.weights["geometry"] > 0),
+            ("same-person negatives (off: --model.losses.negatives batch)",
              self.negatives == "person" and self.contrastive)] if on]
 
     @property
@@ -164,13 +211,13 @@ class Stage1Objective(nn.Module):
             raise ValueError("the geometry loss (geometry_weight > 0) needs each face's person "
                              "id: use a data source with subject ids (SynthAU, a folder with one "
                              "sub-folder per subject or a subjects.csv, a manifest), or switch "
-                             "it off with --model.geometry_weight 0")
+                             "it off with --model.losses.geometry_weight 0")
         person_ids = None
         if self.negatives == "person" and self.contrastive:
             if groups is None:
-                raise ValueError("same-person negatives (--model.negatives person) need each "
-                                 "face's person id: use a data source with subject ids, or "
-                                 "--model.negatives batch")
+                raise ValueError("same-person negatives (--model.losses.negatives person) need "
+                                 "each face's person id: use a data source with subject ids, "
+                                 "or --model.losses.negatives batch")
             index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
             person_ids = torch.tensor([index[g] for g in groups], device=images.device)
         b, v = images.shape[:2]
