@@ -15,6 +15,7 @@ from aukit.losses.alignment import state_alignment_loss
 from aukit.losses.au_bce import au_bce_loss
 from aukit.metrics import AUMetrics
 from aukit.models import ARCHITECTURES, create_model, model_config
+from aukit.models.encoder import EncoderSettings
 from aukit.models.freeze import freeze_parts
 from aukit.optim import Optimisation
 from aukit.stage import StageModule
@@ -28,6 +29,8 @@ PRETRAINED_PARTS = ("backbone+region", "backbone")
 
 # finetuning a pretrained network: a lower peak rate, and lower still in its early layers
 DEFAULT_OPTIM = Optimisation(lr=5e-4, layer_decay=0.75)
+# null backbone, stem and geometry adopt a stage-1 checkpoint's (else swin_test, off)
+DEFAULT_ENCODER = EncoderSettings(backbone=None, geometry=None)
 
 
 class HiVAFinetuner(StageModule):
@@ -37,20 +40,19 @@ class HiVAFinetuner(StageModule):
     ``val/f1_mean`` only. The model is ``aukit.models.create_model`` of ``model_config``, which
     checkpoints store.
 
-    ``pretrained`` is a stage-1 checkpoint whose backbone and AU region encoder
-    (``pretrained_parts``: both, or the backbone alone) initialise the model when training
-    starts (not when resuming: the checkpoint holds newer weights); its whole encoder config
-    (``aukit.models.encoder.AUEncoder``: backbone, stem, image size, heads, ...) is checked
-    when the module is built, and a differing setting is refused with its flag
-    (``backbone: null``, ``conv_stem: null`` and ``geometry: null`` adopt the checkpoint's).
+    ``encoder`` (``aukit.models.encoder.EncoderSettings``) builds the AU encoder the heads
+    read; ``dropout`` is the heads'. ``pretrained`` is a stage-1 checkpoint whose backbone and
+    AU region encoder (``pretrained_parts``: both, or the backbone alone) initialise the model
+    when training starts (not when resuming: the checkpoint holds newer weights); its whole
+    encoder config (backbone, stem, image size, heads, ...) is checked when the module is
+    built, and a differing setting is refused with its flag (``encoder.backbone: null``,
+    ``encoder.conv_stem: null`` and ``encoder.geometry: null`` adopt the checkpoint's).
     A checkpoint of this module holds every weight and
     the resolved architecture, and loads without the stage-1 file (or ImageNet weights,
     ``pretrained_backbone``), which may since have moved; ``from_stage1`` builds a module with
     the stage-1 weights already in. ``freeze`` names submodules of the model that do not train
     (e.g. ``[encoder.region.geometry]``: the stage-1 geometry map stays as stage 1 learned it on
-    many people; a part the model has switched off is skipped). ``geometry`` gives the region
-    encoder its expression-geometry branch (``aukit.models.region.ExpressionGeometry``; null:
-    the stage-1 checkpoint's setting, else off).
+    many people; a part the model has switched off is skipped).
     ``region_supervision`` weighs a BCE on HiVA's per-AU linear head over the region features
     (deep supervision, 0 = off), so the encoder gets the plain region baseline's signal under
     HiVA's components. The alignment loss (``alignment_weight``) carries AU state: AU k's
@@ -67,13 +69,9 @@ class HiVAFinetuner(StageModule):
     stage = "finetune"
 
     def __init__(self, aus: list[str], image_size: int = 128, architecture: str = "hiva",
-                 backbone: str | None = None, pretrained: str | None = None,
+                 encoder: EncoderSettings = DEFAULT_ENCODER, pretrained: str | None = None,
                  pretrained_parts: str = "backbone+region",
-                 freeze: list[str] | None = None,
-                 pretrained_backbone: bool = False, feature_stage: int = 3,
-                 conv_stem: bool | None = None, embed_dim: int = 128, num_heads: int = 4,
-                 region_depth: int = 1, attention_sigma: float = 0.3, dropout: float = 0.1,
-                 roi_size: int = 0, roi_extent: float = 0.3, geometry: bool | None = None,
+                 freeze: list[str] | None = None, dropout: float = 0.1,
                  use_graph: bool = True, use_ddca: bool = True, use_cdca: bool = True,
                  use_text: bool = True, map_prior: bool = True, graph_top_k: int | None = 4,
                  cooccurrence_prior: bool = True, text_encoder: str = "minilm",
@@ -84,8 +82,9 @@ class HiVAFinetuner(StageModule):
                  class_weighted: bool = True, balance_positives: bool = True,
                  optim: Optimisation = DEFAULT_OPTIM):
         super().__init__()
-        self.optim = settings(Optimisation, optim)
-        optim = plain(self.optim)  # checkpoints keep plain data
+        self.optim = settings(Optimisation, optim, DEFAULT_OPTIM)
+        encoder_settings = settings(EncoderSettings, encoder, DEFAULT_ENCODER)
+        encoder, optim = plain(encoder_settings), plain(self.optim)  # checkpoints: plain data
         if architecture not in ARCHITECTURES:
             raise ValueError(f"--model.architecture must be one of {', '.join(ARCHITECTURES)}, "
                              f"got {architecture!r} (presets such as 'hiva_swin_base' are for "
@@ -99,12 +98,7 @@ class HiVAFinetuner(StageModule):
         # where the weights come from, kept through checkpoints that no longer read it
         self.stage1_path = pretrained
         self._stage1_pending = bool(pretrained)  # applied once, when training starts
-        encoder = dict(backbone=backbone, image_size=image_size,
-                       pretrained_backbone=pretrained_backbone, feature_stage=feature_stage,
-                       conv_stem=conv_stem, embed_dim=embed_dim, num_heads=num_heads,
-                       region_depth=region_depth, attention_sigma=attention_sigma,
-                       dropout=dropout, roi_size=roi_size, roi_extent=roi_extent,
-                       geometry=geometry)
+        encoder = {**encoder, "image_size": image_size}
         if pretrained:  # refuse a stage-1 checkpoint that does not fit, before anything trains
             region = pretrained_parts == "backbone+region"
             stage1 = stage1_meta(pretrained, encoder, self.au_numbers, region)["encoder"]
@@ -112,8 +106,8 @@ class HiVAFinetuner(StageModule):
             for key in ("backbone", "conv_stem", "geometry")[:3 if region else 2]:
                 if encoder[key] is None:
                     encoder[key] = stage1[key]
-        encoder["backbone"] = encoder["backbone"] or "swin_test"
-        encoder["geometry"] = bool(encoder["geometry"])
+        encoder = settings(EncoderSettings, {k: v for k, v in encoder.items()
+                                             if k != "image_size"}).config(image_size)
         text = {"text_dim": text_encoder_dim(text_encoder)} if use_text else {}
         # every head setting, for whichever architecture takes it; the config is what
         # checkpoints store and what inference rebuilds the model from
@@ -285,21 +279,12 @@ class HiVAFinetuner(StageModule):
         super().on_save_checkpoint(checkpoint)
         hparams = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
         if hparams is not None:
-            hparams.update(pretrained=None, pretrained_backbone=False,
-                           backbone=self.model_config["encoder"]["backbone"],
-                           conv_stem=self.model_config["encoder"]["conv_stem"],
-                           geometry=self.model_config["encoder"]["geometry"])
+            built = self.model_config["encoder"]
+            hparams.update(pretrained=None, encoder={
+                **hparams["encoder"], "pretrained_backbone": False,
+                **{k: built[k] for k in ("backbone", "conv_stem", "geometry")}})
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.stage1_path = checkpoint[META_KEY].get("pretrained", self.stage1_path)
         self._stage1_pending = False  # the checkpoint's weights replace the stage-1 ones
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs) -> HiVAFinetuner:
-        """``LightningModule.load_from_checkpoint`` that never reads the stage-1 checkpoint or
-        ImageNet weights, also for checkpoints written before ``on_save_checkpoint`` dropped
-        them (keyword arguments still override)."""
-        kwargs.setdefault("pretrained", None)
-        kwargs.setdefault("pretrained_backbone", False)
-        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)

@@ -7,11 +7,13 @@ from torch import Tensor
 from aukit.au import au_numbers
 from aukit.cli import UserError
 from aukit.losses.stage1 import Stage1Losses, Stage1Objective
-from aukit.models.encoder import AUEncoder
+from aukit.models.encoder import AUEncoder, EncoderSettings
 from aukit.optim import Optimisation
 from aukit.stage import StageModule
 from aukit.utils.settings import plain, settings
 
+# no dropout: the contrastive views differ by their augmentations only
+DEFAULT_ENCODER = EncoderSettings(dropout=0.0)
 DEFAULT_LOSSES, DEFAULT_OPTIM = Stage1Losses(), Optimisation()
 
 
@@ -22,29 +24,26 @@ class RegionRelationPretrainer(StageModule):
     The objective's losses on two augmented views (``losses``: region, relation, masked pixels,
     expression geometry; each ``*_weight``, 0 = off; ``aukit.losses.stage1.Stage1Losses``),
     optimised as ``optim`` says (``aukit.optim.Optimisation``).
-    ``geometry`` gives the region encoder its expression-geometry branch, which
-    ``geometry_weight`` trains (its linear map is solved in closed form, not stepped by the
-    optimiser).
+    ``encoder`` (``aukit.models.encoder.EncoderSettings``) builds the encoder; its ``geometry``
+    gives the region encoder the expression-geometry branch, which ``losses.geometry_weight``
+    trains (its linear map is solved in closed form, not stepped by the optimiser).
     """
 
     stage = "pretrain"
 
-    def __init__(self, aus: list[str] | str = "all", backbone: str = "swin_test",
-                 image_size: int = 128, pretrained_backbone: bool = False, feature_stage: int = 3,
-                 conv_stem: bool | None = None, embed_dim: int = 128,
-                 num_heads: int = 4, region_depth: int = 1, attention_sigma: float = 0.3,
-                 roi_size: int = 0, roi_extent: float = 0.3, geometry: bool = False,
+    def __init__(self, aus: list[str] | str = "all", image_size: int = 128,
+                 encoder: EncoderSettings = DEFAULT_ENCODER,
                  losses: Stage1Losses = DEFAULT_LOSSES, optim: Optimisation = DEFAULT_OPTIM):
         super().__init__()
-        self.losses, self.optim = settings(Stage1Losses, losses), settings(Optimisation, optim)
-        losses, optim = plain(self.losses), plain(self.optim)  # checkpoints keep plain data
+        self.losses = settings(Stage1Losses, losses)
+        self.optim = settings(Optimisation, optim, DEFAULT_OPTIM)
+        encoder_settings = settings(EncoderSettings, encoder, DEFAULT_ENCODER)
+        # checkpoints keep plain data
+        encoder, losses, optim = plain(encoder_settings), plain(self.losses), plain(self.optim)
         self.save_hyperparameters()
         self.au_numbers = au_numbers(aus)
-        # no dropout: the contrastive views differ by their augmentations only
-        self.encoder = AUEncoder(self.au_numbers, backbone, image_size, pretrained_backbone,
-                                 feature_stage, conv_stem, embed_dim, num_heads, region_depth,
-                                 attention_sigma, dropout=0.0, roi_size=roi_size,
-                                 roi_extent=roi_extent, geometry=geometry)
+        self.encoder = AUEncoder(self.au_numbers, **encoder_settings.config(image_size))
+        embed_dim = self.encoder.embed_dim
         self.objective = Stage1Objective(len(self.au_numbers), self.encoder.token_dim, embed_dim,
                                          self.encoder.grid, image_size, self.losses)
         if not self.objective.reads_au_features:  # no loss trains the region encoder's

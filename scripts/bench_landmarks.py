@@ -38,7 +38,8 @@ def untrained_checkpoint(path: Path) -> Path:
     """An untrained HiVA finetune checkpoint with the SynthAU config's model."""
     from finetune.module import HiVAFinetuner
 
-    module = HiVAFinetuner(aus=au_keys(DATASET_AUS["synthau"]), image_size=128, embed_dim=128,
+    module = HiVAFinetuner(aus=au_keys(DATASET_AUS["synthau"]), image_size=128,
+                           encoder=dict(embed_dim=128),
                            text_cache_dir=str(path.parent / "text-cache"))
     checkpoint = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(checkpoint)

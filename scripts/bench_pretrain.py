@@ -43,10 +43,10 @@ DEFAULT = "the default recipe (conf/pretrain/synthau.yaml)"
 ORACLE = " [oracle: the renderer's exact landmarks]"  # the suffix of oracle rows
 # the contrastive recipe (conf/pretrain/synthau.yaml's default is masked pixels + geometry):
 # region + relation losses on two frames of a clip, person-aware batches of 8 people x 4 faces
-CONTRASTIVE = ["--model.losses.masked_weight", "0", "--model.geometry", "false",
+CONTRASTIVE = ["--model.losses.masked_weight", "0", "--model.encoder.geometry", "false",
                "--model.losses.geometry_weight", "0", "--model.losses.region_weight", "1",
-               "--model.losses.relation_weight", "1", "--data.views", "2", "--data.positives", "clip",
-               "--data.faces_per_subject", "4"]
+               "--model.losses.relation_weight", "1", "--data.views", "2",
+               "--data.positives", "clip", "--data.faces_per_subject", "4"]
 # name -> (checkpoint folder tag, overrides)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "region only": ("region", [*CONTRASTIVE, "--model.losses.relation_weight", "0"]),
@@ -57,20 +57,22 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "region + relation, one-image positives": ("both-augment", [*CONTRASTIVE,
                                                                 "--data.positives", "augment"]),
     "masked pixels only": ("masked", [
-        "--model.losses.region_weight", "0", "--model.losses.relation_weight", "0", "--model.geometry",
-        "false", "--model.losses.geometry_weight", "0", "--data.views", "1", "--data.positives",
-        "augment", "--data.faces_per_subject", "4"]),
+        "--model.losses.region_weight", "0", "--model.losses.relation_weight", "0",
+        "--model.encoder.geometry", "false", "--model.losses.geometry_weight", "0",
+        "--data.views", "1", "--data.positives", "augment", "--data.faces_per_subject", "4"]),
     "region + relation + masked pixels": ("both-masked", [*CONTRASTIVE,
                                                           "--model.losses.masked_weight", "1"]),
     "masked pixels + expression geometry": ("masked-geometry", [
-        "--model.losses.region_weight", "0", "--model.losses.relation_weight", "0", "--model.losses.masked_weight",
-        "1", "--model.geometry", "true", "--model.losses.geometry_weight", "1", "--data.views", "1",
+        "--model.losses.region_weight", "0", "--model.losses.relation_weight", "0",
+        "--model.losses.masked_weight", "1", "--model.encoder.geometry", "true",
+        "--model.losses.geometry_weight", "1", "--data.views", "1",
         "--data.positives", "augment", "--data.faces_per_subject", "8"]),
     # conf/pretrain/synthau.yaml as it is, and without each of the seed method's two losses
     DEFAULT: ("default", []),
     DEFAULT + ", without the relation loss": ("default-no-relation",
                                              ["--model.losses.relation_weight", "0"]),
-    DEFAULT + ", without the region loss": ("default-no-region", ["--model.losses.region_weight", "0"]),
+    DEFAULT + ", without the region loss": ("default-no-region", ["--model.losses.region_weight",
+                                                                  "0"]),
     DEFAULT + ", same-person negatives": ("default-person", ["--model.losses.negatives", "person"]),
 }
 

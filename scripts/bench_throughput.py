@@ -61,8 +61,9 @@ def peak_memory_mb(device: torch.device) -> float:
 def build(stage: str, backbone: str, size: int, text: bool,
           text_weights: str | None = None) -> torch.nn.Module:
     if stage == "pretrain":
-        return RegionRelationPretrainer(aus=AUS, backbone=backbone, image_size=size)
-    module = HiVAFinetuner(aus=[f"AU{a}" for a in AUS], backbone=backbone, image_size=size,
+        return RegionRelationPretrainer(aus=AUS, image_size=size, encoder=dict(backbone=backbone))
+    module = HiVAFinetuner(aus=[f"AU{a}" for a in AUS], image_size=size,
+                           encoder=dict(backbone=backbone),
                            use_text=text, text_weights=text_weights)
     if text:  # what setup() does from the data module: encode the description bank once
         module.set_text_features(load_text_features(

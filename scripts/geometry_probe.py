@@ -11,8 +11,8 @@ A logistic probe per AU, trained on the labelled subjects' face-frame landmark s
   geometry loss trains the region encoder's geometry branch to do.
 
 With ``--stage1 CKPT ...`` a fourth column per checkpoint: the shape through that stage-1
-checkpoint's own geometry map (``--model.geometry true``), with its share of the test target left
-unexplained.
+checkpoint's own geometry map (``--model.encoder.geometry true``), with its share of the test
+target left unexplained.
 
 Seconds on a CPU, from landmarks alone (no images)::
 
@@ -55,7 +55,8 @@ def stage1_map(path: str) -> ExpressionGeometry:
     state = read_checkpoint(path, "pretrain")["state_dict"]
     prefix = "encoder.region.geometry."
     if prefix + "project.weight" not in state:
-        raise SystemExit(f"{path} has no geometry branch (train it with --model.geometry true)")
+        raise SystemExit(f"{path} has no geometry branch (train it with "
+                         "--model.encoder.geometry true)")
     geometry = ExpressionGeometry()
     geometry.load_state_dict({k[len(prefix):]: v for k, v in state.items()
                               if k.startswith(prefix)})

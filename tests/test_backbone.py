@@ -47,7 +47,7 @@ def test_pretrained_offline_fails_fast_with_a_hint(monkeypatch):
         raise OSError("cannot reach the hub")
 
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(OSError, match="--model.pretrained_backbone false"):
+    with pytest.raises(OSError, match="--model.encoder.pretrained_backbone false"):
         SwinBackbone("swin_tiny", 224, pretrained=True)
 
 
@@ -64,5 +64,5 @@ def test_conv_stem_is_the_default_for_swin_test_and_a_switch():
 
 
 def test_conv_stem_refuses_imagenet_weights():
-    with pytest.raises(ValueError, match="--model.conv_stem false"):
+    with pytest.raises(ValueError, match="--model.encoder.conv_stem false"):
         SwinBackbone("swin_tiny", 224, pretrained=True, conv_stem=True)

@@ -82,7 +82,8 @@ def test_each_datasets_composed_finetune_config_builds(dataset, tmp_path):
     assert cli.model.au_names == list(data.au_names)
     assert model.hparams.image_size == data.image_size
     assert (type(data).__name__, cli.trainer.logger.name, cli.trainer.max_epochs,
-            model.hparams.backbone, model.hparams.embed_dim, data.image_size) == EXPECTED[dataset]
+            model.hparams.encoder["backbone"], model.hparams.encoder["embed_dim"],
+            data.image_size) == EXPECTED[dataset]
     callbacks = {type(c).__name__ for c in cli.trainer.callbacks}
     assert {"ModelCheckpoint", "LearningRateMonitor", "TestReport", "ActivationMapLogger",
             "Performance"} <= callbacks
@@ -101,7 +102,7 @@ def test_finetune_builds_with_each_trainer_preset(trainer, tmp_path):
 
 
 def test_the_data_module_is_chosen_by_class_and_keeps_short_overrides(tmp_path):
-    tiny = ["--data.image_size", "64", "--model.use_text", "false", "--model.backbone",
+    tiny = ["--data.image_size", "64", "--model.use_text", "false", "--model.encoder.backbone",
             "swin_test"]
     base = config_flags(["trainer/cpu.yaml", "finetune/base.yaml"])
     for choice in (["--data", "SynthAUDataModule"], ["--data", "aukit.data.SynthAUDataModule"]):

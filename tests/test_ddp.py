@@ -24,7 +24,7 @@ from finetune.module import HiVAFinetuner
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
           "--trainer.enable_model_summary", "false", "--data.image_size", "64",
-          "--data.batch_size", "4", "--data.num_workers", "0", "--model.embed_dim", "32"]
+          "--data.batch_size", "4", "--data.num_workers", "0", "--model.encoder.embed_dim", "32"]
 DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
 # 20 test subjects x 1 sample: 5 batches of 4 on one process, 3 per rank (4, 4, 2) under DDP
 FINETUNE = [*config_flags(["trainer/cpu.yaml", *finetune_configs("synthau")]), *COMMON,

@@ -16,11 +16,13 @@ AUS = ["AU1", "AU12", "AU25"]
 
 
 def save_finetune(path: Path, use_text: bool = False, stage: str = "finetune",
-                  **kwargs) -> Path:
-    """A tiny finetune checkpoint as the trainer writes it (metadata, data and callback state)."""
+                  architecture: str = "hiva", **encoder) -> Path:
+    """A tiny finetune checkpoint as the trainer writes it (metadata, data and callback state);
+    ``encoder``: encoder settings over embed_dim 32."""
     # graph_top_k < A: the exported graph includes the top-k adjacency mask
-    module = HiVAFinetuner(aus=AUS, image_size=64, embed_dim=32, use_text=use_text, graph_top_k=2,
-                           text_cache_dir=str(path.parent / "text-cache"), **kwargs)
+    module = HiVAFinetuner(aus=AUS, image_size=64, architecture=architecture,
+                           encoder={"embed_dim": 32, **encoder}, use_text=use_text,
+                           graph_top_k=2, text_cache_dir=str(path.parent / "text-cache"))
     checkpoint = {"state_dict": module.state_dict(), "epoch": 3, "global_step": 120,
                   "datamodule_hyper_parameters": {"dataset": "disfa", "fold": 2},
                   "callbacks": {"ModelCheckpoint{'monitor': 'val/f1_mean'}": {

@@ -22,7 +22,7 @@ TINY = ["--trainer.accelerator", "cpu", "--trainer.devices", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--data.image_size", "64", "--data.batch_size", "8", "--data.num_workers", "0",
         "--data.synthau_samples_per_subject", "2", "--data.synthau_eval_samples_per_subject", "2",
-        "--model.embed_dim", "32", "--model.descriptions_per_step", "2"]
+        "--model.encoder.embed_dim", "32", "--model.descriptions_per_step", "2"]
 
 
 def run_finetune(tmp_path: Path, *extra: str, subcommand: str = "fit") -> FinetuneCLI:
@@ -32,11 +32,12 @@ def run_finetune(tmp_path: Path, *extra: str, subcommand: str = "fit") -> Finetu
     return FinetuneCLI(HiVAFinetuner, AUDataModule, args=args)
 
 
-def save_stage1(path: Path, image_size: int = 64, backbone: str = "swin_test",
-                embed_dim: int = 32, stage: str = "pretrain",
-                conv_stem: bool | None = None, **kwargs) -> RegionRelationPretrainer:
-    module = RegionRelationPretrainer(aus="all", backbone=backbone, image_size=image_size,
-                                      embed_dim=embed_dim, conv_stem=conv_stem, **kwargs)
+def save_stage1(path: Path, image_size: int = 64, stage: str = "pretrain",
+                **encoder) -> RegionRelationPretrainer:
+    """A stage-1 checkpoint of a fresh encoder: ``encoder`` settings over swin_test, 32 dims."""
+    module = RegionRelationPretrainer(aus="all", image_size=image_size,
+                                      encoder={"backbone": "swin_test", "embed_dim": 32,
+                                               **encoder})
     checkpoint = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(checkpoint)
     checkpoint[META_KEY]["stage"] = stage
@@ -98,7 +99,7 @@ def test_model_selection_reads_the_validation_split_only(tmp_path):
 def test_stage1_checkpoint_initialises_backbone_and_region(tmp_path):
     stage1 = save_stage1(tmp_path / "s1.ckpt")
     module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
-                                       embed_dim=32, use_text=False)
+                                       encoder=dict(embed_dim=32), use_text=False)
     for name, value in stage1.encoder.backbone.state_dict().items():
         assert torch.equal(module.model.encoder.backbone.state_dict()[name], value), name
     rows = [list(stage1.au_numbers).index(a) for a in (12, 1)]
@@ -109,7 +110,7 @@ def test_stage1_checkpoint_initialises_backbone_and_region(tmp_path):
 
 def test_pretrained_parts_backbone_leaves_the_region_encoder_fresh(tmp_path):
     stage1 = save_stage1(tmp_path / "s1.ckpt")
-    kwargs = dict(aus=["AU12", "AU1"], image_size=64, embed_dim=32, use_text=False)
+    kwargs = dict(aus=["AU12", "AU1"], image_size=64, encoder=dict(embed_dim=32), use_text=False)
     torch.manual_seed(0)
     fresh = HiVAFinetuner(**kwargs)
     torch.manual_seed(0)
@@ -125,25 +126,28 @@ def test_pretrained_parts_backbone_leaves_the_region_encoder_fresh(tmp_path):
 
 def test_a_stage1_encoder_with_other_settings_is_refused_naming_each_flag(tmp_path):
     save_stage1(tmp_path / "s1.ckpt", num_heads=4, region_depth=1)
-    kwargs = dict(aus=["AU12"], image_size=64, embed_dim=32, use_text=False,
-                  pretrained=str(tmp_path / "s1.ckpt"))
+    kwargs = dict(aus=["AU12"], image_size=64, use_text=False, pretrained=str(tmp_path / "s1.ckpt"))
+
+    def encoder(**settings):
+        return {"encoder": {"embed_dim": 32, **settings}}
+
     # the head count changes no parameter shape: without the check it would silently re-split
     with pytest.raises(ValueError, match=r"num_heads=4 but this model uses num_heads=2; set "
-                                         r"--model.num_heads 4"):
-        HiVAFinetuner(num_heads=2, **kwargs)
+                                         r"--model.encoder.num_heads 4"):
+        HiVAFinetuner(**kwargs, **encoder(num_heads=2))
     with pytest.raises(ValueError, match=r"embed_dim=32, region_depth=1 .* embed_dim=16, "
-                                         r"region_depth=2; set --model.embed_dim 32 "
-                                         r"--model.region_depth 1"):
-        HiVAFinetuner(**{**kwargs, "embed_dim": 16}, region_depth=2)
+                                         r"region_depth=2; set --model.encoder.embed_dim 32 "
+                                         r"--model.encoder.region_depth 1"):
+        HiVAFinetuner(**kwargs, **encoder(embed_dim=16, region_depth=2))
     with pytest.raises(ValueError, match="image_size=64.*--data.image_size 64"):
-        HiVAFinetuner(**{**kwargs, "image_size": 96})
-    HiVAFinetuner(dropout=0.3, **kwargs)  # a training setting: not compared
+        HiVAFinetuner(**{**kwargs, "image_size": 96}, **encoder())
+    HiVAFinetuner(**kwargs, **encoder(dropout=0.3))  # a training setting: not compared
     # the backbone alone: only its settings count, the region encoder is this model's own
-    module = HiVAFinetuner(num_heads=2, region_depth=2, pretrained_parts="backbone",
-                           geometry=True, **kwargs)
+    module = HiVAFinetuner(**kwargs, **encoder(num_heads=2, region_depth=2, geometry=True),
+                           pretrained_parts="backbone")
     assert module.model_config["encoder"]["geometry"] is True
     with pytest.raises(ValueError, match="--data.image_size 64"):
-        HiVAFinetuner(**{**kwargs, "image_size": 96}, pretrained_parts="backbone")
+        HiVAFinetuner(**{**kwargs, "image_size": 96}, **encoder(), pretrained_parts="backbone")
 
 
 def test_stage1_weights_arrive_when_training_starts_and_never_over_a_resumed_run(tmp_path):
@@ -152,7 +156,8 @@ def test_stage1_weights_arrive_when_training_starts_and_never_over_a_resumed_run
     stage1 = save_stage1(tmp_path / "s1.ckpt")
     expected = stage1.encoder.region.au_queries[[list(stage1.au_numbers).index(12)]]
     for resumed in ("last.ckpt", None):
-        module = HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False,
+        module = HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32),
+                               use_text=False,
                                pretrained=str(tmp_path / "s1.ckpt"))
         assert not torch.equal(module.model.encoder.region.au_queries, expected)  # not read yet
         module._trainer = SimpleNamespace(ckpt_path=resumed)
@@ -168,7 +173,7 @@ def test_stage1_weights_arrive_when_training_starts_and_never_over_a_resumed_run
 def test_the_region_baseline_adopts_the_stage1_stem_and_weights(tmp_path, conv_stem):
     stage1 = save_stage1(tmp_path / "s1.ckpt", conv_stem=conv_stem)
     module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
-                                       embed_dim=32, architecture="region")
+                                       encoder=dict(embed_dim=32), architecture="region")
     assert module.model_config["encoder"]["conv_stem"] is conv_stem
     assert module.model.encoder.backbone.conv_stem is conv_stem
     for name, value in stage1.encoder.backbone.state_dict().items():
@@ -181,33 +186,36 @@ def test_the_region_baseline_adopts_the_stage1_stem_and_weights(tmp_path, conv_s
 def test_roi_pooling_is_handed_over_from_stage1(tmp_path):
     stage1 = save_stage1(tmp_path / "s1.ckpt", roi_size=3, roi_extent=0.2)
     module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
-                                       embed_dim=32, roi_size=3, roi_extent=0.2,
+                                       encoder=dict(embed_dim=32, roi_size=3, roi_extent=0.2),
                                        architecture="region")
     assert torch.equal(module.model.encoder.region.roi_proj.weight,
                        stage1.encoder.region.roi_proj.weight)
-    with pytest.raises(ValueError, match="roi_size=3.*--model.roi_size 3"):
-        HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, architecture="region",
+    with pytest.raises(ValueError, match="roi_size=3.*--model.encoder.roi_size 3"):
+        HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32),
+                      architecture="region",
                       pretrained=str(tmp_path / "s1.ckpt"))
 
 
 def test_the_geometry_branch_is_handed_over_from_stage1(tmp_path):
     stage1 = save_stage1(tmp_path / "s1.ckpt", geometry=True)
     module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
-                                       embed_dim=32, use_text=False)  # geometry: the stage 1's
+                                       encoder=dict(embed_dim=32),  # geometry: stage 1's
+                                       use_text=False)
     assert module.model_config["encoder"]["geometry"] is True
     region, rows = module.model.encoder.region, [list(stage1.au_numbers).index(a) for a in (12, 1)]
     assert torch.equal(region.geometry.project.weight,
                        stage1.encoder.region.geometry.project.weight)
     assert torch.equal(region.geometry_embed, stage1.encoder.region.geometry_embed[rows])
-    with pytest.raises(ValueError, match="geometry=True.*--model.geometry True"):
-        HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False, geometry=False,
+    with pytest.raises(ValueError, match="geometry=True.*--model.encoder.geometry True"):
+        HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32, geometry=False),
+                      use_text=False,
                       pretrained=str(tmp_path / "s1.ckpt"))
 
 
 def test_frozen_parts_do_not_train_and_a_part_that_is_off_is_skipped(tmp_path):
     save_stage1(tmp_path / "s1.ckpt", geometry=True)
     module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
-                                       embed_dim=32, use_text=False,
+                                       encoder=dict(embed_dim=32), use_text=False,
                                        freeze=["encoder.region.geometry",
                                                "encoder.region.geometry_embed"])
     region = module.model.encoder.region
@@ -215,36 +223,37 @@ def test_frozen_parts_do_not_train_and_a_part_that_is_off_is_skipped(tmp_path):
     trained = {id(p) for group in parameter_groups(module.model, 1e-3, 0.05)
                for p in group["params"]}
     assert frozen and not frozen & trained and id(module.model.encoder.region.au_queries) in trained
-    scratch = HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False,
+    scratch = HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32), use_text=False,
                             # no geometry branch: nothing to freeze
                             freeze=["encoder.region.geometry"])
     assert all(p.requires_grad for p in scratch.model.parameters())
     with pytest.raises(ValueError, match="--model.freeze names 'region.wings'"):
-        HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False,
+        HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32), use_text=False,
                       freeze=["region.wings"])
 
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"image_size": 128}, "image_size=64.*image_size=128"),
-    ({"image_size": 64, "conv_stem": False}, "conv_stem=True.*--model.conv_stem True"),
+    ({"image_size": 64, "conv_stem": False}, "conv_stem=True.*--model.encoder.conv_stem True"),
     ({"backbone": "swin_tiny", "image_size": 64}, "backbone='swin_test'"),
 ])
 def test_a_mismatched_stage1_checkpoint_is_refused(tmp_path, kwargs, message):
     save_stage1(tmp_path / "s1.ckpt")
+    image_size = kwargs.pop("image_size")
     with pytest.raises(ValueError, match=message):
-        HiVAFinetuner(aus=["AU12"], embed_dim=32, use_text=False,
-                      pretrained=str(tmp_path / "s1.ckpt"), **kwargs)
+        HiVAFinetuner(aus=["AU12"], image_size=image_size, encoder=dict(embed_dim=32, **kwargs),
+                      use_text=False, pretrained=str(tmp_path / "s1.ckpt"))
 
 
 def test_a_finetune_checkpoint_is_not_a_stage1_checkpoint(tmp_path):
     save_stage1(tmp_path / "ft.ckpt", stage="finetune")
     with pytest.raises(ValueError, match="is a finetune checkpoint.*make pretrain"):
-        HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False,
+        HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32), use_text=False,
                       pretrained=str(tmp_path / "ft.ckpt"))
 
 
 def test_resuming_finetuning_from_a_stage1_checkpoint_is_refused():
-    module = HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32, use_text=False)
+    module = HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32), use_text=False)
     with pytest.raises(ValueError, match="--model.pretrained, not --ckpt_path"):
         module.on_load_checkpoint({META_KEY: {"stage": "pretrain"}})
 
@@ -262,7 +271,7 @@ def test_text_weights_that_cannot_be_had_offline_fail_fast(tmp_path):
     from aukit.text.features import load_text_features
 
     # the model is sized for the text encoder without loading it ...
-    module = HiVAFinetuner(aus=["AU12"], image_size=64, embed_dim=32,
+    module = HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32),
                            text_encoder="open_clip:ViT-B-16", text_pretrained="openai",
                            text_cache_dir=str(tmp_path))
     assert module.model.text_proj.in_features == 512 and module.descriptions.features is None
@@ -275,7 +284,8 @@ def test_text_weights_that_cannot_be_had_offline_fail_fast(tmp_path):
 def test_a_model_for_other_aus_is_refused_by_the_data(tmp_path):
     import lightning as L
 
-    module = HiVAFinetuner(aus=["AU1", "AU2"], image_size=64, embed_dim=32, use_text=False)
+    module = HiVAFinetuner(aus=["AU1", "AU2"], image_size=64, encoder=dict(embed_dim=32),
+                           use_text=False)
     data = SynthAUDataModule(image_size=64, batch_size=4, synthau_samples_per_subject=1,
                              synthau_eval_samples_per_subject=1)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False,
@@ -291,7 +301,7 @@ def test_a_tiny_run_learns_its_training_faces_beyond_chance(tmp_path):
     args = ["fit", *SYNTHAU,
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--trainer.logger.init_args.save_dir", str(tmp_path), "--test_after_fit", "false",
-            "--model.text_cache_dir", str(tmp_path / "cache"), "--model.embed_dim", "32",
+            "--model.text_cache_dir", str(tmp_path / "cache"), "--model.encoder.embed_dim", "32",
             "--model.descriptions_per_step", "2", "--data.aus", "[AU25,AU26,AU12,AU4]",
             "--data.image_size", "64", "--data.batch_size", "12", "--data.num_workers", "0",
             "--data.label_fraction", "0.2", "--data.synthau_samples_per_subject", "4",
@@ -333,8 +343,9 @@ def test_a_finetune_checkpoint_loads_without_its_stage1_file(tmp_path, capsys, c
     assert checkpoint[META_KEY]["model"]["encoder"]["conv_stem"] is True
     assert checkpoint[META_KEY]["pretrained"] == str(stage1_path)  # where it came from
     loaded = HiVAFinetuner.load_from_checkpoint(ckpt).eval()
-    assert loaded.hparams.conv_stem is True and loaded.model.encoder.backbone.conv_stem is True
-    assert loaded.hparams.backbone == "swin_test" and loaded.hparams.image_size == 64
+    assert loaded.hparams.encoder["conv_stem"] is True
+    assert loaded.model.encoder.backbone.conv_stem is True
+    assert loaded.hparams.encoder["backbone"] == "swin_test" and loaded.hparams.image_size == 64
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     landmarks = torch.from_numpy(canonical_landmarks(64))[None].expand(2, -1, -1)
     with torch.no_grad():
@@ -342,12 +353,6 @@ def test_a_finetune_checkpoint_loads_without_its_stage1_file(tmp_path, capsys, c
         torch.testing.assert_close(loaded(images, landmarks)["logits"], expected)
         probabilities = load_predictor(ckpt, tmp_path / "text-cache")(images)[0]
     torch.testing.assert_close(probabilities, expected.sigmoid())
-    # a checkpoint written before the stage-1 path was dropped from its hyperparameters
-    checkpoint["hyper_parameters"].update(pretrained=str(stage1_path))
-    torch.save(checkpoint, tmp_path / "old.ckpt")
-    old = HiVAFinetuner.load_from_checkpoint(tmp_path / "old.ckpt").eval()
-    with torch.no_grad():
-        torch.testing.assert_close(old(images, landmarks)["logits"], expected)
     # the fit command line reused for `test`, stage-1 path and all
     tested = run_finetune(tmp_path / "test", *tiny, "--ckpt_path", ckpt,
                           "--trainer.limit_test_batches", "1", subcommand="test")

@@ -105,12 +105,12 @@ def test_the_loss_is_the_share_of_the_target_left_unexplained():
 def test_stage1_geometry_needs_the_branch_and_subject_ids_and_feeds_the_au_features(faces):
     torch.manual_seed(0)
     batch = {"image": torch.randn(8, 1, 3, 64, 64), "landmarks": (faces / 2)[:, None]}
-    kwargs = dict(aus="bp4d", image_size=64, embed_dim=32,
+    kwargs = dict(aus="bp4d", image_size=64,
                   losses=dict(proj_dim=16, region_weight=0, relation_weight=0, masked_weight=1.0,
                               mask_block=8, geometry_weight=1.0))
-    with pytest.raises(ValueError, match="set --model.geometry true"):
-        RegionRelationPretrainer(**kwargs).training_step(batch, 0)
-    module = RegionRelationPretrainer(**kwargs, geometry=True)
+    with pytest.raises(ValueError, match="set --model.encoder.geometry true"):
+        RegionRelationPretrainer(encoder=dict(embed_dim=32), **kwargs).training_step(batch, 0)
+    module = RegionRelationPretrainer(encoder=dict(embed_dim=32, geometry=True), **kwargs)
     with pytest.raises(ValueError, match="needs each face's person id"):
         module.training_step(batch, 0)
     batch["subject"] = ["S1"] * 4 + ["S2"] * 4
@@ -144,6 +144,7 @@ def test_the_least_squares_fit_agrees_with_sklearn_and_adds_up_over_batches():
         LeastSquaresFit(10, 4).solve()
 
 
+GEOMETRY = dict(embed_dim=32, geometry=True)
 MASKED_GEOMETRY = dict(region_weight=0, relation_weight=0, masked_weight=1.0,
                        geometry_weight=1.0)
 
@@ -152,10 +153,10 @@ def test_stage1_solves_the_geometry_map_in_closed_form_and_resumes_it(faces):
     batch = {"image": torch.randn(8, 1, 3, 64, 64), "landmarks": (faces / 2)[:, None],
              "subject": ["S1"] * 4 + ["S2"] * 4}
     with pytest.raises(ValueError, match="no stage-1 loss trains the encoder"):
-        RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, geometry=True,
+        RegionRelationPretrainer(aus="bp4d", image_size=64, encoder=GEOMETRY,
                                  losses=dict(region_weight=0, relation_weight=0,
                                              geometry_weight=1.0))
-    module = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, geometry=True,
+    module = RegionRelationPretrainer(aus="bp4d", image_size=64, encoder=GEOMETRY,
                                       losses=MASKED_GEOMETRY)
     geometry = module.encoder.region.geometry
     assert not any(p.requires_grad for p in geometry.parameters())  # not the optimiser's
@@ -167,7 +168,7 @@ def test_stage1_solves_the_geometry_map_in_closed_form_and_resumes_it(faces):
     target = SHAPE_SCALE * expression_geometry(faces / 2, batch["subject"])
     assert geometry_loss(geometry(faces / 2), target) < 1e-3
     # its statistics travel in the checkpoint: a resumed module solves the same map
-    resumed = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32, geometry=True,
+    resumed = RegionRelationPretrainer(aus="bp4d", image_size=64, encoder=GEOMETRY,
                                        losses=MASKED_GEOMETRY)
     resumed.load_state_dict(module.state_dict())
     for a, b in zip(resumed.objective.geometry_fit.solve(), module.objective.geometry_fit.solve(),

@@ -23,9 +23,11 @@ def kind(name: str, param: torch.Tensor) -> str:
 
 
 def stages() -> dict[str, torch.nn.Module]:
-    return {"pretrain": RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32,
+    return {"pretrain": RegionRelationPretrainer(aus="bp4d", image_size=64,
+                                                 encoder=dict(embed_dim=32),
                                                  losses=dict(proj_dim=16, relation="ot")),
-            "finetune": HiVAFinetuner(aus=["AU1", "AU12"], image_size=64, embed_dim=32,
+            "finetune": HiVAFinetuner(aus=["AU1", "AU12"], image_size=64,
+                                      encoder=dict(embed_dim=32),
                                       use_text=False).model}
 
 
@@ -49,7 +51,7 @@ def test_groups_hold_every_trainable_parameter_exactly_once(architecture, layer_
     if architecture == "pretrain":
         module = stages()["pretrain"]
     else:
-        module = HiVAFinetuner(aus=["AU1", "AU12"], image_size=64, embed_dim=32,
+        module = HiVAFinetuner(aus=["AU1", "AU12"], image_size=64, encoder=dict(embed_dim=32),
                                architecture=architecture, use_text=False).model
     module.encoder.backbone.model.patch_embed.requires_grad_(False)  # frozen ones are left out
     groups = parameter_groups(module, 1e-3, 0.05, layer_decay, layered="encoder.backbone.model")

@@ -21,7 +21,8 @@ TINY = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.log
         "--data.image_size", "64", "--data.batch_size", "4", "--data.num_workers", "0",
         "--data.synthau_subjects", "8", "--data.synthau_samples_per_subject", "2",
         "--data.faces_per_subject", "2", "--data.probe_samples_per_subject", "2",
-        "--model.embed_dim", "32", "--model.losses.proj_dim", "16", "--model.losses.ot_iters", "10"]
+        "--model.encoder.embed_dim", "32", "--model.losses.proj_dim", "16",
+        "--model.losses.ot_iters", "10"]
 
 
 def run_pretrain(tmp_path: Path, *extra: str, config: bool = True,
@@ -63,7 +64,7 @@ def test_tiny_pretrain_writes_a_self_describing_checkpoint_and_probes(tmp_path, 
     assert last.is_file()
     meta = read_checkpoint(last, "pretrain")["aukit"]
     assert meta["encoder"]["backbone"] == "swin_test" and meta["encoder"]["image_size"] == 64
-    assert len(meta["aus"]) == 17 and meta["config"]["embed_dim"] == 32
+    assert len(meta["aus"]) == 17 and meta["config"]["encoder"]["embed_dim"] == 32
     out = capsys.readouterr().out
     assert "linear probe (val)" in out and "finished: last checkpoint" in out
     probe = [c for c in cli.trainer.callbacks if type(c).__name__ == "LinearProbe"][0]
@@ -99,7 +100,7 @@ def test_every_loss_switch_trains_and_gradients_reach_the_encoder():
              "landmarks": torch.from_numpy(np.tile(_template(64), (4, 2, 1, 1)))}
     for weights, relation in [((1, 0), "fgw"), ((0, 1), "fgw"), ((0, 1), "ot"), ((1, 1), "ot")]:
         module = RegionRelationPretrainer(
-            aus="bp4d", image_size=64, embed_dim=32,
+            aus="bp4d", image_size=64, encoder=dict(embed_dim=32),
             losses=dict(proj_dim=16, ot_iters=10, relation=relation, region_weight=weights[0],
                         relation_weight=weights[1]))
         loss = module.training_step(batch, 0)
@@ -116,7 +117,7 @@ def test_every_loss_switch_trains_and_gradients_reach_the_encoder():
 def test_masked_pixel_loss_alone_trains_the_backbone_and_never_sees_hidden_pixels():
     images = torch.randn(4, 2, 3, 64, 64)
     batch = {"image": images, "landmarks": torch.from_numpy(np.tile(_template(64), (4, 2, 1, 1)))}
-    module = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32,
+    module = RegionRelationPretrainer(aus="bp4d", image_size=64, encoder=dict(embed_dim=32),
                                       losses=dict(proj_dim=16, region_weight=0, relation_weight=0,
                                                   masked_weight=1.0, mask_block=8))
     seen = []
@@ -150,7 +151,7 @@ def test_person_negatives_train_and_need_person_ids():
     batch = {"image": torch.randn(4, 2, 3, 64, 64),
              "landmarks": torch.from_numpy(np.tile(_template(64), (4, 2, 1, 1))),
              "subject": ["S1", "S2", "S1", "S2"]}
-    module = RegionRelationPretrainer(aus="bp4d", image_size=64, embed_dim=32,
+    module = RegionRelationPretrainer(aus="bp4d", image_size=64, encoder=dict(embed_dim=32),
                                       losses=dict(proj_dim=16, ot_iters=10, negatives="person"))
     loss = module.training_step(batch, 0)
     loss.backward()
@@ -162,14 +163,14 @@ def test_person_negatives_train_and_need_person_ids():
         RegionRelationPretrainer(losses=dict(negatives="people"))
 
 def test_single_view_batches_are_refused():
-    module = RegionRelationPretrainer(image_size=64, embed_dim=32)
+    module = RegionRelationPretrainer(image_size=64, encoder=dict(embed_dim=32))
     batch = {"image": torch.randn(2, 3, 64, 64), "landmarks": torch.zeros(2, 68, 2)}
     with pytest.raises(ValueError, match="two views per image"):
         module.training_step(batch, 0)
 
 
 @pytest.mark.parametrize("override,message", [
-    (["--model.backbone", "resnet50"], "unknown backbone 'resnet50'"),
+    (["--model.encoder.backbone", "resnet50"], "unknown backbone 'resnet50'"),
     (["--data.image_size", "100"], "does not fit backbone"),
 ])
 def test_bad_settings_fail_before_training(tmp_path, override, message):
@@ -251,8 +252,9 @@ def test_a_diverged_run_stops_with_the_fix_and_keeps_its_finite_checkpoints(tmp_
 
 
 def test_a_non_finite_gradient_is_refused_and_named():
-    module = RegionRelationPretrainer(aus=[1, 2], backbone="swin_test", image_size=64,
-                                      embed_dim=16, losses=dict(proj_dim=8, relation="ot"))
+    module = RegionRelationPretrainer(aus=[1, 2], image_size=64,
+                                      encoder=dict(backbone="swin_test", embed_dim=16),
+                                      losses=dict(proj_dim=8, relation="ot"))
     for p in module.parameters():
         p.grad = torch.zeros_like(p)
     module.on_before_optimizer_step(None)  # finite: no complaint

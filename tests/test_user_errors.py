@@ -30,8 +30,8 @@ TINY = [*config_flags(["trainer/cpu.yaml", *finetune_configs("csv")]),
         "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1",
         "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
         "--data.image_size", "64", "--data.batch_size", "2", "--data.num_workers", "0",
-        "--data.val_subjects", "0.25", "--model.backbone", "swin_test", "--model.embed_dim", "32",
-        "--model.use_text", "false"]
+        "--data.val_subjects", "0.25", "--model.encoder.backbone", "swin_test",
+        "--model.encoder.embed_dim", "32", "--model.use_text", "false"]
 
 
 def run(tmp_path: Path, command: str, *args: str, debug: bool = False) -> tuple[int, str]:
@@ -87,8 +87,8 @@ def faces(tmp_path: Path) -> list[list]:
 
 def save_checkpoint(path: Path, stage: str) -> Path:
     """A stage-1 checkpoint as ``make pretrain`` writes it, its stage relabelled to ``stage``."""
-    module = RegionRelationPretrainer(aus="all", backbone="swin_test", image_size=64,
-                                      embed_dim=32)
+    module = RegionRelationPretrainer(aus="all", image_size=64, encoder=dict(backbone="swin_test",
+                                                                             embed_dim=32))
     checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
     module.on_save_checkpoint(checkpoint)
     checkpoint[META_KEY]["stage"] = stage

@@ -104,7 +104,7 @@ def load_stage1_encoder(path: str | Path, encoder: AUEncoder, region: bool = Tru
 
 def _flag(key: str) -> str:
     """The command-line flag of encoder setting ``key``."""
-    return "--data.image_size" if key == "image_size" else f"--model.{key}"
+    return "--data.image_size" if key == "image_size" else f"--model.encoder.{key}"
 
 
 def _strip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

@@ -26,7 +26,7 @@ warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_t
 
 OOM_HINT = ("the batch does not fit in device memory: lower --data.batch_size (keep the effective "
             "batch with --trainer.accumulate_grad_batches N), use --trainer.precision bf16-mixed, "
-            "or a smaller --data.image_size / --model.backbone")
+            "or a smaller --data.image_size / --model.encoder.backbone")
 
 
 DEBUG_VARIABLE = "AUKIT_DEBUG"

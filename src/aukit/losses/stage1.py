@@ -206,7 +206,7 @@ class Stage1Objective(nn.Module):
             images, landmarks = images[:, :1], landmarks[:, :1]
         if self.weights["geometry"] > 0 and geometry is None:
             raise ValueError("the geometry loss (geometry_weight > 0) trains the region "
-                             "encoder's geometry branch: set --model.geometry true")
+                             "encoder's geometry branch: set --model.encoder.geometry true")
         if self.weights["geometry"] > 0 and groups is None:
             raise ValueError("the geometry loss (geometry_weight > 0) needs each face's person "
                              "id: use a data source with subject ids (SynthAU, a folder with one "

@@ -106,8 +106,8 @@ class SwinBackbone(nn.Module):
         if self.conv_stem:
             if pretrained:
                 raise ValueError(f"ImageNet weights of {name!r} are for the 4x4 patchify stem; "
-                                 "set --model.conv_stem false to use them, or "
-                                 "--model.pretrained_backbone false to train the conv stem")
+                                 "set --model.encoder.conv_stem false to use them, or "
+                                 "--model.encoder.pretrained_backbone false to train the conv stem")
             overrides = {**overrides, "embed_layer": ConvStem}
         model = self._create(timm_name, pretrained, img_size=image_size, **overrides)
         num_stages = len(model.layers)
@@ -148,7 +148,7 @@ class SwinBackbone(nn.Module):
                 f"could not load ImageNet weights for {timm_name!r} ({type(err).__name__}: {err}). "
                 "Pretrained weights are downloaded from the Hugging Face hub: run once online "
                 "(without HF_HUB_OFFLINE=1) to fill the cache, or set "
-                "--model.pretrained_backbone false."
+                "--model.encoder.pretrained_backbone false."
             ) from err
 
     def forward(self, images: Tensor) -> Tensor:

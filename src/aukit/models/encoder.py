@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from torch import Tensor, nn
@@ -24,6 +25,49 @@ TRAINING_ONLY = ("dropout", "pretrained_backbone")
 # the settings the backbone alone is built from (a hand-over of the backbone compares these)
 BACKBONE_SETTINGS = ("backbone", "image_size", "feature_stage", "conv_stem")
 
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """The AU encoder's settings (each stage's ``--model.encoder.*``; its image size is the
+    data's, ``--data.image_size``). A stage-1 encoder hands over to stage 2 only where they
+    agree (``TRAINING_ONLY`` aside); in stage 2, null adopts the stage-1 checkpoint's.
+
+    Args:
+        backbone: the Swin preset (``aukit.models.backbone``): swin_test, swin_tiny, swin_base.
+        pretrained_backbone: start the Swin from timm's ImageNet weights (a download).
+        feature_stage: the Swin stage whose tokens the AU regions pool (2: 16 x 16 at 128 px).
+        conv_stem: 3x3 stride-2 convolutions instead of the 4x4 patchify (null: the preset's).
+        embed_dim: the AU region features' size.
+        num_heads: attention heads of the region transformer.
+        region_depth: region transformer blocks.
+        attention_sigma: the AU attention maps' width, in inter-ocular distances.
+        dropout: dropout in the region transformer.
+        roi_size: a k x k token window per AU around its centre (0: the map-weighted mean).
+        roi_extent: that window's side, as a fraction of the image side.
+        geometry: the expression-geometry branch (landmark shape -> each AU's query).
+    """
+
+    backbone: str | None = "swin_test"
+    pretrained_backbone: bool = False
+    feature_stage: int = 3
+    conv_stem: bool | None = None
+    embed_dim: int = 128
+    num_heads: int = 4
+    region_depth: int = 1
+    attention_sigma: float = 0.3
+    dropout: float = 0.1
+    roi_size: int = 0
+    roi_extent: float = 0.3
+    geometry: bool | None = False
+
+    def config(self, image_size: int) -> dict[str, Any]:
+        """The ``AUEncoder`` arguments (the AU list aside) at ``image_size`` pixels; a null
+        backbone is swin_test and a null geometry off."""
+        values = {**asdict(self), "image_size": image_size}
+        values["backbone"] = values["backbone"] or "swin_test"
+        values["geometry"] = bool(values["geometry"])
+        return encoder_config(values)
 
 class AUEncoder(nn.Module):
     """images + landmarks -> backbone tokens, AU attention maps and per-AU region features.

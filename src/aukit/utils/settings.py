@@ -10,15 +10,16 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def settings(cls: type[T], value: T | Mapping[str, Any] | None) -> T:
+def settings(cls: type[T], value: T | Mapping[str, Any] | None, default: T | None = None) -> T:
     """``value`` as the settings dataclass ``cls``: an instance as it is, a mapping (a
-    checkpoint's hyperparameters, a Python caller's dict) field by field over the defaults,
-    None the defaults; an unknown field is refused with the known ones."""
+    checkpoint's hyperparameters, a Python caller's dict) field by field over ``default`` (an
+    instance: a stage's own defaults; None: the class's), None the defaults; an unknown field
+    is refused with the known ones."""
     if isinstance(value, cls):
         return value
     if is_dataclass(value):
         value = asdict(value)
-    value = dict(value or {})
+    value = {**(asdict(default) if default is not None else {}), **(value or {})}
     known = [f.name for f in fields(cls)]
     unknown = sorted(set(value) - set(known))
     if unknown:
