@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,10 +18,11 @@ from aukit.metrics import AUMetrics
 from aukit.models import ARCHITECTURES, create_model, model_config
 from aukit.models.encoder import EncoderSettings
 from aukit.models.freeze import freeze_parts
+from aukit.models.hiva import HeadSettings
 from aukit.optim import Optimisation
 from aukit.stage import StageModule
 from aukit.text.encoders import text_encoder_dim
-from aukit.text.features import DescriptionBuffers, load_text_features
+from aukit.text.features import DescriptionBuffers, TextSettings, load_text_features
 from aukit.utils.settings import plain, settings
 
 # what a stage-1 checkpoint initialises: the Swin backbone and the AU region encoder, or the
@@ -33,58 +35,74 @@ DEFAULT_OPTIM = Optimisation(lr=5e-4, layer_decay=0.75)
 DEFAULT_ENCODER = EncoderSettings(backbone=None, geometry=None)
 
 
+@dataclass(frozen=True)
+class FinetuneLosses:
+    """Stage 2's losses (``--model.losses.*``): masked BCE per AU, plus two switches.
+
+    Args:
+        class_weighted: weigh each AU's BCE by its rarity in the training labels.
+        balance_positives: weigh each AU's positives by its negatives-to-positives ratio.
+        region_supervision: weight of a BCE on a per-AU linear head over the region features
+            (deep supervision; 0: off, and no such head).
+        alignment_weight: weight of the vision-text alignment loss: AU k's anchor scores
+            faces with AU k above faces without it (0: off).
+    """
+
+    class_weighted: bool = True
+    balance_positives: bool = True
+    region_supervision: float = 1.0
+    alignment_weight: float = 0.1
+
+
+DEFAULT_HEADS, DEFAULT_TEXT, DEFAULT_LOSSES = HeadSettings(), TextSettings(), FinetuneLosses()
+
+
 class HiVAFinetuner(StageModule):
-    """Trains HiVA (or a plain baseline: ``linear``, Swin + one linear head; ``region``, Swin + AU
-    region features + one linear head per AU; any ``aukit.models.ARCHITECTURES`` name) with
-    masked class-weighted BCE plus a vision-text alignment loss; selects checkpoints on
-    ``val/f1_mean`` only. The model is ``aukit.models.create_model`` of ``model_config``, which
-    checkpoints store.
+    """Trains HiVA (or a baseline: ``linear``, Swin + one linear head; ``region``, Swin + AU
+    region features + one linear head per AU) with masked BCE per AU plus a vision-text
+    alignment loss, selecting checkpoints on ``val/f1_mean`` only. The model is
+    ``aukit.models.create_model`` of ``model_config``, which checkpoints store with every
+    weight: a checkpoint loads without its stage-1 file or ImageNet weights, which may since
+    have moved. The text encoder runs once, at set-up; the module keeps only the description
+    features (``descriptions``). Test reports and activation-map images are callbacks
+    (``aukit.callbacks``); ``from_stage1`` builds a module with the stage-1 weights already in.
 
-    ``encoder`` (``aukit.models.encoder.EncoderSettings``) builds the AU encoder the heads
-    read; ``dropout`` is the heads'. ``pretrained`` is a stage-1 checkpoint whose backbone and
-    AU region encoder (``pretrained_parts``: both, or the backbone alone) initialise the model
-    when training starts (not when resuming: the checkpoint holds newer weights); its whole
-    encoder config (backbone, stem, image size, heads, ...) is checked when the module is
-    built, and a differing setting is refused with its flag (``encoder.backbone: null``,
-    ``encoder.conv_stem: null`` and ``encoder.geometry: null`` adopt the checkpoint's).
-    A checkpoint of this module holds every weight and
-    the resolved architecture, and loads without the stage-1 file (or ImageNet weights,
-    ``pretrained_backbone``), which may since have moved; ``from_stage1`` builds a module with
-    the stage-1 weights already in. ``freeze`` names submodules of the model that do not train
-    (e.g. ``[encoder.region.geometry]``: the stage-1 geometry map stays as stage 1 learned it on
-    many people; a part the model has switched off is skipped).
-    ``region_supervision`` weighs a BCE on HiVA's per-AU linear head over the region features
-    (deep supervision, 0 = off), so the encoder gets the plain region baseline's signal under
-    HiVA's components. The alignment loss (``alignment_weight``) carries AU state: AU k's
-    anchor scores faces with AU k above faces without it.
-    The text encoder is ``text_encoder`` ("minilm", the offline default, or "open_clip:<model>"
-    with ``text_pretrained``, an open_clip tag); ``text_weights`` is local weights (an open_clip
-    file, or a MiniLM model folder). It runs once, at set-up, to encode the descriptions
-    (``aukit.text.features.load_text_features``); the module keeps only their features
-    (``descriptions``, ``aukit.text.features.DescriptionBuffers``). Test reports and
-    activation-map images are callbacks (``aukit.callbacks``).
-
+    Args:
+        aus: the AUs to predict (names; the data module's, linked).
+        image_size: input side in pixels (the data module's, linked).
+        architecture: hiva, region or linear (``aukit.models.ARCHITECTURES``).
+        encoder: the AU encoder (``aukit.models.encoder.EncoderSettings``).
+        heads: HiVA's components (``aukit.models.hiva.HeadSettings``).
+        pretrained: a stage-1 checkpoint whose encoder initialises the model when training
+            starts (not when resuming); its whole encoder config is checked now, and a
+            differing setting is refused with its flag (null encoder backbone, conv_stem and
+            geometry adopt the checkpoint's).
+        pretrained_parts: what the stage-1 checkpoint initialises: backbone+region, or the
+            backbone alone (the region encoder then starts from scratch).
+        freeze: submodules that do not train, e.g. [encoder.region.geometry] (the stage-1
+            geometry map stays as stage 1 learned it on many people); a part the model has
+            switched off is skipped.
+        text: the descriptions and their text encoder (``aukit.text.features.TextSettings``).
+        losses: the losses' switches and weights (``FinetuneLosses``).
+        optim: the optimiser (``aukit.optim.Optimisation``).
     """
 
     stage = "finetune"
 
     def __init__(self, aus: list[str], image_size: int = 128, architecture: str = "hiva",
-                 encoder: EncoderSettings = DEFAULT_ENCODER, pretrained: str | None = None,
-                 pretrained_parts: str = "backbone+region",
-                 freeze: list[str] | None = None, dropout: float = 0.1,
-                 use_graph: bool = True, use_ddca: bool = True, use_cdca: bool = True,
-                 use_text: bool = True, map_prior: bool = True, graph_top_k: int | None = 4,
-                 cooccurrence_prior: bool = True, text_encoder: str = "minilm",
-                 text_pretrained: str | None = None, text_weights: str | None = None,
-                 descriptions: str | None = None, descriptions_per_step: int = 4,
-                 text_cache_dir: str | None = None, alignment_weight: float = 0.1,
-                 region_supervision: float = 1.0,
-                 class_weighted: bool = True, balance_positives: bool = True,
+                 encoder: EncoderSettings = DEFAULT_ENCODER,
+                 heads: HeadSettings = DEFAULT_HEADS, pretrained: str | None = None,
+                 pretrained_parts: str = "backbone+region", freeze: list[str] | None = None,
+                 text: TextSettings = DEFAULT_TEXT, losses: FinetuneLosses = DEFAULT_LOSSES,
                  optim: Optimisation = DEFAULT_OPTIM):
         super().__init__()
         self.optim = settings(Optimisation, optim, DEFAULT_OPTIM)
+        self.heads, self.text = settings(HeadSettings, heads), settings(TextSettings, text)
+        self.losses = settings(FinetuneLosses, losses)
         encoder_settings = settings(EncoderSettings, encoder, DEFAULT_ENCODER)
-        encoder, optim = plain(encoder_settings), plain(self.optim)  # checkpoints: plain data
+        # checkpoints keep plain data
+        encoder, heads, text = plain(encoder_settings), plain(self.heads), plain(self.text)
+        losses, optim = plain(self.losses), plain(self.optim)
         if architecture not in ARCHITECTURES:
             raise ValueError(f"--model.architecture must be one of {', '.join(ARCHITECTURES)}, "
                              f"got {architecture!r} (presets such as 'hiva_swin_base' are for "
@@ -108,14 +126,12 @@ class HiVAFinetuner(StageModule):
                     encoder[key] = stage1[key]
         encoder = settings(EncoderSettings, {k: v for k, v in encoder.items()
                                              if k != "image_size"}).config(image_size)
-        text = {"text_dim": text_encoder_dim(text_encoder)} if use_text else {}
+        text_dim = {"text_dim": text_encoder_dim(self.text.encoder)} if self.heads.use_text else {}
         # every head setting, for whichever architecture takes it; the config is what
         # checkpoints store and what inference rebuilds the model from
         self.model_config = model_config(
             architecture, strict=False, au_numbers=list(self.au_numbers), encoder=encoder,
-            dropout=dropout, use_graph=use_graph, use_ddca=use_ddca, use_cdca=use_cdca,
-            use_text=use_text, map_prior=map_prior, region_head=region_supervision > 0,
-            graph_top_k=graph_top_k, cooccurrence_prior=cooccurrence_prior, **text)
+            region_head=self.losses.region_supervision > 0, **heads, **text_dim)
         self.model = create_model(self.model_config)
         self.model_config["encoder"] = {k: v for k, v in self.model.encoder.config.items()
                                         if k != "au_numbers"}  # with the stem resolved
@@ -160,19 +176,19 @@ class HiVAFinetuner(StageModule):
                              f"{list(datamodule.au_names)}; train a model for this AU list")
         if stage == "fit":
             stats = datamodule.train_label_statistics()
-            if self.hparams.class_weighted:
+            if self.losses.class_weighted:
                 self.class_weights.copy_(stats.class_weights)
-            if self.hparams.balance_positives:
+            if self.losses.balance_positives:
                 self.pos_weight.copy_(stats.positive_weights)
             graph = getattr(self.model, "graph", None)
-            if self.hparams.cooccurrence_prior and graph is not None:
+            if self.heads.cooccurrence_prior and graph is not None:
                 graph.set_prior(stats.cooccurrence)
         if self.uses_text and self.descriptions.features is None:
-            hp = self.hparams
+            text = self.text
             self.descriptions.set(load_text_features(
-                hp.text_encoder, self.au_numbers, pretrained=hp.text_pretrained,
-                weights=hp.text_weights, descriptions=hp.descriptions,
-                min_per_au=hp.descriptions_per_step, cache_dir=hp.text_cache_dir), self.device)
+                text.encoder, self.au_numbers, pretrained=text.pretrained, weights=text.weights,
+                descriptions=text.descriptions, min_per_au=text.per_step,
+                cache_dir=text.cache_dir), self.device)
 
     def on_fit_start(self) -> None:
         # here, not in setup: a resumed run has restored its checkpoint by now, and its weights
@@ -188,7 +204,7 @@ class HiVAFinetuner(StageModule):
 
     def forward(self, images: Tensor, landmarks: Tensor) -> dict[str, Tensor]:
         # training draws descriptions_per_step descriptions per AU, seeded by the step
-        per_step = self.hparams.descriptions_per_step if self.training else None
+        per_step = self.text.per_step if self.training else None
         return self.model(images, landmarks,
                           *self.descriptions.inputs(per_step, self.global_step))
 
@@ -202,11 +218,11 @@ class HiVAFinetuner(StageModule):
         if "region_logits" in out:  # deep supervision of the AU region features
             region = au_bce_loss(out["region_logits"], labels, mask, self.class_weights,
                                  self.pos_weight)
-            loss = loss + self.hparams.region_supervision * region
+            loss = loss + self.losses.region_supervision * region
             self.log("train/region_bce_loss", region, batch_size=len(labels))
-        if "text_anchors" in out and self.hparams.alignment_weight > 0:
+        if "text_anchors" in out and self.losses.alignment_weight > 0:
             align = state_alignment_loss(out["au_features"], out["text_anchors"], labels, mask)
-            loss = loss + self.hparams.alignment_weight * align
+            loss = loss + self.losses.alignment_weight * align
             self.log("train/align_loss", align, batch_size=len(labels))
         self.log("train/bce_loss", bce, batch_size=len(labels))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
@@ -255,11 +271,11 @@ class HiVAFinetuner(StageModule):
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_meta(self) -> dict:
-        config, hp = self.model_config, self.hparams
+        config = self.model_config
         text = None
         if self.uses_text:
-            text = {"encoder": hp.text_encoder, "pretrained": hp.text_pretrained,
-                    "weights": hp.text_weights, "descriptions": hp.descriptions}
+            text = {"encoder": self.text.encoder, "pretrained": self.text.pretrained,
+                    "weights": self.text.weights, "descriptions": self.text.descriptions}
         encoder = config["encoder"]
         return {"architecture": config["architecture"], "backbone": encoder["backbone"],
                 "image_size": encoder["image_size"], "feature_stage": encoder["feature_stage"],

@@ -40,7 +40,7 @@ def untrained_checkpoint(path: Path) -> Path:
 
     module = HiVAFinetuner(aus=au_keys(DATASET_AUS["synthau"]), image_size=128,
                            encoder=dict(embed_dim=128),
-                           text_cache_dir=str(path.parent / "text-cache"))
+                           text=dict(cache_dir=str(path.parent / "text-cache")))
     checkpoint = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(checkpoint)
     torch.save(checkpoint, path)

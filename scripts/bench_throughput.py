@@ -64,9 +64,9 @@ def build(stage: str, backbone: str, size: int, text: bool,
         return RegionRelationPretrainer(aus=AUS, image_size=size, encoder=dict(backbone=backbone))
     module = HiVAFinetuner(aus=[f"AU{a}" for a in AUS], image_size=size,
                            encoder=dict(backbone=backbone),
-                           use_text=text, text_weights=text_weights)
+                           heads=dict(use_text=text), text=dict(weights=text_weights))
     if text:  # what setup() does from the data module: encode the description bank once
-        module.set_text_features(load_text_features(
+        module.descriptions.set(load_text_features(
             "minilm", module.au_numbers, weights=text_weights, min_per_au=4))
     return module
 

@@ -18,7 +18,8 @@ AUS = ["AU1", "AU12"]
 @pytest.fixture
 def run(tmp_path):
     """A tiny untrained model, its data and a trainer with both callbacks and TensorBoard."""
-    module = HiVAFinetuner(aus=AUS, image_size=64, encoder=dict(embed_dim=32), use_text=False)
+    module = HiVAFinetuner(aus=AUS, image_size=64, encoder=dict(embed_dim=32),
+                           heads=dict(use_text=False))
     data = SynthAUDataModule(image_size=64, batch_size=4, aus=AUS, num_workers=0,
                              synthau_samples_per_subject=1, synthau_eval_samples_per_subject=1)
     trainer = L.Trainer(accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="ft"),

@@ -97,13 +97,13 @@ def test_finetune_builds_with_each_trainer_preset(trainer, tmp_path):
                             "--trainer.accelerator", "cpu", "--trainer.devices", "1",
                             "--trainer.strategy", "auto", "--trainer.precision", "32-true",
                             "--trainer.num_nodes", "1", "--data.image_size", "64",
-                            "--model.use_text", "false"])
+                            "--model.heads.use_text", "false"])
     assert cli.trainer.max_epochs == 6 and cli.datamodule.image_size == 64
 
 
 def test_the_data_module_is_chosen_by_class_and_keeps_short_overrides(tmp_path):
-    tiny = ["--data.image_size", "64", "--model.use_text", "false", "--model.encoder.backbone",
-            "swin_test"]
+    tiny = ["--data.image_size", "64", "--model.heads.use_text", "false",
+            "--model.encoder.backbone", "swin_test"]
     base = config_flags(["trainer/cpu.yaml", "finetune/base.yaml"])
     for choice in (["--data", "SynthAUDataModule"], ["--data", "aukit.data.SynthAUDataModule"]):
         cli = FinetuneCLI(HiVAFinetuner, AUDataModule, run=False,
@@ -122,7 +122,7 @@ def test_the_data_module_is_chosen_by_class_and_keeps_short_overrides(tmp_path):
 
 def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no conf/ here
-    tiny = ["--data.image_size", "64", "--model.use_text", "false"]
+    tiny = ["--data.image_size", "64", "--model.heads.use_text", "false"]
     composed = finetune_configs("synthau")
     for prefix in ("", "conf/"):
         names = [f"{prefix}trainer/cpu.yaml", *(prefix + c for c in composed)]

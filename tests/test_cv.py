@@ -90,7 +90,7 @@ def test_a_folds_arguments_compose_the_data_sets_configs_and_build(tmp_path):
     root = make_bp4d(tmp_path / "bp4d", frames=2)
     args = finetune_args(2, str(root), finetune_configs("bp4d"), "trainer/cpu.yaml", tmp_path,
                          "fit", ["--data.image_size", "64", "--model.encoder.backbone", "swin_test",
-                                 "--model.use_text", "false"])
+                                 "--model.heads.use_text", "false"])
     assert args[:8] == ["-c", "trainer/cpu.yaml", "-c", "finetune/base.yaml", "-c",
                         "data/bp4d.yaml", "-c", "finetune/bp4d.yaml"]
     cli = FinetuneCLI(HiVAFinetuner, AUDataModule, run=False, args=args)
@@ -107,7 +107,8 @@ def test_one_epoch_fold_on_a_tiny_bp4d_tree(tmp_path, monkeypatch):
     main(["--dataset", "bp4d", "--data-root", str(root), "--folds", "1", "--out", str(out), "--",
           "--trainer.max_epochs", "1", "--data.image_size", "64",
           "--model.encoder.backbone", "swin_test", "--data.batch_size", "4",
-          "--data.num_workers", "0", "--data.val_subjects", "[M011]", "--model.use_text", "false",
+          "--data.num_workers", "0", "--data.val_subjects", "[M011]",
+          "--model.heads.use_text", "false",
           "--model.encoder.embed_dim", "32", "--trainer.limit_train_batches", "2",
           "--trainer.limit_val_batches", "1"])
     reports = json.loads((out / "fold1" / "reports.json").read_text())

@@ -29,7 +29,7 @@ DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
 # 20 test subjects x 1 sample: 5 batches of 4 on one process, 3 per rank (4, 4, 2) under DDP
 FINETUNE = [*config_flags(["trainer/cpu.yaml", *finetune_configs("synthau")]), *COMMON,
             "--data.synthau_samples_per_subject", "1",
-            "--data.synthau_eval_samples_per_subject", "1", "--model.descriptions_per_step", "2"]
+            "--data.synthau_eval_samples_per_subject", "1", "--model.text.per_step", "2"]
 
 
 class Keys(Dataset):
@@ -96,7 +96,7 @@ def test_gpu_preset_without_a_gpu_points_to_the_cpu_preset():
     with pytest.raises(ValueError, match="-c trainer/cpu.yaml"):
         FinetuneCLI(HiVAFinetuner, AUDataModule, run=False,
                     args=[*config_flags(["trainer/gpu.yaml", *finetune_configs("synthau")]),
-                          "--data.image_size", "64", "--model.use_text", "false"])
+                          "--data.image_size", "64", "--model.heads.use_text", "false"])
 
 
 class OutOfMemory(L.Callback):
@@ -107,7 +107,7 @@ class OutOfMemory(L.Callback):
 def test_a_batch_that_does_not_fit_names_the_fix(tmp_path):
     with pytest.raises(torch.OutOfMemoryError, match="lower --data.batch_size"):
         FinetuneCLI(HiVAFinetuner, AUDataModule, trainer_defaults={"callbacks": [OutOfMemory()]},
-                    args=["fit", *FINETUNE, "--model.use_text", "false",
+                    args=["fit", *FINETUNE, "--model.heads.use_text", "false",
                           "--trainer.logger.init_args.save_dir", str(tmp_path)])
     assert "accumulate_grad_batches" in OOM_HINT
 
@@ -155,7 +155,7 @@ def test_two_process_pretrain_writes_one_loadable_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_finetune_test_metrics_equal_one_process(tmp_path):
-    text_cache = ["--model.text_cache_dir", str(tmp_path / "text")]
+    text_cache = ["--model.text.cache_dir", str(tmp_path / "text")]
     cli("aukit-finetune", "fit", *FINETUNE, *DDP, *text_cache, "--trainer.max_epochs", "1",
         "--trainer.limit_train_batches", "2", "--trainer.logger.init_args.save_dir",
         str(tmp_path / "ddp"))

@@ -21,8 +21,9 @@ def save_finetune(path: Path, use_text: bool = False, stage: str = "finetune",
     ``encoder``: encoder settings over embed_dim 32."""
     # graph_top_k < A: the exported graph includes the top-k adjacency mask
     module = HiVAFinetuner(aus=AUS, image_size=64, architecture=architecture,
-                           encoder={"embed_dim": 32, **encoder}, use_text=use_text,
-                           graph_top_k=2, text_cache_dir=str(path.parent / "text-cache"))
+                           encoder={"embed_dim": 32, **encoder},
+                           heads=dict(use_text=use_text, graph_top_k=2),
+                           text=dict(cache_dir=str(path.parent / "text-cache")))
     checkpoint = {"state_dict": module.state_dict(), "epoch": 3, "global_step": 120,
                   "datamodule_hyper_parameters": {"dataset": "disfa", "fold": 2},
                   "callbacks": {"ModelCheckpoint{'monitor': 'val/f1_mean'}": {

@@ -102,7 +102,7 @@ def test_a_checkpoint_stores_its_model_config_and_inference_rebuilds_the_same_mo
         tmp_path, architecture):
     module = HiVAFinetuner(aus=["AU1", "AU12"], image_size=64,
                            encoder=dict(embed_dim=32, feature_stage=2, roi_size=2),
-                           use_text=False, architecture=architecture).eval()
+                           heads=dict(use_text=False), architecture=architecture).eval()
     checkpoint = save(module, tmp_path / "ft.ckpt")
     stored = checkpoint[META_KEY]["model"]
     assert stored == {**module.model_config,

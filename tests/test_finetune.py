@@ -22,13 +22,13 @@ TINY = ["--trainer.accelerator", "cpu", "--trainer.devices", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--data.image_size", "64", "--data.batch_size", "8", "--data.num_workers", "0",
         "--data.synthau_samples_per_subject", "2", "--data.synthau_eval_samples_per_subject", "2",
-        "--model.encoder.embed_dim", "32", "--model.descriptions_per_step", "2"]
+        "--model.encoder.embed_dim", "32", "--model.text.per_step", "2"]
 
 
 def run_finetune(tmp_path: Path, *extra: str, subcommand: str = "fit") -> FinetuneCLI:
     args = [subcommand, *SYNTHAU, *TINY,
             "--trainer.logger.init_args.save_dir", str(tmp_path),
-            "--model.text_cache_dir", str(tmp_path / "text-cache"), *extra]
+            "--model.text.cache_dir", str(tmp_path / "text-cache"), *extra]
     return FinetuneCLI(HiVAFinetuner, AUDataModule, args=args)
 
 
@@ -84,7 +84,7 @@ def test_fit_then_test_writes_checkpoints_and_a_per_au_report(tmp_path, capsys, 
 def test_model_selection_reads_the_validation_split_only(tmp_path):
     args = ["fit", *SYNTHAU, "--data", f"{__name__}.NoTestDuringFit", *TINY,
             "--trainer.logger.init_args.save_dir", str(tmp_path), "--test_after_fit", "false",
-            "--model.text_cache_dir", str(tmp_path / "cache"), "--model.use_text", "false",
+            "--model.text.cache_dir", str(tmp_path / "cache"), "--model.heads.use_text", "false",
             "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "2",
             "--trainer.limit_val_batches", "2"]
     cli = FinetuneCLI(HiVAFinetuner, AUDataModule, args=args)
@@ -99,7 +99,7 @@ def test_model_selection_reads_the_validation_split_only(tmp_path):
 def test_stage1_checkpoint_initialises_backbone_and_region(tmp_path):
     stage1 = save_stage1(tmp_path / "s1.ckpt")
     module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
-                                       encoder=dict(embed_dim=32), use_text=False)
+                                       encoder=dict(embed_dim=32), heads=dict(use_text=False))
     for name, value in stage1.encoder.backbone.state_dict().items():
         assert torch.equal(module.model.encoder.backbone.state_dict()[name], value), name
     rows = [list(stage1.au_numbers).index(a) for a in (12, 1)]
@@ -110,7 +110,8 @@ def test_stage1_checkpoint_initialises_backbone_and_region(tmp_path):
 
 def test_pretrained_parts_backbone_leaves_the_region_encoder_fresh(tmp_path):
     stage1 = save_stage1(tmp_path / "s1.ckpt")
-    kwargs = dict(aus=["AU12", "AU1"], image_size=64, encoder=dict(embed_dim=32), use_text=False)
+    kwargs = dict(aus=["AU12", "AU1"], image_size=64, encoder=dict(embed_dim=32),
+                  heads=dict(use_text=False))
     torch.manual_seed(0)
     fresh = HiVAFinetuner(**kwargs)
     torch.manual_seed(0)
@@ -126,7 +127,8 @@ def test_pretrained_parts_backbone_leaves_the_region_encoder_fresh(tmp_path):
 
 def test_a_stage1_encoder_with_other_settings_is_refused_naming_each_flag(tmp_path):
     save_stage1(tmp_path / "s1.ckpt", num_heads=4, region_depth=1)
-    kwargs = dict(aus=["AU12"], image_size=64, use_text=False, pretrained=str(tmp_path / "s1.ckpt"))
+    kwargs = dict(aus=["AU12"], image_size=64, heads=dict(use_text=False),
+                  pretrained=str(tmp_path / "s1.ckpt"))
 
     def encoder(**settings):
         return {"encoder": {"embed_dim": 32, **settings}}
@@ -157,7 +159,7 @@ def test_stage1_weights_arrive_when_training_starts_and_never_over_a_resumed_run
     expected = stage1.encoder.region.au_queries[[list(stage1.au_numbers).index(12)]]
     for resumed in ("last.ckpt", None):
         module = HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32),
-                               use_text=False,
+                               heads=dict(use_text=False),
                                pretrained=str(tmp_path / "s1.ckpt"))
         assert not torch.equal(module.model.encoder.region.au_queries, expected)  # not read yet
         module._trainer = SimpleNamespace(ckpt_path=resumed)
@@ -200,7 +202,7 @@ def test_the_geometry_branch_is_handed_over_from_stage1(tmp_path):
     stage1 = save_stage1(tmp_path / "s1.ckpt", geometry=True)
     module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
                                        encoder=dict(embed_dim=32),  # geometry: stage 1's
-                                       use_text=False)
+                                       heads=dict(use_text=False))
     assert module.model_config["encoder"]["geometry"] is True
     region, rows = module.model.encoder.region, [list(stage1.au_numbers).index(a) for a in (12, 1)]
     assert torch.equal(region.geometry.project.weight,
@@ -208,14 +210,14 @@ def test_the_geometry_branch_is_handed_over_from_stage1(tmp_path):
     assert torch.equal(region.geometry_embed, stage1.encoder.region.geometry_embed[rows])
     with pytest.raises(ValueError, match="geometry=True.*--model.encoder.geometry True"):
         HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32, geometry=False),
-                      use_text=False,
+                      heads=dict(use_text=False),
                       pretrained=str(tmp_path / "s1.ckpt"))
 
 
 def test_frozen_parts_do_not_train_and_a_part_that_is_off_is_skipped(tmp_path):
     save_stage1(tmp_path / "s1.ckpt", geometry=True)
     module = HiVAFinetuner.from_stage1(tmp_path / "s1.ckpt", aus=["AU12", "AU1"], image_size=64,
-                                       encoder=dict(embed_dim=32), use_text=False,
+                                       encoder=dict(embed_dim=32), heads=dict(use_text=False),
                                        freeze=["encoder.region.geometry",
                                                "encoder.region.geometry_embed"])
     region = module.model.encoder.region
@@ -223,12 +225,14 @@ def test_frozen_parts_do_not_train_and_a_part_that_is_off_is_skipped(tmp_path):
     trained = {id(p) for group in parameter_groups(module.model, 1e-3, 0.05)
                for p in group["params"]}
     assert frozen and not frozen & trained and id(module.model.encoder.region.au_queries) in trained
-    scratch = HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32), use_text=False,
+    scratch = HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32),
+                            heads=dict(use_text=False),
                             # no geometry branch: nothing to freeze
                             freeze=["encoder.region.geometry"])
     assert all(p.requires_grad for p in scratch.model.parameters())
     with pytest.raises(ValueError, match="--model.freeze names 'region.wings'"):
-        HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32), use_text=False,
+        HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32),
+                      heads=dict(use_text=False),
                       freeze=["region.wings"])
 
 
@@ -242,18 +246,20 @@ def test_a_mismatched_stage1_checkpoint_is_refused(tmp_path, kwargs, message):
     image_size = kwargs.pop("image_size")
     with pytest.raises(ValueError, match=message):
         HiVAFinetuner(aus=["AU12"], image_size=image_size, encoder=dict(embed_dim=32, **kwargs),
-                      use_text=False, pretrained=str(tmp_path / "s1.ckpt"))
+                      heads=dict(use_text=False), pretrained=str(tmp_path / "s1.ckpt"))
 
 
 def test_a_finetune_checkpoint_is_not_a_stage1_checkpoint(tmp_path):
     save_stage1(tmp_path / "ft.ckpt", stage="finetune")
     with pytest.raises(ValueError, match="is a finetune checkpoint.*make pretrain"):
-        HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32), use_text=False,
+        HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32),
+                      heads=dict(use_text=False),
                       pretrained=str(tmp_path / "ft.ckpt"))
 
 
 def test_resuming_finetuning_from_a_stage1_checkpoint_is_refused():
-    module = HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32), use_text=False)
+    module = HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32),
+                           heads=dict(use_text=False))
     with pytest.raises(ValueError, match="--model.pretrained, not --ckpt_path"):
         module.on_load_checkpoint({META_KEY: {"stage": "pretrain"}})
 
@@ -264,7 +270,7 @@ def test_description_bank_missing_an_au_fails_before_training(tmp_path):
     path = tmp_path / "bank.yaml"
     path.write_text(yaml.safe_dump(bank))
     with pytest.raises(ValueError, match="AU12"):
-        run_finetune(tmp_path, "--model.descriptions", str(path), "--trainer.max_epochs", "1")
+        run_finetune(tmp_path, "--model.text.descriptions", str(path), "--trainer.max_epochs", "1")
 
 
 def test_text_weights_that_cannot_be_had_offline_fail_fast(tmp_path):
@@ -272,11 +278,11 @@ def test_text_weights_that_cannot_be_had_offline_fail_fast(tmp_path):
 
     # the model is sized for the text encoder without loading it ...
     module = HiVAFinetuner(aus=["AU12"], image_size=64, encoder=dict(embed_dim=32),
-                           text_encoder="open_clip:ViT-B-16", text_pretrained="openai",
-                           text_cache_dir=str(tmp_path))
+                           text=dict(encoder="open_clip:ViT-B-16", pretrained="openai",
+                                     cache_dir=str(tmp_path)))
     assert module.model.text_proj.in_features == 512 and module.descriptions.features is None
     # ... which happens at set-up, before training, through this function
-    with pytest.raises(OSError, match="--model.text_weights"):
+    with pytest.raises(OSError, match="--model.text.weights"):
         load_text_features("open_clip:ViT-B-16", ["AU12"], pretrained="openai",
                            cache_dir=tmp_path)
 
@@ -285,7 +291,7 @@ def test_a_model_for_other_aus_is_refused_by_the_data(tmp_path):
     import lightning as L
 
     module = HiVAFinetuner(aus=["AU1", "AU2"], image_size=64, encoder=dict(embed_dim=32),
-                           use_text=False)
+                           heads=dict(use_text=False))
     data = SynthAUDataModule(image_size=64, batch_size=4, synthau_samples_per_subject=1,
                              synthau_eval_samples_per_subject=1)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False,
@@ -301,8 +307,8 @@ def test_a_tiny_run_learns_its_training_faces_beyond_chance(tmp_path):
     args = ["fit", *SYNTHAU,
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--trainer.logger.init_args.save_dir", str(tmp_path), "--test_after_fit", "false",
-            "--model.text_cache_dir", str(tmp_path / "cache"), "--model.encoder.embed_dim", "32",
-            "--model.descriptions_per_step", "2", "--data.aus", "[AU25,AU26,AU12,AU4]",
+            "--model.text.cache_dir", str(tmp_path / "cache"), "--model.encoder.embed_dim", "32",
+            "--model.text.per_step", "2", "--data.aus", "[AU25,AU26,AU12,AU4]",
             "--data.image_size", "64", "--data.batch_size", "12", "--data.num_workers", "0",
             "--data.label_fraction", "0.2", "--data.synthau_samples_per_subject", "4",
             "--data.synthau_eval_samples_per_subject", "1", "--trainer.max_epochs", "40",
@@ -328,7 +334,7 @@ def test_a_finetune_checkpoint_loads_without_its_stage1_file(tmp_path, capsys, c
     stage1_path = tmp_path / "moved" / "s1.ckpt"
     stage1_path.parent.mkdir()
     save_stage1(stage1_path, conv_stem=True, feature_stage=2, roi_size=4, roi_extent=0.15)
-    tiny = ["--model.pretrained", str(stage1_path), "--model.use_text", "false",
+    tiny = ["--model.pretrained", str(stage1_path), "--model.heads.use_text", "false",
             "--data.aus", "[AU1,AU12]"]
     cli = run_finetune(tmp_path / "fit", *tiny, "--test_after_fit", "false",
                        "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1")

@@ -28,7 +28,7 @@ def stages() -> dict[str, torch.nn.Module]:
                                                  losses=dict(proj_dim=16, relation="ot")),
             "finetune": HiVAFinetuner(aus=["AU1", "AU12"], image_size=64,
                                       encoder=dict(embed_dim=32),
-                                      use_text=False).model}
+                                      heads=dict(use_text=False)).model}
 
 
 def test_both_stages_exempt_the_same_kinds_of_parameters():
@@ -52,7 +52,7 @@ def test_groups_hold_every_trainable_parameter_exactly_once(architecture, layer_
         module = stages()["pretrain"]
     else:
         module = HiVAFinetuner(aus=["AU1", "AU12"], image_size=64, encoder=dict(embed_dim=32),
-                               architecture=architecture, use_text=False).model
+                               architecture=architecture, heads=dict(use_text=False)).model
     module.encoder.backbone.model.patch_embed.requires_grad_(False)  # frozen ones are left out
     groups = parameter_groups(module, 1e-3, 0.05, layer_decay, layered="encoder.backbone.model")
     seen = [id(p) for g in groups for p in g["params"]]

@@ -44,7 +44,7 @@ def test_normalize_images_keeps_float_and_batch_shape_and_refuses_non_rgb():
 def test_stage_modules_normalise_uint8_batches_after_the_transfer():
     module = HiVAFinetuner(aus=["AU1", "AU2"], image_size=64, encoder=dict(backbone="swin_test",
                                                                            embed_dim=16),
-                           use_text=False)
+                           heads=dict(use_text=False))
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     batch = module.on_after_batch_transfer({"image": images, "labels": torch.ones(2, 2)}, 0)
     torch.testing.assert_close(batch["image"], normalize_images(images))

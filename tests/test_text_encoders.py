@@ -122,7 +122,7 @@ def test_open_clip_tiny_random_init_shapes(tiny_clip):
 def test_open_clip_pretrained_tag_offline_fails_fast_with_advice(tmp_path):
     assert os.environ.get("HF_HUB_OFFLINE") == "1"  # set by conftest before any HF import
     start = time.monotonic()
-    with pytest.raises(OSError, match="--model.text_weights /path/to/open_clip_pytorch_model.bin"):
+    with pytest.raises(OSError, match="--model.text.weights /path/to/open_clip_pytorch_model.bin"):
         OpenCLIPTextEncoder("ViT-B-16", pretrained="openai", cache_dir=str(tmp_path))
     assert time.monotonic() - start < 10
 

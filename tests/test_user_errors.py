@@ -31,7 +31,7 @@ TINY = [*config_flags(["trainer/cpu.yaml", *finetune_configs("csv")]),
         "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
         "--data.image_size", "64", "--data.batch_size", "2", "--data.num_workers", "0",
         "--data.val_subjects", "0.25", "--model.encoder.backbone", "swin_test",
-        "--model.encoder.embed_dim", "32", "--model.use_text", "false"]
+        "--model.encoder.embed_dim", "32", "--model.heads.use_text", "false"]
 
 
 def run(tmp_path: Path, command: str, *args: str, debug: bool = False) -> tuple[int, str]:

@@ -114,8 +114,8 @@ def model_card(checkpoint: dict[str, Any], ckpt_path: Path, exported: Path,
         f"- {key}: `{data[key]}`" for key in facts if data.get(key) is not None]
     text = ["- text: none (learned AU embeddings)"]
     if predictor.text_tokens is not None:
-        bank = load_description_bank(cfg.get("descriptions"), meta["aus"])
-        text = [f"- text encoder `{cfg['text_encoder']}`; description bank `{bank.source}` "
+        bank = load_description_bank(meta["text"]["descriptions"], meta["aus"])
+        text = [f"- text encoder `{meta['text']['encoder']}`; description bank `{bank.source}` "
                 f"(version {bank.version}, sha256 `{bank.digest()[:16]}`), all "
                 f"{sum(map(len, bank.for_aus(meta['aus'])))} descriptions baked in"]
     outputs = ["- `probabilities` float32 `[B, A]`: sigmoid of each AU's logit, AUs in the order "
@@ -148,8 +148,8 @@ def model_card(checkpoint: dict[str, Any], ckpt_path: Path, exported: Path,
         "## Model",
         f"- architecture `{meta['architecture']}`, backbone `{meta['backbone']}`, input "
         f"{size}x{size}",
-        "- components: " + ", ".join(f"{k}={cfg[k]}" for k in ("use_graph", "use_ddca",
-                                                              "use_cdca", "use_text") if k in cfg),
+        "- components: " + ", ".join(f"{k}={cfg['heads'][k]}" for k in (
+            "use_graph", "use_ddca", "use_cdca", "use_text")),
         f"- stage-1 initialisation: `{meta.get('pretrained') or 'none'}`",
         *text,
         "",

@@ -77,14 +77,10 @@ def checkpoint_model_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 def text_features(meta: dict[str, Any], cache_dir: str | Path | None = None) -> TextFeatures:
     """The description features of the checkpoint's AUs under its text encoder and bank."""
-    text = meta.get("text")
-    if text is None:  # written before the text source was stored: the hyperparameters
-        cfg = meta["config"]
-        text = {"encoder": cfg["text_encoder"], "pretrained": cfg.get("text_pretrained"),
-                "weights": cfg.get("text_weights"), "descriptions": cfg.get("descriptions")}
+    text = meta["text"]
     return load_text_features(text["encoder"], meta["aus"], pretrained=text["pretrained"],
                               weights=text["weights"], descriptions=text["descriptions"],
-                              cache_dir=cache_dir or meta["config"].get("text_cache_dir"))
+                              cache_dir=cache_dir or meta["config"]["text"]["cache_dir"])
 
 
 def read_finetune_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +24,37 @@ from aukit.models.region import MIN_ATTENTION, PerAUHead
 
 # CLIP-style cap so the learned cosine scale cannot blow the logits up
 MAX_COSINE_SCALE = 100.0
+
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    """HiVA's components over the encoder, each a switch (the finetune stage's
+    ``--model.heads.*``; the baselines take none of them).
+
+    Args:
+        use_graph: the AU-aware dynamic graph over the AU features.
+        use_ddca: DDCA, per-AU vision <-> text cross-attention (its maps are the activation
+            maps).
+        use_cdca: CDCA, all AUs' vision <-> text cross-attention, then across AUs.
+        use_text: the LLM-written descriptions as the language prior (false: one learned
+            embedding per AU).
+        map_prior: bias DDCA's attention by the landmark AU maps.
+        graph_top_k: neighbours per AU in the graph (null: all, by softmax).
+        cooccurrence_prior: start the graph from the training labels' AU co-occurrence.
+        cross_attention_heads: heads of DDCA and CDCA (null: the encoder's num_heads).
+        dropout: dropout in the graph, the cross-attention and the heads.
+    """
+
+    use_graph: bool = True
+    use_ddca: bool = True
+    use_cdca: bool = True
+    use_text: bool = True
+    map_prior: bool = True
+    graph_top_k: int | None = 4
+    cooccurrence_prior: bool = True
+    cross_attention_heads: int | None = None
+    dropout: float = 0.1
 
 
 class HiVA(nn.Module):

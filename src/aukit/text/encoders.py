@@ -151,13 +151,13 @@ class OpenCLIPTextEncoder(TextEncoder):
         import open_clip
 
         if pretrained and weights_path:
-            raise ValueError("give either --model.text_pretrained (an open_clip tag) or "
-                             "--model.text_weights (a local file), not both")
+            raise ValueError("give either --model.text.pretrained (an open_clip tag) or "
+                             "--model.text.weights (a local file), not both")
         if model_name not in open_clip.list_models():
             raise ValueError(f"unknown open_clip model {model_name!r}; choose one of "
                              f"open_clip.list_models(), e.g. 'ViT-B-16'")
         if weights_path is not None and not Path(weights_path).is_file():
-            raise FileNotFoundError(f"open_clip weights (--model.text_weights) {weights_path} "
+            raise FileNotFoundError(f"open_clip weights (--model.text.weights) {weights_path} "
                                     "does not exist")
         if pretrained is not None:
             tags = open_clip.list_pretrained_tags_by_model(model_name)
@@ -167,7 +167,7 @@ class OpenCLIPTextEncoder(TextEncoder):
         if pretrained is None and weights_path is None:
             warnings.warn(f"OpenCLIPTextEncoder({model_name!r}) is randomly initialised: its text "
                           "features carry no language prior (fine for tests only); give "
-                          "--model.text_pretrained <tag> or --model.text_weights <file>",
+                          "--model.text.pretrained <tag> or --model.text.weights <file>",
                           stacklevel=2)
         try:
             model = open_clip.create_model(model_name, pretrained=pretrained or weights_path,
@@ -176,7 +176,7 @@ class OpenCLIPTextEncoder(TextEncoder):
             # OSError: a user error (cli.user_error_message), printed without a traceback
             raise OSError(
                 f"could not load open_clip weights {model_name}/{pretrained}: {err}. Offline, give "
-                "--model.text_weights /path/to/open_clip_pytorch_model.bin, or run once online "
+                "--model.text.weights /path/to/open_clip_pytorch_model.bin, or run once online "
                 "(without HF_HUB_OFFLINE=1) to fill the cache") from err
         self.model = model
         if not hasattr(model, "forward_intermediates") or not hasattr(self._tower, "ln_final"):

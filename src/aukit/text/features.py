@@ -179,6 +179,29 @@ def encode_bank(encoder: TextEncoder, bank: DescriptionBank, aus: Sequence[int |
 
 
 
+
+@dataclass(frozen=True)
+class TextSettings:
+    """Where the AU descriptions and their text encoder come from (the finetune stage's
+    ``--model.text.*``).
+
+    Args:
+        encoder: "minilm" (the offline default) or "open_clip:<model>".
+        pretrained: an open_clip weights tag (e.g. openai; a download unless cached).
+        weights: local weights: an open_clip file, or a MiniLM model folder.
+        descriptions: a description bank YAML (null: the shipped conf/au_descriptions.yaml).
+        per_step: descriptions drawn per AU at each training step (each AU needs as many).
+        cache_dir: where encoded banks are kept (null: under $AUKIT_CACHE).
+    """
+
+    encoder: str = "minilm"
+    pretrained: str | None = None
+    weights: str | None = None
+    descriptions: str | None = None
+    per_step: int = 4
+    cache_dir: str | None = None
+
+
 class DescriptionBuffers(nn.Module):
     """A model's description features (``TextFeatures``) as non-persistent buffers: they follow
     the module across devices and are never saved (set-up recomputes them from the
