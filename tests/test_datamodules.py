@@ -287,20 +287,20 @@ def test_unlabeled_folder_and_probe_manifest(toy):
     with pytest.raises(ValueError, match="subjects.csv .*--data.faces_per_subject 0"):
         UnlabeledFaceDataModule(source=source, image_size=S, batch_size=4).train_dataloader()
     dm = UnlabeledFaceDataModule(source=source, image_size=S, batch_size=4, faces_per_subject=0,
-                                 views=2, probe_dataset="csv", probe_manifest=str(toy))
+                                 views=2, probe=dict(dataset="csv", manifest=str(toy)))
     check_views_batch(next(iter(dm.train_dataloader())), 4, 2)
     assert isinstance(dm.probe_datamodule(), ManifestDataModule)
     assert dm.probe_datamodule().au_names == ["AU1", "AU2", "AU12"]
     with pytest.raises(FileNotFoundError, match="neither 'synthau' nor an existing folder"):
         UnlabeledFaceDataModule(source=str(toy.parent / "nowhere"))
     with pytest.raises(FileNotFoundError, match="probe.csv"):
-        UnlabeledFaceDataModule(probe_dataset="csv", probe_manifest=str(toy.parent / "probe.csv"))
-    with pytest.raises(ValueError, match="--data.probe_dataset csv needs --data.probe_manifest"):
-        UnlabeledFaceDataModule(probe_dataset="csv")
-    with pytest.raises(ValueError, match="--data.probe_dataset synthau renders its own"):
-        UnlabeledFaceDataModule(probe_manifest=str(toy))
-    with pytest.raises(ValueError, match="--data.probe_dataset must be one of synthau, csv"):
-        UnlabeledFaceDataModule(probe_dataset="nope")
+        UnlabeledFaceDataModule(probe=dict(dataset="csv", manifest=str(toy.parent / "probe.csv")))
+    with pytest.raises(ValueError, match="--data.probe.dataset csv needs --data.probe.manifest"):
+        UnlabeledFaceDataModule(probe=dict(dataset="csv"))
+    with pytest.raises(ValueError, match="--data.probe.dataset synthau renders its own"):
+        UnlabeledFaceDataModule(probe=dict(manifest=str(toy)))
+    with pytest.raises(ValueError, match="--data.probe.dataset must be one of synthau, csv"):
+        UnlabeledFaceDataModule(probe=dict(dataset="nope"))
 
 
 def landmarks_of(folder: Path, name: str, views: int = 1) -> torch.Tensor:

@@ -129,7 +129,7 @@ def test_two_process_pretrain_writes_one_loadable_checkpoint(tmp_path):
         *COMMON, *DDP, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
         "--trainer.logger.init_args.save_dir", str(tmp_path),
         "--data.synthau_subjects", "8", "--data.synthau_samples_per_subject", "2",
-        "--data.faces_per_subject", "2", "--data.probe_samples_per_subject", "1",
+        "--data.faces_per_subject", "2", "--data.probe.samples_per_subject", "1",
         "--model.losses.proj_dim", "16", "--model.losses.ot_iters", "10")
     runs = sorted(p.name for p in (tmp_path / "pretrain").iterdir())
     assert runs == ["version_0"]  # one run folder: rank 1 did not log or checkpoint apart

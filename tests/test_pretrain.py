@@ -20,7 +20,7 @@ TINY = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.log
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--data.image_size", "64", "--data.batch_size", "4", "--data.num_workers", "0",
         "--data.synthau_subjects", "8", "--data.synthau_samples_per_subject", "2",
-        "--data.faces_per_subject", "2", "--data.probe_samples_per_subject", "2",
+        "--data.faces_per_subject", "2", "--data.probe.samples_per_subject", "2",
         "--model.encoder.embed_dim", "32", "--model.losses.proj_dim", "16",
         "--model.losses.ot_iters", "10"]
 

@@ -81,7 +81,7 @@ def test_a_face_not_prepared_is_detected_when_first_read(tmp_path):
 def test_pretraining_pool_and_probe_serve_detected_landmarks():
     kwargs = dict(image_size=S, batch_size=4, faces_per_subject=2, views=1,
                   synthau_subjects=2, synthau_samples_per_subject=2,
-                  probe_samples_per_subject=1)
+                  probe=dict(samples_per_subject=1))
     dm, exact = UnlabeledFaceDataModule(**kwargs), UnlabeledFaceDataModule(**kwargs,
                                                                            landmarks="exact")
     dm.prepare_data()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,6 +36,7 @@ from aukit.data.synthau import split_subjects, unlabeled_subjects
 from aukit.data.synthau_landmarks import SYNTHAU_LANDMARKS, resolve_synthau_landmarks
 from aukit.data.transforms import eval_transform, pretrain_transform, train_transform
 from aukit.landmarks import AUTO, DLIB68, SOURCES, TEMPLATE, resolve_source
+from aukit.utils.settings import plain, settings
 
 SPLITS = ("train", "val", "test")
 # a split is a manifest, or the SynthAU subject ids it renders
@@ -515,7 +517,7 @@ class DISFADataModule(ProtocolDataModule):
     dataset = "disfa"
 
 
-# the labelled sources by name (the probe's --data.probe_dataset)
+# the labelled sources by name (the probe's --data.probe.dataset)
 LABELLED_DATAMODULES: dict[str, type[AUDataModule]] = {
     m.dataset: m for m in (SynthAUDataModule, ManifestDataModule, BP4DDataModule,
                            DISFADataModule)}
@@ -540,40 +542,69 @@ def landmark_cache_dir(cache: str | None) -> str:
 POSITIVES = ("augment", "clip")
 
 
+
+@dataclass(frozen=True)
+class ProbeData:
+    """The labelled set the stage-1 linear probe fits and scores (``--data.probe.*``).
+
+    Args:
+        dataset: synthau (rendered, sharing the SynthAU cache), or csv / bp4d / disfa reading
+            ``manifest``.
+        manifest: a labelled manifest (CSV or JSON) for csv / bp4d / disfa.
+        aus: the AUs to probe (null: the data set's).
+        samples_per_subject: SynthAU faces rendered per subject.
+    """
+
+    dataset: str = "synthau"
+    manifest: str | None = None
+    aus: list[str] | str | None = None
+    samples_per_subject: int = 20
+
+
+DEFAULT_PROBE = ProbeData()
+
 class UnlabeledFaceDataModule(L.LightningDataModule):
     """Unlabeled faces for pretraining, ``views`` augmented views each, plus probe data.
+    Batches hold ``image`` uint8 ``[B, V, 3, S, S]``, ``landmarks`` ``[B, V, 68, 2]`` and, where
+    known, ``subject``.
 
-    ``source="synthau"`` renders ``synthau_subjects`` SynthAU identities that are never labelled
-    (``unlabeled_subjects``), ``synthau_samples_per_subject`` faces each, kept in
-    ``synthau_cache`` so only the first epoch renders; anything else is a folder of face images
-    (see ``ImageFolderDataset``). With ``faces_per_subject`` ``M > 0`` every training batch holds
-    ``batch_size / M`` distinct subjects x ``M`` faces of each (``GroupedKeySampler``), so a
-    contrastive loss must tell apart expressions of one person, not just people; ``0`` draws
-    random batches. ``positives`` says what a positive pair is: ``"augment"``, two augmentations
-    of one image; ``"clip"``, two frames of one clip (the same expression under other pose and
-    light: SynthAU renders them; a folder takes a neighbouring image of the same sub-folder or
-    ``subjects.csv`` group, within ``clip_window`` images in sorted order), each augmented. The
-    ``probe_*`` arguments describe the labelled set the linear probe uses
-    (``make_probe_datamodule``: ``probe_dataset`` names the source, ``synthau`` sharing the
-    SynthAU cache, or ``csv`` / ``bp4d`` / ``disfa`` reading ``probe_manifest``). Batches hold
-    ``image`` uint8 ``[B, V, 3, S, S]`` and ``landmarks`` ``[B, V, 68, 2]``. ``landmarks``
-    ``dlib68`` (or ``auto`` with dlib installed) runs the toolkit's landmark stage once: on a
-    folder that has no landmarks, cached as its ``landmarks.json``
-    (``aukit.data.prepare.write_landmarks_sidecar``); on SynthAU, on every rendered face, the
-    pool's and the probe's (``aukit.data.synthau_landmarks``); ``template`` leaves the folder
-    as it is (SynthAU: the canonical face's); ``exact`` (SynthAU only) serves the renderer's
-    landmarks, an oracle.
+    Args:
+        source: synthau (rendered identities never labelled, ``unlabeled_subjects``) or a
+            folder of face images (``ImageFolderDataset``: a sub-folder or a subjects.csv row
+            gives each image its person).
+        image_size: the crops' side in pixels (the model's, linked).
+        views: augmented views per face (the contrastive losses compare 2).
+        batch_size: faces per batch.
+        faces_per_subject: M > 0: every batch holds batch_size / M people x M faces each
+            (``GroupedKeySampler``), so a contrastive loss must tell one person's expressions
+            apart; 0: random batches.
+        num_workers: data loader worker processes.
+        synthau_subjects: SynthAU identities in the pool.
+        synthau_samples_per_subject: SynthAU faces rendered per identity.
+        seed: the sampler's and the augmentations' seed.
+        probe: the linear probe's labelled set (``ProbeData``).
+        synthau_cache: where rendered faces are kept, so only the first epoch renders
+            (auto: under $AUKIT_CACHE; null: nowhere).
+        positives: what a positive pair is: augment (two augmentations of one image) or clip
+            (two frames of one clip: the same expression under other pose and light; a folder
+            takes a neighbouring image of the same person, within clip_window images).
+        clip_window: how far, in sorted images, a folder's clip partner may lie.
+        landmarks: dlib68 (or auto, with dlib installed) runs the toolkit's landmark stage
+            once and caches it (a folder's landmarks.json; SynthAU, every rendered face);
+            template leaves a folder as it is (SynthAU: the canonical face); exact (SynthAU
+            only) serves the renderer's landmarks, an oracle.
     """
 
     def __init__(self, source: str = "synthau", image_size: int = 224, views: int = 2,
                  batch_size: int = 32, faces_per_subject: int = 4, num_workers: int = 0,
                  synthau_subjects: int = 300, synthau_samples_per_subject: int = 8,
-                 seed: int = 0, probe_dataset: str = "synthau", probe_manifest: str | None = None,
-                 probe_aus: list[str] | str | None = None,
-                 probe_samples_per_subject: int = 20, synthau_cache: str | None = "auto",
+                 seed: int = 0, probe: ProbeData = DEFAULT_PROBE,
+                 synthau_cache: str | None = "auto",
                  positives: str = "augment", clip_window: int = 2,
                  landmarks: str = AUTO) -> None:
         super().__init__()
+        probe_data = settings(ProbeData, probe)
+        probe = plain(probe_data)  # checkpoints keep plain data
         self.save_hyperparameters()
         allowed = SYNTHAU_LANDMARKS if source == "synthau" else SOURCES
         if landmarks not in allowed:
@@ -607,8 +638,9 @@ class UnlabeledFaceDataModule(L.LightningDataModule):
         self.landmarks = landmarks
         self.synthau_cache = synthau_cache_dir(synthau_cache)
         # built now so that a bad probe configuration fails before pretraining starts
-        self._probe = make_probe_datamodule(probe_dataset, probe_manifest, probe_aus,
-                                            probe_samples_per_subject, image_size, batch_size,
+        self._probe = make_probe_datamodule(probe_data.dataset, probe_data.manifest,
+                                            probe_data.aus, probe_data.samples_per_subject,
+                                            image_size, batch_size,
                                             num_workers, seed, self.synthau_cache,
                                             landmarks if source == "synthau" else AUTO)
         self._train: SynthAUDataset | ImageFolderDataset | None = None
@@ -691,25 +723,25 @@ def make_probe_datamodule(dataset: str, manifest: str | None, aus: list[str] | s
                      samples_per_subject: int, image_size: int, batch_size: int,
                      num_workers: int, seed: int, synthau_cache: str | None,
                      landmarks: str = AUTO) -> AUDataModule:
-    """The linear probe's labelled data (``UnlabeledFaceDataModule``'s ``probe_*`` arguments):
+    """The linear probe's labelled data (``UnlabeledFaceDataModule``'s ``probe``, ``ProbeData``):
     SynthAU rendered with ``samples_per_subject`` faces per subject and ``landmarks``, or the
     manifest of a ``csv`` / ``bp4d`` / ``disfa`` source."""
     source = LABELLED_DATAMODULES.get(dataset.lower())
     if source is None:
-        raise ValueError(f"--data.probe_dataset must be one of {', '.join(LABELLED_DATAMODULES)}, "
+        raise ValueError(f"--data.probe.dataset must be one of {', '.join(LABELLED_DATAMODULES)}, "
                          f"got {dataset!r}")
     common = dict(aus=aus, image_size=image_size, batch_size=batch_size, num_workers=num_workers,
                   seed=seed)
     if source is SynthAUDataModule:
         if manifest is not None:
-            raise ValueError("--data.probe_dataset synthau renders its own probe data but "
-                             "--data.probe_manifest was given; set --data.probe_dataset csv to "
+            raise ValueError("--data.probe.dataset synthau renders its own probe data but "
+                             "--data.probe.manifest was given; set --data.probe.dataset csv to "
                              "probe on a manifest")
         return SynthAUDataModule(synthau_samples_per_subject=samples_per_subject,
                                  synthau_eval_samples_per_subject=samples_per_subject,
                                  synthau_cache=synthau_cache, landmarks=landmarks, **common)
     if manifest is None:
-        raise ValueError(f"--data.probe_dataset {dataset} needs --data.probe_manifest <path to a "
+        raise ValueError(f"--data.probe.dataset {dataset} needs --data.probe.manifest <path to a "
                          "labelled manifest (CSV or JSON)>")
     return source(manifest=manifest, **common)
 
