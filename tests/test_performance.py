@@ -5,13 +5,13 @@ neither outputs nor checkpoint keys; the CLI applies both from `performance:`.""
 import numpy as np
 import pytest
 import torch
+from test_finetune import run_finetune
 
 from aukit.checkpointing import last_checkpoint_path
 from aukit.data.transforms import FaceTransform, normalize_images
 from aukit.models.backbone import SwinBackbone
 from aukit.performance import Performance
 from finetune.module import HiVAFinetuner
-from tests.test_finetune import run_finetune
 
 
 def _face(seed: int = 0) -> np.ndarray:

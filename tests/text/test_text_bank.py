@@ -12,7 +12,7 @@ import yaml
 from aukit.au import ALL_AUS, DATASET_AUS
 from aukit.text.bank import DEFAULT_BANK, load_description_bank, normalize_text
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _load_script():
