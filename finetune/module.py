@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -116,16 +116,15 @@ class HiVAFinetuner(StageModule):
         # where the weights come from, kept through checkpoints that no longer read it
         self.stage1_path = pretrained
         self._stage1_pending = bool(pretrained)  # applied once, when training starts
-        encoder = {**encoder, "image_size": image_size}
         if pretrained:  # refuse a stage-1 checkpoint that does not fit, before anything trains
             region = pretrained_parts == "backbone+region"
-            stage1 = stage1_meta(pretrained, encoder, self.au_numbers, region)["encoder"]
+            stage1 = stage1_meta(pretrained, {**encoder, "image_size": image_size},
+                                 self.au_numbers, region)["encoder"]
             # null adopts the checkpoint's (its geometry only where its region encoder loads)
-            for key in ("backbone", "conv_stem", "geometry")[:3 if region else 2]:
-                if encoder[key] is None:
-                    encoder[key] = stage1[key]
-        encoder = settings(EncoderSettings, {k: v for k, v in encoder.items()
-                                             if k != "image_size"}).config(image_size)
+            adoptable = ("backbone", "conv_stem", "geometry")[:3 if region else 2]
+            encoder_settings = replace(encoder_settings, **{
+                key: stage1[key] for key in adoptable if encoder[key] is None})
+        encoder = encoder_settings.config(image_size)
         text_dim = {"text_dim": text_encoder_dim(self.text.encoder)} if self.heads.use_text else {}
         # every head setting, for whichever architecture takes it; the config is what
         # checkpoints store and what inference rebuilds the model from

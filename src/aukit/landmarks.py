@@ -126,37 +126,39 @@ def _mtcnn(device: str):
     return _detector
 
 
+def mtcnn_faces(mtcnn, images: list[np.ndarray], min_size: int = MIN_FACE_PIXELS
+                ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+    """An MTCNN detector (facenet-pytorch) over RGB uint8 images ``[H, W, 3]``: per image its
+    faces as float arrays ``(boxes [F, 4], scores [F], points [F, 5, 2])``, or None where it
+    finds none. Same-size images go as one batch; an image smaller than ``min_size`` (the
+    detector's smallest face) holds none: MTCNN fails on it."""
+    large = [i for i, image in enumerate(images) if min(image.shape[:2]) >= min_size]
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * len(images)
+    if not large:
+        return found
+    shapes = {images[i].shape for i in large}
+    batches = [large] if len(shapes) == 1 else [[i] for i in large]
+    for batch in batches:
+        stacked = np.stack([images[i] for i in batch])
+        for i, b, s, p in zip(batch, *mtcnn.detect(stacked, landmarks=True), strict=True):
+            if b is not None:  # facenet-pytorch returns object arrays under numpy 2
+                found[i] = (np.asarray(b, float), np.asarray(s, float).reshape(-1),
+                            np.asarray(p, float))
+    return found
+
+
 def detect_faces(frames: list[tuple[str, np.ndarray]],
                  device: str = "cpu") -> list[tuple[np.ndarray, float, np.ndarray] | None]:
     """MTCNN ``(box [4], score, points [5, 2])`` of the largest face in each ``(name, RGB uint8
-    image [H, W, 3])`` frame, or None where it finds none. Same-size frames go as one batch;
-    a frame smaller than MTCNN's smallest face holds none (MTCNN fails on it)."""
-    images = [image for _, image in frames]
-    large = [i for i, image in enumerate(images) if min(image.shape[:2]) >= MIN_FACE_PIXELS]
-    if len(large) < len(images):
-        found_large = detect_faces([frames[i] for i in large], device) if large else []
-        found: list[tuple[np.ndarray, float, np.ndarray] | None] = [None] * len(images)
-        for i, face in zip(large, found_large, strict=True):
-            found[i] = face
-        return found
-    same_size = len({image.shape for image in images}) == 1
-    batches = [images] if same_size else [[image] for image in images]
+    image [H, W, 3])`` frame, or None where it finds none (``mtcnn_faces``)."""
     found = []
-    for batch in batches:
-        boxes, scores, points = _mtcnn(device).detect(np.stack(batch) if same_size else batch[0],
-                                                      landmarks=True)
-        if not same_size:
-            boxes, scores, points = [boxes], [scores], [points]
-        for b, s, p in zip(boxes, scores, points, strict=True):
-            if b is None:
-                found.append(None)
-                continue
-            # facenet-pytorch returns object arrays under numpy 2
-            b, s, p = (np.asarray(b, float), np.asarray(s, float).reshape(-1),
-                       np.asarray(p, float))
-            area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-            k = int(area.argmax())
-            found.append((b[k], float(s[k]), p[k]))
+    for faces in mtcnn_faces(_mtcnn(device), [image for _, image in frames]):
+        if faces is None:
+            found.append(None)
+            continue
+        b, s, p = faces
+        k = int(((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).argmax())
+        found.append((b[k], float(s[k]), p[k]))
     return found
 
 

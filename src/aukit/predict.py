@@ -43,7 +43,7 @@ from aukit.data.readers import IMAGE_SUFFIXES
 from aukit.data.transforms import eval_transform
 from aukit.data.video import video_frames
 from aukit.inference import THRESHOLD, AUPredictor, load_predictor
-from aukit.landmarks import AUTO, SOURCES, Landmarker
+from aukit.landmarks import AUTO, SOURCES, Landmarker, mtcnn_faces
 from aukit.utils.device import check_device
 from aukit.visualize import activation_grid
 
@@ -127,8 +127,9 @@ def open_input(path: str | Path) -> tuple[Iterator[Frame], int | None, float | N
         raise FileNotFoundError(f"input {path} does not exist; give an image, a folder of images "
                                 "or a video")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        videos = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+        found = sorted(path.rglob("*"))
+        files = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
+        videos = [p for p in found if p.suffix.lower() in VIDEO_SUFFIXES]
         if videos:
             print(f"note: a folder is read as images; its {len(videos)} video(s) (e.g. "
                   f"{videos[0]}) are not read: give each as --input", file=sys.stderr)
@@ -168,28 +169,10 @@ class FaceDetector:
     def __call__(self, images: list[np.ndarray]) -> list[list[tuple[np.ndarray, float,
                                                                    np.ndarray]]]:
         """RGB images ``[H, W, 3]`` -> per image, ``(box [4], score, points [5, 2])`` per face,
-        left to right; an image smaller than the smallest face has none."""
-        small = [min(image.shape[:2]) < self.min_face_size for image in images]
-        if any(small):  # MTCNN fails on an image smaller than its smallest face
-            found = iter(self([im for im, tiny in zip(images, small, strict=True) if not tiny])
-                         if not all(small) else [])
-            return [[] if tiny else next(found) for tiny in small]
-        if len({image.shape for image in images}) == 1:
-            # same-size frames (a video) go through MTCNN as one batch
-            found = zip(*self.mtcnn.detect(np.stack(images), landmarks=True), strict=True)
-        else:
-            found = (self.mtcnn.detect(image, landmarks=True) for image in images)
-        faces = []
-        for boxes, scores, points in found:
-            if boxes is None:
-                faces.append([])
-                continue
-            # facenet-pytorch returns object arrays under numpy 2
-            boxes, points = np.asarray(boxes, float), np.asarray(points, float)
-            scores = np.asarray(scores, float).reshape(-1)
-            faces.append([(boxes[k], float(scores[k]), points[k])
-                          for k in np.argsort(boxes[:, 0])])
-        return faces
+        left to right; an image smaller than the smallest face has none (``mtcnn_faces``)."""
+        return [[] if faces is None else
+                [(faces[0][k], float(faces[1][k]), faces[2][k]) for k in np.argsort(faces[0][:, 0])]
+                for faces in mtcnn_faces(self.mtcnn, images, self.min_face_size)]
 
 
 class FramePredictor:

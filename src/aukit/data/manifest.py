@@ -399,7 +399,8 @@ def image_problem(image: Path, reason: str, drop: str) -> tuple[str, str]:
 
 
 def decode_problem(path: Path) -> str | None:
-    """None if OpenCV (the training reader) will decode ``path``, else why not.
+    """None if OpenCV (the training reader) will decode ``path`` and it is face-sized, else
+    why not (an image smaller than ``MIN_FACE_SIZE`` on a side: ``TOO_SMALL`` and its size).
 
     Header checks, much faster than a 1/8-scale decode (docs/benchmarks.md, "Image checks"),
     which alone misses truncated JPEGs: PIL's ``verify`` parses the header and, for PNG,

@@ -355,11 +355,13 @@ def _check_root(dataset: str, root: Path) -> None:
         wanted = "image folder" if dataset == "folder" else f"{dataset.upper()} root"
         raise FileNotFoundError(f"--data-root {root} does not exist or is not a folder; give the "
                                 f"{wanted}")
+    own = ROOT_MARKERS.get(dataset)
+    if own is None or (root / own).is_dir():
+        return
     for other, marker in ROOT_MARKERS.items():
-        if other != dataset and dataset in ROOT_MARKERS and (root / marker).is_dir() \
-                and not (root / ROOT_MARKERS[dataset]).is_dir():
+        if (root / marker).is_dir():
             raise ValueError(f"--data-root {root} holds {marker}/, a {other.upper()} tree, not "
-                             f"{ROOT_MARKERS[dataset]}/ ({dataset.upper()}): use --dataset {other}")
+                             f"{own}/ ({dataset.upper()}): use --dataset {other}")
 
 
 def _write_outputs(out: Path, jobs: list[Job], raw: RawDataset | None,

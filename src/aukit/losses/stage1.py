@@ -109,11 +109,8 @@ class Stage1Objective(nn.Module):
             raise ValueError(f"negatives must be one of {NEGATIVES} (--model.losses.negatives), "
                              f"got {losses.negatives!r}")
         self.negatives = losses.negatives
-        region_weight, relation_weight = losses.region_weight, losses.relation_weight
-        masked_weight, geometry_weight = losses.masked_weight, losses.geometry_weight
-        relation = losses.relation
-        self.weights = {"region": region_weight, "relation": relation_weight,
-                        "masked": masked_weight, "geometry": geometry_weight}
+        self.weights = {"region": losses.region_weight, "relation": losses.relation_weight,
+                        "masked": losses.masked_weight, "geometry": losses.geometry_weight}
         if max(w for k, w in self.weights.items() if k != "geometry") <= 0:
             raise ValueError("no stage-1 loss trains the encoder: set "
                              "--model.losses.region_weight, --model.losses.relation_weight or "
@@ -122,30 +119,29 @@ class Stage1Objective(nn.Module):
                              "optimised)")
         # the least-squares statistics of the geometry map, which is solved, not trained
         self.geometry_fit = LeastSquaresFit(2 * NUM_LANDMARKS, 2 * NUM_LANDMARKS) \
-            if geometry_weight > 0 else None
-        if relation not in RELATIONS:
+            if losses.geometry_weight > 0 else None
+        if losses.relation not in RELATIONS:
             raise ValueError(f"relation must be one of {RELATIONS} (--model.losses.relation), "
-                             f"got {relation!r}")
+                             f"got {losses.relation!r}")
         self.temperature = losses.temperature
         self.relation_args = dict(temperature=losses.ot_temperature, epsilon=losses.ot_epsilon,
-                                  iters=losses.ot_iters, formulation=relation,
+                                  iters=losses.ot_iters, formulation=losses.relation,
                                   alpha=losses.fgw_alpha, gw_iters=losses.gw_iters,
                                   identity_prior=losses.identity_prior, solver=losses.ot_solver)
         self.mask_args = (losses.mask_block, losses.mask_ratio)
-        proj_dim = losses.proj_dim
         # per-AU projection heads, stored as one [A, E, P] weight (for the losses that read them)
         self.projector = self.au_proj = None
         if self.reads_au_features:
             self.projector = Mlp(embed_dim, 2 * embed_dim, embed_dim)
-            self.au_proj = nn.Parameter(torch.randn(num_aus, embed_dim, proj_dim)
+            self.au_proj = nn.Parameter(torch.randn(num_aus, embed_dim, losses.proj_dim)
                                         * embed_dim ** -0.5)
         # AU saliency logits -> OT marginals; FGW transports uniform marginals
-        self.au_mass = nn.Linear(embed_dim, 1) if relation == "ot" else None
+        self.au_mass = nn.Linear(embed_dim, 1) if losses.relation == "ot" else None
         self.grid = grid
         self.pixel_stride = image_size // grid[0]  # pixels per token side
         self.pixel_decoder = nn.Linear(token_dim, 3 * self.pixel_stride ** 2) \
-            if masked_weight > 0 else None
-        if masked_weight > 0:
+            if losses.masked_weight > 0 else None
+        if losses.masked_weight > 0:
             block_mask(1, (image_size, image_size), *self.mask_args)  # checks the flags
 
     @property
