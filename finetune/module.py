@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
-from torch.nn.parallel import DistributedDataParallel
 
 from aukit.au import au_keys, au_numbers
-from aukit.checkpoint import META_KEY, load_stage1_encoder, stage1_meta
-from aukit.losses.alignment import state_alignment_loss
-from aukit.losses.au_bce import au_bce_loss
-from aukit.metrics import AUMetrics
+from aukit.checkpoint import (
+    META_KEY,
+    adopt_stage1_settings,
+    finetune_meta,
+    load_stage1_encoder,
+    self_contained_hparams,
+)
+from aukit.detection import AUDetectionModule
+from aukit.losses.stage2 import FinetuneLosses, finetune_loss
 from aukit.models import ARCHITECTURES, create_model, model_config
 from aukit.models.encoder import EncoderSettings
 from aukit.models.freeze import freeze_parts
 from aukit.models.hiva import HeadSettings
 from aukit.optim import Optimisation
-from aukit.stage import StageModule
 from aukit.text.encoders import text_encoder_dim
-from aukit.text.features import DescriptionBuffers, TextSettings, load_text_features
+from aukit.text.features import DescriptionBuffers, TextSettings
 from aukit.utils.settings import plain, settings
 
 # what a stage-1 checkpoint initialises: the Swin backbone and the AU region encoder, or the
@@ -33,31 +35,10 @@ PRETRAINED_PARTS = ("backbone+region", "backbone")
 DEFAULT_OPTIM = Optimisation(lr=5e-4, layer_decay=0.75)
 # null backbone, stem and geometry adopt a stage-1 checkpoint's (else swin_test, off)
 DEFAULT_ENCODER = EncoderSettings(backbone=None, geometry=None)
-
-
-@dataclass(frozen=True)
-class FinetuneLosses:
-    """Stage 2's losses (``--model.losses.*``): masked BCE per AU, plus two switches.
-
-    Args:
-        class_weighted: weigh each AU's BCE by its rarity in the training labels.
-        balance_positives: weigh each AU's positives by its negatives-to-positives ratio.
-        region_supervision: weight of a BCE on a per-AU linear head over the region features
-            (deep supervision; 0: off, and no such head).
-        alignment_weight: weight of the vision-text alignment loss: AU k's anchor scores
-            faces with AU k above faces without it (0: off).
-    """
-
-    class_weighted: bool = True
-    balance_positives: bool = True
-    region_supervision: float = 1.0
-    alignment_weight: float = 0.1
-
-
 DEFAULT_HEADS, DEFAULT_TEXT, DEFAULT_LOSSES = HeadSettings(), TextSettings(), FinetuneLosses()
 
 
-class HiVAFinetuner(StageModule):
+class HiVAFinetuner(AUDetectionModule):
     """Trains HiVA (or a baseline: ``linear``, Swin + one linear head; ``region``, Swin + AU
     region features + one linear head per AU) with masked BCE per AU plus a vision-text
     alignment loss, selecting checkpoints on ``val/f1_mean`` only. The model is
@@ -117,13 +98,9 @@ class HiVAFinetuner(StageModule):
         self.stage1_path = pretrained
         self._stage1_pending = bool(pretrained)  # applied once, when training starts
         if pretrained:  # refuse a stage-1 checkpoint that does not fit, before anything trains
-            region = pretrained_parts == "backbone+region"
-            stage1 = stage1_meta(pretrained, {**encoder, "image_size": image_size},
-                                 self.au_numbers, region)["encoder"]
-            # null adopts the checkpoint's (its geometry only where its region encoder loads)
-            adoptable = ("backbone", "conv_stem", "geometry")[:3 if region else 2]
-            encoder_settings = replace(encoder_settings, **{
-                key: stage1[key] for key in adoptable if encoder[key] is None})
+            encoder_settings = adopt_stage1_settings(pretrained, encoder_settings, image_size,
+                                                     self.au_numbers,
+                                                     pretrained_parts == "backbone+region")
         encoder = encoder_settings.config(image_size)
         text_dim = {"text_dim": text_encoder_dim(self.text.encoder)} if self.heads.use_text else {}
         # every head setting, for whichever architecture takes it; the config is what
@@ -137,19 +114,11 @@ class HiVAFinetuner(StageModule):
         freeze_parts(self.model, freeze or [], self.model_config["architecture"])
         self.uses_text = bool(self.model_config.get("use_text"))
         # set at set-up; recomputed, never stored in checkpoints
-        self.descriptions = DescriptionBuffers(len(self.au_numbers),
-                                               self.model_config.get("text_dim", 0))
-        # equal on every rank already: DDP need not re-send them from rank 0 at every step
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            self, [f"descriptions.{field}" for field in DescriptionBuffers.FIELDS])
+        DescriptionBuffers.attach(self, "descriptions", len(self.au_numbers),
+                                  self.model_config.get("text_dim", 0))
         self.register_buffer("class_weights", torch.ones(len(self.au_numbers)))
         self.register_buffer("pos_weight", torch.ones(len(self.au_numbers)))
-        # "fit": F1 on the augmented training batches as they pass, logged as train/f1_*, so the
-        # gap to val/f1_mean shows memorisation (e.g. of identities) epoch by epoch
-        self.metrics = torch.nn.ModuleDict({s: AUMetrics(self.au_names)
-                                            for s in ("fit", "val", "test")})
-        # the last computed values of each split (AUMetrics.compute() keys), for callbacks
-        self.metric_values: dict[str, dict[str, float]] = {}
+        self.init_metrics(self.au_names)
 
     @classmethod
     def from_stage1(cls, pretrained: str | Path, **kwargs) -> HiVAFinetuner:
@@ -167,14 +136,10 @@ class HiVAFinetuner(StageModule):
                             region=hp.pretrained_parts == "backbone+region")
         self._stage1_pending = False
 
-    # ---------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule
-        if list(datamodule.au_names) != self.au_names:
-            raise ValueError(f"the model predicts {self.au_names} but the data has "
-                             f"{list(datamodule.au_names)}; train a model for this AU list")
+        super().setup(stage)  # checks the data's AUs
         if stage == "fit":
-            stats = datamodule.train_label_statistics()
+            stats = self.trainer.datamodule.train_label_statistics()
             if self.losses.class_weighted:
                 self.class_weights.copy_(stats.class_weights)
             if self.losses.balance_positives:
@@ -183,11 +148,7 @@ class HiVAFinetuner(StageModule):
             if self.heads.cooccurrence_prior and graph is not None:
                 graph.set_prior(stats.cooccurrence)
         if self.uses_text and self.descriptions.features is None:
-            text = self.text
-            self.descriptions.set(load_text_features(
-                text.encoder, self.au_numbers, pretrained=text.pretrained, weights=text.weights,
-                descriptions=text.descriptions, min_per_au=text.per_step,
-                cache_dir=text.cache_dir), self.device)
+            self.descriptions.set(self.text.load(self.au_numbers), self.device)
 
     def on_fit_start(self) -> None:
         # here, not in setup: a resumed run has restored its checkpoint by now, and its weights
@@ -207,97 +168,30 @@ class HiVAFinetuner(StageModule):
         return self.model(images, landmarks,
                           *self.descriptions.inputs(per_step, self.global_step))
 
-    # ---------------------------------------------------------------- steps
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        out = self(batch["image"], batch["landmarks"])
-        labels, mask = batch["labels"], batch["label_mask"]
-        bce = au_bce_loss(out["logits"], labels, mask, self.class_weights, self.pos_weight)
-        self.metrics["fit"].update(out["logits"].detach().sigmoid(), labels, mask)
-        loss = bce
-        if "region_logits" in out:  # deep supervision of the AU region features
-            region = au_bce_loss(out["region_logits"], labels, mask, self.class_weights,
-                                 self.pos_weight)
-            loss = loss + self.losses.region_supervision * region
-            self.log("train/region_bce_loss", region, batch_size=len(labels))
-        if "text_anchors" in out and self.losses.alignment_weight > 0:
-            align = state_alignment_loss(out["au_features"], out["text_anchors"], labels, mask)
-            loss = loss + self.losses.alignment_weight * align
-            self.log("train/align_loss", align, batch_size=len(labels))
-        self.log("train/bce_loss", bce, batch_size=len(labels))
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
+        out, size = self(batch["image"], batch["landmarks"]), len(batch["labels"])
+        self.update_metrics("fit", out["logits"], batch)
+        terms = finetune_loss(out, batch["labels"], batch["label_mask"], self.losses,
+                              self.class_weights, self.pos_weight)
+        loss = terms.pop("loss")
+        self.log_dict({f"train/{k}_loss": v for k, v in terms.items()}, batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss
 
-    def on_train_epoch_end(self) -> None:
-        if self.metrics["fit"].update_count:  # a resumed run may start at an epoch's end
-            self._log_split("fit", "train")
-
-    def _eval_step(self, batch: dict, split: str) -> dict[str, Tensor]:
-        out = self(batch["image"], batch["landmarks"])
-        self.metrics[split].update(out["logits"].sigmoid(), batch["labels"], batch["label_mask"])
-        return out
-
-    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        return self._eval_step(batch, "val")  # the outputs, for aukit.callbacks
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def _log_split(self, split: str, name: str | None = None) -> dict[str, float]:
-        """Compute, reset and log ``metrics[split]`` under ``name/`` (default ``split``); keep
-        the values in ``metric_values[name]``."""
-        values = {k: float(v) for k, v in self.metrics[split].compute().items()}
-        self.metrics[split].reset()
-        split = name or split
-        self.metric_values[split] = values
-        # the values are already synced (equal on every rank); sync_dist averages equal numbers,
-        # which leaves them unchanged and tells Lightning they are global
-        self.log_dict({f"{split}/{k}": v for k, v in values.items()
-                       if k.startswith(("f1_", "auc_mean"))}, sync_dist=True)
-        return values
-
-    def on_validation_epoch_end(self) -> None:
-        values = self._log_split("val")
-        if not self.trainer.sanity_checking:
-            rank_zero_info(f"epoch {self.current_epoch} validation mean F1 "
-                           f"{100 * values['f1_mean']:.1f}")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_split("test")
-
-    # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self):
         return self.adamw_warmup_cosine(self.model, self.optim, layered="encoder.backbone.model")
 
-    # ---------------------------------------------------------------- checkpoints
     def checkpoint_meta(self) -> dict:
-        config = self.model_config
-        text = None
-        if self.uses_text:
-            text = {"encoder": self.text.encoder, "pretrained": self.text.pretrained,
-                    "weights": self.text.weights, "descriptions": self.text.descriptions}
-        encoder = config["encoder"]
-        return {"architecture": config["architecture"], "backbone": encoder["backbone"],
-                "image_size": encoder["image_size"], "feature_stage": encoder["feature_stage"],
-                "conv_stem": encoder["conv_stem"], "aus": list(self.au_numbers),
-                "pretrained": self.stage1_path,
-                # the model's config, which rebuilds it (ImageNet weights are in the state
-                # dict), and where its description features come from
-                "model": {**config, "encoder": {**encoder, "pretrained_backbone": False}},
-                "text": text}
+        return finetune_meta(self.model_config, self.au_numbers, self.stage1_path,
+                             self.text.source if self.uses_text else None)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Make the checkpoint self-contained: ``load_from_checkpoint`` (and ``test`` /
-        ``fit --ckpt_path``) rebuild the module from ``hyper_parameters``, which must not send
-        ``__init__`` to the stage-1 file or to ImageNet weights again, and must name the
-        resolved backbone and stem; the state dict holds every weight. The stage-1 path stays
-        in ``checkpoint["aukit"]`` ("pretrained" and "config")."""
+        """Make the checkpoint self-contained (``aukit.checkpoint.self_contained_hparams``);
+        the stage-1 path stays in ``checkpoint["aukit"]["pretrained"]``."""
         super().on_save_checkpoint(checkpoint)
         hparams = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
         if hparams is not None:
-            built = self.model_config["encoder"]
-            hparams.update(pretrained=None, encoder={
-                **hparams["encoder"], "pretrained_backbone": False,
-                **{k: built[k] for k in ("backbone", "conv_stem", "geometry")}})
+            self_contained_hparams(hparams, self.model_config["encoder"])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)

@@ -11,13 +11,15 @@ stage-1 file.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from aukit.models.encoder import AUEncoder, differing_settings
+from aukit.models.encoder import AUEncoder, EncoderSettings, differing_settings
+from aukit.utils.settings import plain
 
 META_KEY = "aukit"
 # the region encoder's parameters with one row per AU, selected to match the stage-2 AUs
@@ -60,6 +62,17 @@ def stage1_meta(path: str | Path, wanted: dict[str, Any], aus: tuple[int, ...],
     meta = read_checkpoint(path, "pretrain", mmap=True)[META_KEY]
     _check_stage1_encoder(meta, path, wanted, aus, region)
     return meta
+
+
+def adopt_stage1_settings(path: str | Path, encoder: EncoderSettings, image_size: int,
+                          aus: tuple[int, ...], region: bool = True) -> EncoderSettings:
+    """``encoder`` with its null ``backbone``, ``conv_stem`` and (with ``region``, where the
+    region encoder is handed over) ``geometry`` set to those of the stage-1 checkpoint at
+    ``path``, which is checked first (``stage1_meta``: a differing setting is refused)."""
+    wanted = plain(encoder)
+    stage1 = stage1_meta(path, {**wanted, "image_size": image_size}, aus, region)["encoder"]
+    adoptable = ("backbone", "conv_stem", "geometry")[:3 if region else 2]
+    return replace(encoder, **{key: stage1[key] for key in adoptable if wanted[key] is None})
 
 
 def _check_stage1_encoder(meta: dict[str, Any], path: str | Path, wanted: dict[str, Any],
@@ -109,3 +122,27 @@ def _flag(key: str) -> str:
 
 def _strip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def finetune_meta(model_config: dict[str, Any], aus: tuple[int, ...], stage1_path: str | None,
+                  text: dict[str, Any] | None) -> dict[str, Any]:
+    """What a stage-2 checkpoint says about itself: the model's config, which rebuilds it
+    (``aukit.models.create_model``; ImageNet weights are in the state dict), the stage-1
+    checkpoint it started from and where its description features come from (``text``:
+    encoder, pretrained, weights, descriptions; None for a model without text)."""
+    encoder = model_config["encoder"]
+    return {"architecture": model_config["architecture"], "backbone": encoder["backbone"],
+            "image_size": encoder["image_size"], "feature_stage": encoder["feature_stage"],
+            "conv_stem": encoder["conv_stem"], "aus": list(aus), "pretrained": stage1_path,
+            "model": {**model_config, "encoder": {**encoder, "pretrained_backbone": False}},
+            "text": text}
+
+
+def self_contained_hparams(hparams: dict[str, Any], built: dict[str, Any]) -> None:
+    """Edits a stage-2 checkpoint's ``hyper_parameters`` so that rebuilding the module from them
+    (``load_from_checkpoint``, ``fit --ckpt_path``) neither reads the stage-1 file nor ImageNet
+    weights again and names the encoder's resolved ``backbone``, ``conv_stem`` and
+    ``geometry`` (``built``: the built encoder's config); the state dict holds every weight."""
+    hparams.update(pretrained=None, encoder={
+        **hparams["encoder"], "pretrained_backbone": False,
+        **{k: built[k] for k in ("backbone", "conv_stem", "geometry")}})

@@ -37,6 +37,9 @@ class Stage1Losses:
         masked_weight: masked-pixel prediction (the first view's hidden squares).
         geometry_weight: expression geometry (needs the encoder's geometry branch and person
             ids): the branch learns each face's landmarks minus its person's mean shape.
+        expression_weight: image expression (needs person ids): a linear head on each AU
+            feature predicts that same target, each face's landmarks minus its person's mean
+            shape, so the image features learn the expression and drop the person.
         proj_dim: size of the per-AU projections the contrastive losses compare.
         temperature: the region loss's softmax temperature.
         negatives: the contrastive losses' negatives: "batch" (every other face) or "person"
@@ -58,6 +61,7 @@ class Stage1Losses:
     relation_weight: float = 1.0
     masked_weight: float = 0.0
     geometry_weight: float = 0.0
+    expression_weight: float = 0.0
     proj_dim: int = 64
     temperature: float = 0.1
     negatives: str = "batch"
@@ -110,11 +114,13 @@ class Stage1Objective(nn.Module):
                              f"got {losses.negatives!r}")
         self.negatives = losses.negatives
         self.weights = {"region": losses.region_weight, "relation": losses.relation_weight,
-                        "masked": losses.masked_weight, "geometry": losses.geometry_weight}
+                        "masked": losses.masked_weight, "geometry": losses.geometry_weight,
+                        "expression": losses.expression_weight}
         if max(w for k, w in self.weights.items() if k != "geometry") <= 0:
             raise ValueError("no stage-1 loss trains the encoder: set "
-                             "--model.losses.region_weight, --model.losses.relation_weight or "
-                             "--model.losses.masked_weight > 0 (the geometry map, "
+                             "--model.losses.region_weight, --model.losses.relation_weight, "
+                             "--model.losses.masked_weight or --model.losses.expression_weight "
+                             "> 0 (the geometry map, "
                              "--model.losses.geometry_weight, is solved in closed form, not "
                              "optimised)")
         # the least-squares statistics of the geometry map, which is solved, not trained
@@ -135,6 +141,9 @@ class Stage1Objective(nn.Module):
             self.projector = Mlp(embed_dim, 2 * embed_dim, embed_dim)
             self.au_proj = nn.Parameter(torch.randn(num_aus, embed_dim, losses.proj_dim)
                                         * embed_dim ** -0.5)
+        # per-AU linear heads AU feature -> the face's expression geometry [136]
+        self.expression_head = nn.Parameter(torch.zeros(num_aus, embed_dim, 2 * NUM_LANDMARKS)) \
+            if losses.expression_weight > 0 else None
         # AU saliency logits -> OT marginals; FGW transports uniform marginals
         self.au_mass = nn.Linear(embed_dim, 1) if losses.relation == "ot" else None
         self.grid = grid
@@ -146,9 +155,9 @@ class Stage1Objective(nn.Module):
 
     @property
     def reads_au_features(self) -> bool:
-        """Whether a loss reads the encoder's AU features (the region and relation losses);
+        """Whether a loss reads the encoder's AU features (region, relation, expression);
         else only its tokens and geometry branch train."""
-        return self.weights["region"] > 0 or self.weights["relation"] > 0
+        return any(self.weights[k] > 0 for k in ("region", "relation", "expression"))
 
     def take_geometry_map(self, geometry: ExpressionGeometry | None) -> None:
         """Takes the encoder's geometry map off the optimiser when this objective solves it
@@ -162,6 +171,8 @@ class Stage1Objective(nn.Module):
         return [name for name, on in [
             ("the geometry loss (off: --model.losses.geometry_weight 0)",
              self.weights["geometry"] > 0),
+            ("the expression loss (off: --model.losses.expression_weight 0)",
+             self.weights["expression"] > 0),
             ("same-person negatives (off: --model.losses.negatives batch)",
              self.negatives == "person" and self.contrastive)] if on]
 
@@ -172,14 +183,16 @@ class Stage1Objective(nn.Module):
 
     def heads(self, tokens: Tensor, features: Tensor) -> dict[str, Tensor]:
         """tokens [B, N, D], AU features [B, A, E] -> ``z`` [B, A, P] unit AU embeddings (region
-        or relation loss on), ``mass`` [B, A] (relation "ot") and ``pixels`` [B, 3, H, W]
-        (masked-pixel loss on), or absent."""
+        or relation loss on), ``mass`` [B, A] (relation "ot"), ``pixels`` [B, 3, H, W]
+        (masked-pixel loss on) and ``expression`` [B, A, 136] (expression loss on), or absent."""
         out = {}
         if self.projector is not None:
             hidden = features + self.projector(features)
             out["z"] = F.normalize(torch.einsum("bae,aep->bap", hidden, self.au_proj), dim=-1)
         if self.au_mass is not None:
             out["mass"] = self.au_mass(features).squeeze(-1)
+        if self.expression_head is not None:
+            out["expression"] = torch.einsum("bae,aek->bak", features, self.expression_head)
         if self.pixel_decoder is not None:
             patches = self.pixel_decoder(tokens).transpose(1, 2)  # [B, 3 * s * s, N]
             out["pixels"] = F.pixel_shuffle(patches.unflatten(-1, self.grid), self.pixel_stride)
@@ -203,11 +216,18 @@ class Stage1Objective(nn.Module):
         if self.weights["geometry"] > 0 and geometry is None:
             raise ValueError("the geometry loss (geometry_weight > 0) trains the region "
                              "encoder's geometry branch: set --model.encoder.geometry true")
-        if self.weights["geometry"] > 0 and groups is None:
-            raise ValueError("the geometry loss (geometry_weight > 0) needs each face's person "
-                             "id: use a data source with subject ids (SynthAU, a folder with one "
-                             "sub-folder per subject or a subjects.csv, a manifest), or switch "
-                             "it off with --model.losses.geometry_weight 0")
+        if self.weights["expression"] > 0 and geometry is not None:
+            raise ValueError("the expression loss teaches the image features a face's expression "
+                             "geometry, which the encoder's geometry branch would hand them "
+                             "from the landmarks: set --model.encoder.geometry false (and "
+                             "--model.losses.geometry_weight 0) or --model.losses."
+                             "expression_weight 0")
+        for name in ("geometry", "expression"):
+            if self.weights[name] > 0 and groups is None:
+                raise ValueError(f"the {name} loss ({name}_weight > 0) needs each face's person "
+                                 "id: use a data source with subject ids (SynthAU, a folder with "
+                                 "one sub-folder per subject or a subjects.csv, a manifest), or "
+                                 f"switch it off with --model.losses.{name}_weight 0")
         person_ids = None
         if self.negatives == "person" and self.contrastive:
             if groups is None:
@@ -237,10 +257,14 @@ class Stage1Objective(nn.Module):
         if masked:
             losses["masked"] = masked_pixel_loss(out["pixels"][:, 0], clean, mask,
                                                  self.pixel_stride)
-        if self.weights["geometry"] > 0:
+        if self.weights["geometry"] > 0 or self.weights["expression"] > 0:
             points = landmarks.flatten(0, 1)
             target = expression_geometry(points, [g for g in groups for _ in range(v)])
             target = SHAPE_SCALE * target.flatten(1)  # [B * V, 136]
+        if self.weights["expression"] > 0:
+            predicted = out["expression"].flatten(0, 1)  # [B * V, A, 136]
+            losses["expression"] = geometry_loss(predicted, target[:, None].expand_as(predicted))
+        if self.weights["geometry"] > 0:
             inputs = geometry.inputs(points)  # [B * V, 136]
             # scored before this batch joins the least-squares fit: a held-out figure
             losses["geometry"] = geometry_loss(geometry.project(inputs), target)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from aukit.au import au_numbers
 from aukit.text.bank import DescriptionBank, load_description_bank
@@ -201,6 +202,19 @@ class TextSettings:
     per_step: int = 4
     cache_dir: str | None = None
 
+    @property
+    def source(self) -> dict[str, str | None]:
+        """What the description features come from (what a checkpoint records to rebuild
+        them): encoder, pretrained, weights and descriptions."""
+        return {k: getattr(self, k) for k in ("encoder", "pretrained", "weights", "descriptions")}
+
+    def load(self, aus: Sequence[int]) -> TextFeatures:
+        """The features of ``aus``' descriptions as these settings say (``load_text_features``;
+        each AU needs ``per_step`` descriptions)."""
+        return load_text_features(self.encoder, aus, pretrained=self.pretrained,
+                                  weights=self.weights, descriptions=self.descriptions,
+                                  min_per_au=self.per_step, cache_dir=self.cache_dir)
+
 
 class DescriptionBuffers(nn.Module):
     """A model's description features (``TextFeatures``) as non-persistent buffers: they follow
@@ -220,6 +234,16 @@ class DescriptionBuffers(nn.Module):
         for field in self.FIELDS:
             self.register_buffer(field, None, persistent=False)
         self._view: TextFeatures | None = None
+
+    @classmethod
+    def attach(cls, module: nn.Module, name: str, num_aus: int, dim: int) -> DescriptionBuffers:
+        """New buffers as ``module.<name>``, which DDP is told not to broadcast: they are equal
+        on every rank already (each computes them at set-up)."""
+        buffers = cls(num_aus, dim)
+        setattr(module, name, buffers)
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            module, [f"{name}.{field}" for field in cls.FIELDS])
+        return buffers
 
     @property
     def features(self) -> TextFeatures | None:
