@@ -42,10 +42,10 @@ def table(data: dict) -> str:
              "`docs/results/synthau_benchmark.json`.", ""]
     runs = data.get("default_run", [])
     if runs:
-        lines += ["| default run (`make pretrain && make finetune`, 2 + 6 epochs) | test mean F1 "
-                  "| test AUC | minutes (2-core CPU) |", "|---|---:|---:|---:|"]
-        lines += [f"| {_label(r['recipe'])} | {r['test_f1']:.1f} | {r['test_auc']:.3f} | "
-                  f"{r['minutes']} |" for r in runs]
+        lines += ["| default run (`make pretrain && make finetune`) | epochs (stage 1 + 2) | "
+                  "test mean F1 | test AUC | minutes (2-core CPU) |", "|---|---|---:|---:|---:|"]
+        lines += [f"| {_label(r['recipe'])} | {r['epochs']} | {r['test_f1']:.1f} | "
+                  f"{r['test_auc']:.3f} | {r['minutes']} |" for r in runs]
         lines.append("")
     finetune = data.get("finetune", {})
     fractions = sorted({f for c in finetune.values() for f in c}, key=float, reverse=True)
