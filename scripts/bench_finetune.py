@@ -12,7 +12,7 @@ face comes with the landmarks the toolkit's landmark stage finds on it; the orac
 (c) read the renderer's exact landmarks instead, stage 1 included (``bench_pretrain.py
 --landmarks exact``): ceilings, never headlines. For (b) and (c) the
 activation maps are scored against SynthAU's AU regions (``aukit.map_quality``). Writes
-``## Finetuning: HiVA`` into ``--out`` and the figures into ``--json``.
+``## Does stage 1 help finetuning? The full table`` into ``--out`` and the figures into ``--json``.
 
     python scripts/bench_finetune.py --seeds 0 1 2 --seeds-ablations 0
 """
@@ -35,7 +35,7 @@ from aukit.utils.report import benchmark_section, mean_sd, update_json, write_se
 from finetune.cli import FinetuneCLI
 from finetune.module import HiVAFinetuner
 
-HEADING = "## Finetuning: HiVA"
+HEADING = "## Does stage 1 help finetuning? The full table"
 NO_RELATION = "(d) (c) from a stage 1 without the relation loss"
 NO_REGION = "(d) (c) from a stage 1 without the region loss"
 ORACLE = " [oracle: the renderer's exact landmarks]"  # the suffix of oracle rows

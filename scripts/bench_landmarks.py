@@ -10,7 +10,7 @@ a few pixels per frame; both sources run ``aukit.predict.predict`` on it, altern
 of ``--repeats`` runs is reported, and every run (their spread is the machine's noise). Without
 ``--ckpt`` the model is an untrained HiVA of ``make finetune``'s SynthAU shape (swin_test,
 128 px, 12 AUs, MiniLM text): the same cost per face as a trained one. Writes the
-``## Landmarks`` section of ``--out``.
+``## What do landmarks cost when predicting?`` section of ``--out``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from aukit.landmarks import DLIB68, TEMPLATE, Landmarker
 from aukit.predict import FaceDetector, predict
 from aukit.utils.report import benchmark_section, write_section
 
-SECTION = "## Landmarks"
+SECTION = "## What do landmarks cost when predicting?"
 
 
 def untrained_checkpoint(path: Path) -> Path:

@@ -4,10 +4,10 @@
                                 --repeats 5 --loop-sample 512 --fgw-loop-sample 32 --threads 1
                                 --sections ot fgw --out docs/benchmarks.md]
 
-OT formulation (``## Relation OT solver``): (a) our batched torch solver, (b) POT's
-``ot.batch``, (c) a Python loop of ``ot.sinkhorn2``. FGW formulation (``## Relation FGW
-solver``): (a) ours, (b) ours with ``proximal=True``, the scheme of (c) POT's batched
-``ot.batch.solve_gromov_batch`` (envelope gradients, like ours), (d) a Python loop of
+OT formulation (``SECTION``): (a) our batched torch solver, (b) POT's ``ot.batch``, (c) a Python
+loop of ``ot.sinkhorn2``. FGW formulation (``FGW_SECTION``): (a) ours, (b) ours with
+``proximal=True``, the scheme of (c) POT's batched ``ot.batch.solve_gromov_batch`` (envelope
+gradients, like ours), (d) a Python loop of
 ``ot.gromov.entropic_fused_gromov_wasserstein2`` (our scheme; POT backpropagates through its
 iterations). The loops are timed on ``--loop-sample`` / ``--fgw-loop-sample`` random
 (view-1, view-2) pairs and extrapolated linearly to all ``batch**2`` problems. Values are
@@ -39,8 +39,8 @@ from aukit.losses.relation_ot import (
 )
 from aukit.utils.report import machine, write_section
 
-SECTION = "## Relation OT solver"
-FGW_SECTION = "## Relation FGW solver"
+SECTION = "## How fast is the relation loss? OT solver"
+FGW_SECTION = "## How fast is the relation loss? FGW solver"
 
 
 def median_ms(steps: dict[str, Callable[[], None]], repeats: int,

@@ -10,7 +10,7 @@ through the real CLI (``conf/pretrain/synthau.yaml``), then probed: one logistic
 AU on its frozen AU region feature, fitted on the SynthAU train subjects and scored on the test
 subjects (nothing is tuned on them). Every face comes with the landmarks the toolkit's landmark
 stage finds on it (the data modules' default; ``--landmarks exact`` for an oracle run
-with the renderer's). Writes ``## Pretraining: linear probe`` into ``--out``, the
+with the renderer's). Writes ``## What does stage 1 learn? Linear probe`` into ``--out``, the
 figures into ``--json``, and keeps each variant's final checkpoint in ``--ckpt-dir`` (the
 finetune benchmark starts from them).
 
@@ -36,7 +36,7 @@ from aukit.probe import run_probe
 from aukit.utils.report import benchmark_section, mean_sd, update_json, write_section
 from pretrain.module import RegionRelationPretrainer
 
-HEADING = "## Pretraining: linear probe"
+HEADING = "## What does stage 1 learn? Linear probe"
 RANDOM_INIT = "random init (no pretraining)"
 PIXELS = "raw grey pixels around each AU (no encoder)"
 DEFAULT = "the default recipe (conf/pretrain/synthau.yaml)"

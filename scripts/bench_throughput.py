@@ -45,7 +45,8 @@ from aukit.utils.report import machine, today, write_section
 from finetune.module import HiVAFinetuner
 from pretrain.module import RegionRelationPretrainer
 
-HEADING = {"cpu": "## Throughput (CPU)", "cuda": "## Throughput (GPU)"}
+HEADING = {"cpu": "## How fast is a training step? CPU",
+           "cuda": "## How fast is a training step? GPU"}
 VARIANTS = {"plain": {}, "channels_last": {"channels_last": True}, "compile": {"compile": True},
             "channels_last+compile": {"channels_last": True, "compile": True}}
 IMAGE_SIZE = {"swin_test": 128}  # others 224; swin_test's windows need a multiple of 64

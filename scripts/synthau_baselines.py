@@ -4,7 +4,7 @@ Trains on the "train" subjects and reports per-AU F1 on the subject-disjoint "te
 (1) one logistic regression per AU on raw pixels, (2) a small CNN trained from scratch and (3) the
 toolkit's smallest Swin (``swin_test`` + mean-pooled linear head) trained from scratch with the
 same recipe, next to the "all positive" chance reference. Prints a Markdown section and, with
-``--out``, writes it into that file under ``## SynthAU baselines`` (replacing only that section).
+``--out``, writes it into that file under ``HEADING`` (replacing only that section).
 
     python scripts/synthau_baselines.py --out docs/benchmarks.md
 """
@@ -32,7 +32,7 @@ from aukit.data.synthau import SynthAU, split_subjects
 from aukit.models.backbone import SwinBackbone
 from aukit.utils.report import machine, write_section
 
-HEADING = "## SynthAU baselines"
+HEADING = "## What do simple baselines score on SynthAU?"
 LR_SIZE = 48
 
 

@@ -24,7 +24,7 @@ in value and gradient:
 - ``"torch"`` (default): ours, batched, with a hand-written backward that recomputes each
   step's softmax from saved potentials instead of keeping ``iters`` autograd graphs; the
   fastest and leanest of the three (``make bench-pretrain`` times them side by side:
-  docs/benchmarks.md, "Relation OT solver"), hence the default.
+  docs/benchmarks.md, "How fast is the relation loss?"), hence the default.
 - ``"pot"``: POT's batched solver ``ot.batch.solve_batch(method="log_sinkhorn", grad="autodiff")``.
 - ``"pot_loop"``: a Python loop over ``ot.sinkhorn2`` - slow; the reference in tests.
 """
