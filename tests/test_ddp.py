@@ -130,7 +130,10 @@ def test_two_process_pretrain_writes_one_loadable_checkpoint(tmp_path):
         "--trainer.logger.init_args.save_dir", str(tmp_path),
         "--data.synthau_subjects", "8", "--data.synthau_samples_per_subject", "2",
         "--data.faces_per_subject", "2", "--data.probe.samples_per_subject", "1",
-        "--model.losses.proj_dim", "16", "--model.losses.ot_iters", "10")
+        "--model.losses.proj_dim", "16", "--model.losses.ot_iters", "10",
+        # the geometry branch, whose least-squares sums must add every rank's faces
+        "--model.encoder.geometry", "true", "--model.losses.geometry_weight", "1",
+        "--model.losses.expression_weight", "0")
     runs = sorted(p.name for p in (tmp_path / "pretrain").iterdir())
     assert runs == ["version_0"]  # one run folder: rank 1 did not log or checkpoint apart
     checkpoints = sorted((tmp_path / "pretrain/version_0/checkpoints").iterdir())

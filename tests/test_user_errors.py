@@ -191,8 +191,8 @@ def test_a_pretraining_folder_without_person_ids_ends_in_one_message_naming_both
                         "--data.image_size", "64", "--data.batch_size", "8",
                         "--data.landmarks", "template", "--data.source", str(faces)),
                    "aukit-pretrain")
-    assert ("the geometry loss (off: --model.losses.geometry_weight 0) needs each face's "
-            "person id") in text
+    assert ("the expression loss (off: --model.losses.expression_weight 0) and same-person "
+            "negatives (off: --model.losses.negatives batch) need each face's person id") in text
     assert "subjects.csv" in text and "sub-folder of their own" in text
     assert "clip positives" not in text  # the warning comes only when training starts
 

@@ -216,15 +216,17 @@ def write_face_folder(root: Path, layout: str) -> Path:
 
 @pytest.mark.parametrize("layout", ["sub", "csv"])
 def test_the_default_recipe_pretrains_on_a_folder_with_person_ids(tmp_path, layout):
-    """conf/pretrain/synthau.yaml as ``make pretrain DATA=folder`` runs it (geometry loss and
-    person-grouped batches on), on a folder of sub-folders per person or with a subjects.csv."""
+    """conf/pretrain/synthau.yaml as ``make pretrain DATA=folder`` runs it (the expression loss,
+    same-person negatives and person-grouped batches on), on a folder of sub-folders per person
+    or with a subjects.csv."""
     folder = write_face_folder(tmp_path / "faces", layout)
     cli = run_pretrain(tmp_path, "--data.source", str(folder), "--data.landmarks", "template",
                        "--trainer.callbacks", "[]", "--trainer.max_steps", "2",
                        "--data.batch_size", "8", "--data.faces_per_subject", "4")
     assert cli.trainer.global_step == 2
-    assert cli.model.objective.weights["geometry"] > 0
-    assert cli.model.objective.geometry_fit.count == 2 * 8 * 2  # 2 steps x 8 faces x 2 views
+    objective = cli.model.objective
+    assert objective.weights["expression"] > 0 and objective.negatives == "person"
+    assert all(torch.isfinite(p).all() for p in cli.model.parameters())
 
 class PoisonWeights(L.Callback):
     """Simulates divergence: sets one backbone weight to NaN before training step ``step``."""
