@@ -2,7 +2,8 @@
 
 Rewrites the block between ``<!-- results:start -->`` and ``<!-- results:end -->`` of the README
 from the JSON, so the table cannot drift from the measured figures: the default run
-(``default_run``), the finetuning table (``finetune``: condition -> labelled fraction -> one
+(``default_run``), the few-label table (``few_labels``: condition -> one figure per seed), the
+finetuning table (``finetune``: condition -> labelled fraction -> one
 figure per seed) and the stage-1 probe (``probe``: variant -> one figure per seed). Rows read on
 the renderer's exact landmarks are marked as oracles; the superseded exact-landmark figures
 (``superseded_exact_landmarks``) are not shown.
@@ -56,6 +57,12 @@ def table(data: dict) -> str:
         lines += [f"| {_label(c)} | " + " | ".join(spread(by[f]) if by.get(f) else "not run"
                                                   for f in fractions) + " |"
                   for c, by in finetune.items()]
+        lines.append("")
+    few = data.get("few_labels", {})
+    if few:
+        lines += ["| 10% labelled subjects (3 people), 600 steps (`make bench-quick`'s conditions) "
+                  "| test mean F1 |", "|---|---:|"]
+        lines += [f"| {_label(c)} | {spread(values)} |" for c, values in few.items()]
         lines.append("")
     probe = data.get("probe", {})
     if probe:

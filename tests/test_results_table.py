@@ -35,3 +35,10 @@ def test_oracle_rows_are_marked_and_superseded_figures_left_out():
     assert "| *(b) HiVA, scratch [oracle: the renderer's exact landmarks]* | 80.0 (1 seed) |" \
         in text
     assert "old" not in text and "99.0" not in text
+
+
+def test_the_few_label_rows_show_each_conditions_seed_spread():
+    text = _script().table({"few_labels": {"(b) HiVA, scratch": [59.0, 59.1, 52.7],
+                                           "(c) HiVA, stage-1 init": [57.0]}})
+    assert "| (b) HiVA, scratch | 56.9 ± 3.7 (3 seeds) |" in text
+    assert "| (c) HiVA, stage-1 init | 57.0 (1 seed) |" in text and "10% labelled" in text
