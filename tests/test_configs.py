@@ -67,7 +67,7 @@ def test_every_finetune_config_is_part_of_a_dataset_composition():
 
 # the values each composed config builds with (today's configs, one value written once)
 EXPECTED = {
-    "synthau": ("SynthAUDataModule", "finetune", 6, None, 128, 128),
+    "synthau": ("SynthAUDataModule", "finetune", 18, None, 128, 128),
     "bp4d": ("BP4DDataModule", "finetune-bp4d", 20, "swin_base", 256, 224),
     "disfa": ("DISFADataModule", "finetune-disfa", 20, "swin_base", 256, 224),
     "csv": ("ManifestDataModule", "finetune-csv", 20, "swin_tiny", 256, 224),
@@ -98,7 +98,7 @@ def test_finetune_builds_with_each_trainer_preset(trainer, tmp_path):
                             "--trainer.strategy", "auto", "--trainer.precision", "32-true",
                             "--trainer.num_nodes", "1", "--data.image_size", "64",
                             "--model.heads.use_text", "false"])
-    assert cli.trainer.max_epochs == 6 and cli.datamodule.image_size == 64
+    assert cli.trainer.max_epochs == 18 and cli.datamodule.image_size == 64
 
 
 def test_the_data_module_is_chosen_by_class_and_keeps_short_overrides(tmp_path):
