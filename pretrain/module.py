@@ -22,7 +22,8 @@ class RegionRelationPretrainer(StageModule):
     ``Stage1Objective``; its checkpoint's ``encoder`` is what stage 2 loads.
 
     The objective's losses on two augmented views (``losses``: region, relation, masked pixels,
-    expression geometry; each ``*_weight``, 0 = off; ``aukit.losses.stage1.Stage1Losses``),
+    image expression, expression geometry; each ``*_weight``, 0 = off;
+    ``aukit.losses.stage1.Stage1Losses``),
     optimised as ``optim`` says (``aukit.optim.Optimisation``).
     ``encoder`` (``aukit.models.encoder.EncoderSettings``) builds the encoder; its ``geometry``
     gives the region encoder the expression-geometry branch, which ``losses.geometry_weight``

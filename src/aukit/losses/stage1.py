@@ -96,7 +96,10 @@ class Stage1Objective(nn.Module):
     each face's landmarks minus its person's mean shape in the batch, ``aukit.losses.geometry``;
     needs person ids, ``groups``; the branch's linear map is not optimised: in training it is
     set to the loss's exact least-squares minimiser over every batch so far,
-    ``LeastSquaresFit``). A loss with weight 0 is off, so ablations are config changes.
+    ``LeastSquaresFit``), and optionally image expression (``expression_weight``: a linear head
+    per AU on the AU features predicts that same target from the image; needs ``groups``, and no
+    geometry branch, which would hand the features the shape). A loss with weight 0 is off, so
+    ablations are config changes.
     ``negatives``: the contrastive losses' negatives, every other face of the batch
     (``"batch"``) or only the same person's other faces (``"person"``: needs ``groups``, and
     batches of several faces per person), so that identity earns nothing.
