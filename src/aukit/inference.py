@@ -24,7 +24,7 @@ from aukit.checkpoint import META_KEY, read_checkpoint
 from aukit.models import create_model
 from aukit.models.hiva import HiVA
 from aukit.models.linear import LinearAUClassifier, RegionAUClassifier
-from aukit.text.features import TextFeatures, load_text_features
+from aukit.text.features import TextFeatures, TextSettings
 
 THRESHOLD = 0.5  # the decision threshold of the benchmark protocol: never tuned
 
@@ -77,10 +77,11 @@ def checkpoint_model_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 def text_features(meta: dict[str, Any], cache_dir: str | Path | None = None) -> TextFeatures:
     """The description features of the checkpoint's AUs under its text encoder and bank."""
-    text = meta["text"]
-    return load_text_features(text["encoder"], meta["aus"], pretrained=text["pretrained"],
-                              weights=text["weights"], descriptions=text["descriptions"],
-                              cache_dir=cache_dir or meta["config"]["text"]["cache_dir"])
+    # the checkpoint's TextSettings.source; inference draws no descriptions per step, so one
+    # per AU is enough
+    settings = TextSettings(**meta["text"], per_step=1,
+                            cache_dir=cache_dir or meta["config"]["text"]["cache_dir"])
+    return settings.load(meta["aus"])
 
 
 def read_finetune_checkpoint(path: str | Path) -> dict[str, Any]:
